@@ -1,0 +1,298 @@
+"""Configuration: one pydantic model per block, validated once, every error reported together.
+
+A trial file (``qa-ray train``) has the blocks ``model``, ``data``, ``train`` and ``resources``;
+a sweep file (``qa-ray sweep``) adds ``search``, ``objectives`` and the sweep settings (see
+:mod:`qa_ray.sweep_config`). Unknown keys are errors everywhere (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "ResourcesConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "apply_overrides",
+    "load_trial_config",
+    "load_yaml",
+    "validate_model",
+]
+
+
+class ConfigError(ValueError):
+    """Bad user input: a config, data or predictions file. The CLI exits with code 2.
+
+    Args:
+        source: the file (or ``"command line"``) the errors come from.
+        errors: every problem found, each naming the field, the rule and the value.
+    """
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        n = len(self.errors)
+        super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class LoraConfig(_Block):
+    """LoRA adapter settings (used when ``model.finetune == "lora"``)."""
+
+    r: int = Field(8, gt=0, description="adapter rank")
+    alpha: float | None = Field(
+        None, gt=0, description="scaling alpha; default is 2 * r (alpha/r = 2)"
+    )
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; default depends on the architecture"
+    )
+
+
+class ModelConfig(_Block):
+    """Which model, which task family, how it is fine-tuned and quantized."""
+
+    name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
+    task: Literal["extractive"] = "extractive"
+    finetune: Literal["full", "lora"] = "full"
+    quantization_bits: Literal[4, 8, 16, 32] = Field(
+        32,
+        description="4 = NF4 QLoRA, 8 = LLM.int8 QLoRA (both need finetune=lora), "
+        "16 = bf16 weights, 32 = fp32",
+    )
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _kbit_needs_lora(self) -> ModelConfig:
+        if self.quantization_bits in (4, 8) and self.finetune != "lora":
+            raise ValueError(
+                f"`quantization_bits` in (4, 8) needs `finetune: lora` (QLoRA): a k-bit base "
+                f"model cannot be fully fine-tuned, but got (quantization_bits="
+                f"{self.quantization_bits}, finetune={self.finetune!r})"
+            )
+        return self
+
+
+class DataConfig(_Block):
+    """Where the SQuAD-format data comes from and how it is split and tokenized."""
+
+    path: str = Field(
+        description="hub dataset id (rajpurkar/squad), or a local official-format JSON "
+        "(.json/.json.gz), or a local flat-schema JSON/JSONL file"
+    )
+    split: str | None = Field(None, description="hub split for training (default: train)")
+    eval_path: str | None = Field(
+        None, description="eval data; when unset, `path` is split by article title"
+    )
+    eval_split: str | None = Field(None, description="hub split for eval (default: validation)")
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="articles held out")
+    split_seed: int | None = Field(
+        0, description="seed of the article shuffle; null holds out the last articles in order"
+    )
+    max_train_examples: int | None = Field(None, gt=0)
+    max_eval_examples: int | None = Field(None, gt=0)
+    max_seq_length: int = Field(384, ge=32)
+    doc_stride: int = Field(128, gt=0)
+    max_answer_length: int = Field(30, gt=0)
+    n_best_size: int = Field(20, gt=0)
+    cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> DataConfig:
+        if self.doc_stride >= self.max_seq_length // 2:
+            raise ValueError(
+                f"`doc_stride < max_seq_length / 2` must hold, but got "
+                f"(doc_stride={self.doc_stride}, max_seq_length={self.max_seq_length})"
+            )
+        return self
+
+
+class TrainConfig(_Block):
+    """Optimizer, schedule, batch and precision of one fine-tune."""
+
+    learning_rate: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    per_device_batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    num_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    max_train_seconds: float | None = Field(
+        None, gt=0.0, description="stop training after this wall time (a compute budget)"
+    )
+    eval_steps: int | None = Field(
+        None, gt=0, description="evaluate every N optimizer steps (always at the end)"
+    )
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype on GPU (auto = bf16 where supported); CPU is fp32"
+    )
+    checkpoints_to_keep: int = Field(1, ge=1)
+    save_checkpoints: bool = True
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainConfig:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError(
+                f"set `warmup_ratio` or `warmup_steps`, not both, but got "
+                f"(warmup_ratio={self.warmup_ratio}, warmup_steps={self.warmup_steps})"
+            )
+        return self
+
+
+class ResourcesConfig(_Block):
+    """Ray Train workers of one trial (``gpus_per_worker`` < 1 packs trials on a GPU)."""
+
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> ResourcesConfig:
+        g = self.gpus_per_worker
+        if g > 1 and g != int(g):
+            raise ValueError(
+                f"`gpus_per_worker` above 1 must be a whole number, but got "
+                f"(gpus_per_worker={g})"
+            )
+        return self
+
+
+class TrialConfig(_Block):
+    """One fine-tune: what ``qa-ray train`` runs and what every sweep trial runs."""
+
+    name: str = Field("qa-ray-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    output_dir: str = Field("outputs", description="where `qa-ray train` writes its results")
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"`{loc}`: unknown key (value {err['input']!r})"
+    if err["type"] == "missing":
+        return f"`{loc}`: required field is missing"
+    if "but got" in msg:  # our own validators already name fields and values
+        return f"`{loc}`: {msg}" if loc != "(top level)" else msg
+    return f"`{loc}`: {msg}, but got {err['input']!r}"
+
+
+def validate_model(cls: type[BaseModel], data: Any, source: str) -> Any:
+    """Validates ``data`` against ``cls``, raising one :class:`ConfigError` with every error."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"expected a mapping at the top level, but got {data!r}"])
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a YAML mapping, turning I/O and syntax problems into :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), ["file not found"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), [f"expected a mapping at the top level, but got {data!r}"])
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``dotted.key=value`` overrides (values parsed as YAML) to a nested mapping.
+
+    Unknown keys are not caught here but by validation (``extra="forbid"``), which names them.
+    """
+    out = _deepcopy(data)
+    errors = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            errors.append(f"override {item!r}: expected dotted.key=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                errors.append(
+                    f"override {item!r}: `{'.'.join(parts[: i + 1])}` is a value, not a block"
+                )
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise ConfigError("command line", errors)
+    return out
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def resolve_local_path(value: str | None) -> str | None:
+    """Makes a local path absolute (Ray workers run in another directory); hub ids pass through."""
+    if value is None:
+        return None
+    expanded = os.path.expanduser(value)
+    looks_local = value.startswith(("/", "./", "../", "~")) or os.path.exists(expanded)
+    return os.path.abspath(expanded) if looks_local else value
+
+
+def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
+    """Returns ``cfg`` with its local model/data/output paths made absolute."""
+    model = cfg.model.model_copy(update={"name_or_path": resolve_local_path(cfg.model.name_or_path)})
+    data = cfg.data.model_copy(
+        update={
+            "path": resolve_local_path(cfg.data.path),
+            "eval_path": resolve_local_path(cfg.data.eval_path),
+            "cache_dir": resolve_local_path(cfg.data.cache_dir),
+        }
+    )
+    return cfg.model_copy(
+        update={"model": model, "data": data, "output_dir": os.path.abspath(cfg.output_dir)}
+    )
+
+
+def load_trial_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrialConfig:
+    """Loads, overrides and validates a trial file; local paths come back absolute."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    return absolutize_paths(validate_model(TrialConfig, data, str(path)))

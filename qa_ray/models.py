@@ -1,0 +1,170 @@
+"""Model builders: tokenizer, quantization (bitsandbytes), LoRA (peft), size accounting.
+
+``quantization_bits`` maps to: 4 = NF4 with double quantization (QLoRA), 8 = LLM.int8 (QLoRA),
+16 = bf16 weights, 32 = fp32 weights. The task head (e.g. ``qa_outputs``) is never quantized and
+stays trainable under LoRA.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from qa_ray.config import ModelConfig
+
+__all__ = ["ModelSize", "build_model", "build_tokenizer", "model_size", "require_bitsandbytes"]
+
+logger = logging.getLogger(__name__)
+
+# Architectures peft has no LoRA default for; peft's own mapping covers the rest.
+_EXTRA_LORA_TARGETS = {
+    "albert": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "mamba": ["in_proj", "x_proj", "out_proj"],
+}
+# Heads that are created fresh for the task: kept in full precision and fully trained.
+_TASK_HEADS = {"extractive": ["qa_outputs"]}
+
+
+def require_bitsandbytes() -> None:
+    """Fails with an actionable message when k-bit quantization is asked for without bnb."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - bnb is a core dependency
+        raise ImportError(
+            "quantization_bits 4/8 needs bitsandbytes: pip install 'bitsandbytes>=0.50,<0.51'"
+        ) from exc
+
+
+def build_tokenizer(cfg: ModelConfig):
+    """Loads the fast tokenizer of ``cfg.name_or_path``; gives it a pad token if it has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        cfg.name_or_path, use_fast=True, trust_remote_code=cfg.trust_remote_code
+    )
+    if not tok.is_fast:
+        raise ValueError(
+            f"`model.name_or_path` = {cfg.name_or_path!r} has no fast tokenizer; offset "
+            "mapping (answer spans) needs one"
+        )
+    if tok.pad_token is None:  # decoder-only models (Llama) ship without one
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def _quantization_config(cfg: ModelConfig, device: torch.device):
+    from transformers import BitsAndBytesConfig
+
+    skip = _TASK_HEADS.get(cfg.task, [])
+    if cfg.quantization_bits == 4:
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
+    """Builds the model for ``cfg.task`` with the asked quantization and LoRA adapters.
+
+    Args:
+        cfg: the validated model block.
+        device: where the model will train; k-bit weights are placed there at load time.
+        auto_class: the ``transformers`` auto class (default: question answering).
+
+    Returns:
+        The model, on ``device``, LoRA-wrapped when ``cfg.finetune == "lora"``.
+    """
+    from transformers import AutoModelForQuestionAnswering
+
+    auto_class = auto_class or AutoModelForQuestionAnswering
+    kwargs: dict = {"trust_remote_code": cfg.trust_remote_code}
+    kbit = cfg.quantization_bits in (4, 8)
+    if kbit:
+        require_bitsandbytes()
+        kwargs["quantization_config"] = _quantization_config(cfg, device)
+        kwargs["device_map"] = {"": device}
+    elif cfg.quantization_bits == 16:
+        kwargs["dtype"] = torch.bfloat16
+        if device.type == "cpu":
+            logger.info("quantization_bits=16 on CPU: bf16 weights, fp32 compute is not used")
+    else:
+        kwargs["dtype"] = torch.float32
+    model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
+    if not kbit:
+        model.to(device)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
+
+    if kbit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    if cfg.finetune == "lora":
+        model = _add_lora(model, cfg)
+    return model
+
+
+def _add_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    model_type = model.config.model_type
+    targets = cfg.lora.target_modules or _EXTRA_LORA_TARGETS.get(model_type)
+    task_type = {"extractive": "QUESTION_ANS"}.get(cfg.task)
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha if cfg.lora.alpha is not None else 2 * cfg.lora.r,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+        task_type=task_type,
+        modules_to_save=None if task_type else _TASK_HEADS.get(cfg.task),
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ValueError(
+            f"LoRA could not be applied to model_type {model_type!r}: {exc}. Set "
+            "`model.lora.target_modules` to the names of its attention projections."
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Parameter counts and the bytes the weights (and buffers) take in memory."""
+
+    total_params: int
+    trainable_params: int
+    footprint_bytes: int
+
+    @property
+    def footprint_mb(self) -> float:
+        return self.footprint_bytes / 2**20
+
+
+def model_size(model) -> ModelSize:
+    """Counts parameters and measures the weight footprint (``get_memory_footprint``).
+
+    4-bit weights are stored two per byte, so their ``numel`` is half the logical parameter
+    count; the total counts logical parameters.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ModelSize(total, trainable, int(base.get_memory_footprint()))

@@ -1,0 +1,212 @@
+"""Extractive QA (SQuAD v1.1 / v2.0): span labels from offsets, n-best post-processing, EM/F1.
+
+A task family is a module with the same few names, which the training loop looks up by
+``model.task``: ``AUTO_CLASS``, ``train_features``, ``eval_features``, ``collator`` and
+``evaluate``.
+
+Windows: a long context is cut into windows of ``max_seq_length`` tokens that overlap by
+``doc_stride`` tokens (question first, then the context window). A training window whose
+context does not hold the whole answer, like every window of an unanswerable question, is
+labelled with the CLS position (index 0).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qa_ray.config import DataConfig
+from qa_ray.data import QAExample, cached_features, gold_questions
+from qa_ray.metrics import score
+
+__all__ = [
+    "AUTO_CLASS",
+    "EvalOutput",
+    "collator",
+    "eval_features",
+    "evaluate",
+    "postprocess",
+    "train_features",
+]
+
+AUTO_CLASS = "AutoModelForQuestionAnswering"
+_NO_ANSWER_INDEX = 0  # CLS for BERT-style tokenizers; the first token otherwise
+
+
+def _tokenize(tokenizer, batch, cfg: DataConfig):
+    return tokenizer(
+        [q.lstrip() for q in batch["question"]],
+        batch["context"],
+        truncation="only_second",
+        max_length=cfg.max_seq_length,
+        stride=cfg.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+        padding_side="right",
+    )
+
+
+def _key(cfg: DataConfig, kind: str) -> dict:
+    return {"kind": kind, "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride}
+
+
+def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+    """Training windows with ``start_positions``/``end_positions`` token labels (cached)."""
+
+    def build(batch):
+        enc = _tokenize(tokenizer, batch, cfg)
+        sample_map = enc.pop("overflow_to_sample_mapping")
+        starts, ends = [], []
+        for i, offsets in enumerate(enc["offset_mapping"]):
+            ex = sample_map[i]
+            seq_ids = enc.sequence_ids(i)
+            answers = batch["answers"][ex]
+            if not answers:  # unanswerable
+                starts.append(_NO_ANSWER_INDEX)
+                ends.append(_NO_ANSWER_INDEX)
+                continue
+            start_char = batch["answer_starts"][ex][0]
+            end_char = start_char + len(answers[0])
+            ctx_first = seq_ids.index(1)
+            ctx_last = len(seq_ids) - 1 - seq_ids[::-1].index(1)
+            if offsets[ctx_first][0] > start_char or offsets[ctx_last][1] < end_char:
+                starts.append(_NO_ANSWER_INDEX)  # this window misses (part of) the answer
+                ends.append(_NO_ANSWER_INDEX)
+                continue
+            s = ctx_first
+            while s <= ctx_last and offsets[s][1] <= start_char:
+                s += 1
+            e = ctx_last
+            while e >= ctx_first and offsets[e][0] >= end_char:
+                e -= 1
+            starts.append(s)
+            ends.append(e)
+        enc.pop("offset_mapping")
+        enc["start_positions"] = starts
+        enc["end_positions"] = ends
+        return enc
+
+    return cached_features(examples, tokenizer, build, _key(cfg, "extractive-train"), cfg.cache_dir)
+
+
+def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+    """Evaluation windows with ``example_id`` and context-only ``offset_mapping`` (cached)."""
+
+    def build(batch):
+        enc = _tokenize(tokenizer, batch, cfg)
+        sample_map = enc.pop("overflow_to_sample_mapping")
+        enc["example_id"] = [batch["id"][s] for s in sample_map]
+        enc["offset_mapping"] = [
+            [o if sid == 1 else None for o, sid in zip(offsets, enc.sequence_ids(i), strict=True)]
+            for i, offsets in enumerate(enc["offset_mapping"])
+        ]
+        return enc
+
+    return cached_features(examples, tokenizer, build, _key(cfg, "extractive-eval"), cfg.cache_dir)
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def collator(tokenizer):
+    """Pads a batch of features to its longest window (dynamic padding)."""
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
+
+    def collate(rows):
+        keep = [{k: v for k, v in r.items() if k in _MODEL_INPUTS or k.endswith("_positions")} for r in rows]
+        return pad(keep)
+
+    return collate
+
+
+def postprocess(
+    examples: Sequence[QAExample],
+    features,
+    start_logits: Sequence[np.ndarray],
+    end_logits: Sequence[np.ndarray],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_no_answer: bool = False,
+) -> dict[str, str]:
+    """Turns window logits into one answer text per question.
+
+    For each question the best span over all of its windows wins (start + end logit, end not
+    before start, at most ``max_answer_length`` tokens, inside the context). With
+    ``allow_no_answer`` (SQuAD 2.0) the empty answer wins when the lowest no-answer score of
+    the question's windows (CLS start + end logit) beats the best span.
+    """
+    by_example = collections.defaultdict(list)
+    for i, ex_id in enumerate(features["example_id"]):
+        by_example[ex_id].append(i)
+    offsets_all = features["offset_mapping"]
+    predictions: dict[str, str] = {}
+    for ex in examples:
+        best_text, best_score = "", -np.inf
+        null_score = np.inf
+        for i in by_example.get(ex.id, ()):
+            s_log, e_log, offsets = start_logits[i], end_logits[i], offsets_all[i]
+            null_score = min(null_score, float(s_log[0] + e_log[0]))
+            top_s = np.argsort(s_log)[::-1][:n_best_size]
+            top_e = np.argsort(e_log)[::-1][:n_best_size]
+            for s in top_s:
+                if s >= len(offsets) or offsets[s] is None:
+                    continue
+                for e in top_e:
+                    if e >= len(offsets) or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                        continue
+                    sc = float(s_log[s] + e_log[e])
+                    if sc > best_score:
+                        best_score = sc
+                        best_text = ex.context[offsets[s][0] : offsets[e][1]]
+        if allow_no_answer and null_score > best_score:
+            best_text = ""
+        predictions[ex.id] = best_text
+    return predictions
+
+
+@dataclass(frozen=True)
+class EvalOutput:
+    predictions: dict[str, str]
+    scores: dict[str, float | int]
+    latency_ms_per_example: float
+
+
+@torch.no_grad()
+def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
+    """Runs the model over the eval windows, post-processes and scores (official SQuAD)."""
+    from torch.utils.data import DataLoader
+
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    inputs = features.select_columns([c for c in _MODEL_INPUTS if c in features.column_names])
+    loader = DataLoader(inputs, batch_size=batch_size, collate_fn=collator(tokenizer))
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            out = model(**batch)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        s = out.start_logits.float().cpu().numpy()
+        e = out.end_logits.float().cpu().numpy()
+        starts.extend(s[j, :n] for j, n in enumerate(lengths))
+        ends.extend(e[j, :n] for j, n in enumerate(lengths))
+    meta = features.select_columns(["example_id", "offset_mapping"])[:]
+    allow_no_answer = any(ex.is_impossible for ex in examples)
+    preds = postprocess(
+        examples, meta, starts, ends, cfg.n_best_size, cfg.max_answer_length, allow_no_answer
+    )
+    report = score(gold_questions(examples), preds)
+    if was_training:
+        model.train()
+    latency = 1000.0 * (time.perf_counter() - t0) / max(1, len(examples))
+    return EvalOutput(preds, report.scores, latency)
