@@ -44,6 +44,9 @@ class ConfigError(ValueError):
         n = len(self.errors)
         super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
 
+    def __reduce__(self):  # crosses Ray process boundaries
+        return (self.__class__, (self.source, self.errors))
+
 
 class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -277,6 +280,26 @@ def resolve_local_path(value: str | None) -> str | None:
     return os.path.abspath(expanded) if looks_local else value
 
 
+_LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".gz")
+
+
+def check_local_paths(cfg: TrialConfig, source: str) -> None:
+    """Fails before any cluster work when a path that is clearly local does not exist."""
+    errors = []
+    for field, value in (
+        ("model.name_or_path", cfg.model.name_or_path),
+        ("data.path", cfg.data.path),
+        ("data.eval_path", cfg.data.eval_path),
+    ):
+        if value is None or os.path.exists(os.path.expanduser(value)):
+            continue
+        if value.startswith(("/", "./", "../", "~")) or value.endswith(_LOCAL_SUFFIXES):
+            errors.append(f"`{field}`: no such file or folder, but got {value!r} (relative paths "
+                          f"are resolved from the current directory, {os.getcwd()})")
+    if errors:
+        raise ConfigError(source, errors)
+
+
 def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
     """Returns ``cfg`` with its local model/data/output paths made absolute."""
     model = cfg.model.model_copy(update={"name_or_path": resolve_local_path(cfg.model.name_or_path)})
@@ -295,4 +318,6 @@ def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
 def load_trial_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrialConfig:
     """Loads, overrides and validates a trial file; local paths come back absolute."""
     data = apply_overrides(load_yaml(path), list(overrides))
-    return absolutize_paths(validate_model(TrialConfig, data, str(path)))
+    cfg = validate_model(TrialConfig, data, str(path))
+    check_local_paths(cfg, str(path))
+    return absolutize_paths(cfg)

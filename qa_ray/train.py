@@ -84,6 +84,7 @@ class _RaySession:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        metrics = dict(metrics, worker_node_ip=ray.util.get_node_ip_address())
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray 3]
 
 

@@ -1,0 +1,193 @@
+"""The ``qa-ray`` command line.
+
+    qa-ray validate sweeps/quickstart.yaml
+    qa-ray sweep sweeps/quickstart.yaml [key=value ...] [--dry-run] [--resume]
+    qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50
+    qa-ray score dev-v2.0.json.gz predictions.json
+    qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1]
+
+Exit codes: 0 ok, 1 the run itself failed, 2 bad input (config, data, predictions), with a
+message naming the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from qa_ray.config import ConfigError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _cmd_score(args) -> int:
+    from qa_ray.data import DataError, gold_questions, load_examples, read_json
+    from qa_ray.metrics import score
+
+    questions = gold_questions(load_examples(args.dataset))
+    preds = read_json(args.predictions)
+    if not isinstance(preds, dict):
+        raise DataError(
+            args.predictions,
+            [f"expected a JSON object {{question_id: answer_text}}, but got a {type(preds).__name__}"],
+        )
+    bad = [f"`{k}`: answer must be a string, but got {v!r}" for k, v in preds.items() if not isinstance(v, str)]
+    if bad:
+        raise DataError(args.predictions, bad[:25])
+    report = score(questions, preds)
+    if report.missing:
+        print(
+            f"warning: {len(report.missing)} question(s) have no prediction and score 0 "
+            f"(first: {report.missing[0]})",
+            file=sys.stderr,
+        )
+    if report.unknown:
+        print(
+            f"warning: {len(report.unknown)} prediction(s) for unknown question ids are ignored "
+            f"(first: {report.unknown[0]})",
+            file=sys.stderr,
+        )
+    print(json.dumps(report.scores, indent=2))
+    return EXIT_OK
+
+
+def _cmd_train(args) -> int:
+    from qa_ray.config import load_trial_config
+    from qa_ray.train import train_loop_per_worker
+
+    cfg = load_trial_config(args.config, args.overrides)
+    print(f"[qa-ray] training {cfg.model.name_or_path} -> {cfg.output_dir}", flush=True)
+    result = train_loop_per_worker(cfg.model_dump())
+    print(json.dumps(result, indent=2))
+    print(f"[qa-ray] predictions, metrics.json and checkpoints in {cfg.output_dir}")
+    return EXIT_OK
+
+
+def _cmd_validate(args) -> int:
+    from qa_ray.sweep_config import load_sweep_config
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    print(f"{args.sweep}: ok ({cfg.search.num_samples} trials over {sorted(cfg.space.params)})")
+    return EXIT_OK
+
+
+def _cmd_sweep(args) -> int:
+    import yaml
+
+    from qa_ray.sweep import plan, run_sweep
+    from qa_ray.sweep_config import load_sweep_config
+    from qa_ray.tracking import resolve_tracking_uri
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    if args.dry_run:
+        print("# resolved sweep config\n" + resolved)
+        print(f"# tracking: {uri} (experiment {cfg.tracking.experiment_name!r})")
+        print("# resource plan (this machine's resources are counted when the sweep starts)")
+        print(json.dumps(plan(cfg), indent=2, default=str))
+        return EXIT_OK
+    result = run_sweep(cfg, uri, address=args.address, resume=args.resume, resolved_yaml=resolved)
+    from qa_ray.report import publish_pareto, trials_table
+
+    summary = publish_pareto(uri, result.parent_run_id, cfg.objectives)
+    print(trials_table(summary))
+    failed = sum(1 for t in result.trials if t["status"] == "FAILED")
+    print(
+        f"\n[qa-ray] {len(result.trials)} trials ({failed} failed). MLflow parent run "
+        f"{result.parent_run_id}\n[qa-ray] open it: mlflow ui --backend-store-uri {uri}  "
+        f"(experiment {cfg.tracking.experiment_name!r}, run {cfg.name!r}; filter trials on the "
+        f"front with tags.pareto_optimal = \"true\")"
+    )
+    return EXIT_OK
+
+
+def _cmd_pareto(args) -> int:
+    from qa_ray.report import find_parent_run, publish_pareto, trials_table
+    from qa_ray.sweep_config import Objective
+    from qa_ray.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None, args.tracking_uri)
+    parent = find_parent_run(uri, args.sweep_or_run)
+    objectives = [Objective(metric=args.y, mode=args.y_mode), Objective(metric=args.x, mode=args.x_mode)]
+    summary = publish_pareto(uri, parent, objectives, constraints=args.constraint)
+    print(trials_table(summary))
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qa-ray",
+        description="Find the best question-answering fine-tune for a memory budget.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n")[1],
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_, example):
+        sp = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("score", _cmd_score, "score SQuAD predictions like the official v2.0 script",
+             "qa-ray score dev-v2.0.json.gz predictions.json")
+    sp.add_argument("dataset", help="official-format SQuAD JSON (.json or .json.gz)")
+    sp.add_argument("predictions", help="JSON object {question_id: answer_text}")
+
+    sp = add("train", _cmd_train, "run one fine-tune (one trial of a sweep) in-process",
+             "qa-ray train trial.yaml model.name_or_path=models/all-MiniLM-L6-v2 train.max_steps=50")
+    sp.add_argument("config", help="trial YAML (model, data, train, resources, output_dir)")
+    sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+
+    sp = add("validate", _cmd_validate, "validate a sweep file and its search space",
+             "qa-ray validate sweeps/quickstart.yaml")
+    sp.add_argument("sweep")
+    sp.add_argument("overrides", nargs="*")
+
+    sp = add("sweep", _cmd_sweep, "run a sweep on Ray Tune + Optuna, tracked in MLflow",
+             "qa-ray sweep sweeps/quickstart.yaml search.num_samples=4")
+    sp.add_argument("sweep")
+    sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    sp.add_argument("--dry-run", action="store_true", help="print config, space and plan only")
+    sp.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sp.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
+    sp.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
+
+    sp = add("pareto", _cmd_pareto, "print a sweep's Pareto front and (re)write its MLflow artifacts",
+             "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1")
+    sp.add_argument("sweep_or_run", help="sweep name or parent run id")
+    sp.add_argument("--x", default="peak_memory_mb")
+    sp.add_argument("--x-mode", default="min", choices=["min", "max"])
+    sp.add_argument("--y", default="eval_f1")
+    sp.add_argument("--y-mode", default="max", choices=["min", "max"])
+    sp.add_argument("--constraint", action="append", default=[],
+                    help="e.g. 'peak_memory_mb <= 16000' (repeatable)")
+    sp.add_argument("--tracking-uri")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; `qa-ray sweep --resume` continues a sweep", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

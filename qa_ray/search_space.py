@@ -1,0 +1,261 @@
+"""Search spaces: validated entries, one conversion to Optuna distributions, coupled axes.
+
+A search-space file (``search_spaces/*.yaml``) names axes from :data:`AXES`::
+
+    effective_batch_size: 32          # optional: accumulation = 32 / (batch * workers)
+    params:
+      learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+      quantization_bits: {type: categorical, choices: [4, 8, 16]}
+      lora_r: {type: int, low: 4, high: 64, log: true}
+
+Coupled axes are sampled define-by-run so Optuna sees them as they are: 4/8 bits imply LoRA
+(``finetune`` is then not sampled), and without LoRA the LoRA axes are not sampled at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from qa_ray.config import TrialConfig, _Block
+
+__all__ = [
+    "AXES",
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "SearchSpace",
+    "apply_params",
+    "suggest",
+    "to_distributions",
+]
+
+# axis name -> the trial-config field it sets (lora_alpha_multiple sets alpha = multiple * r)
+AXES: dict[str, str] = {
+    "learning_rate": "train.learning_rate",
+    "warmup_ratio": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay",
+    "per_device_batch_size": "train.per_device_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "finetune": "model.finetune",
+    "quantization_bits": "model.quantization_bits",
+    "lora_r": "model.lora.r",
+    "lora_alpha_multiple": "model.lora.alpha",
+    "lora_dropout": "model.lora.dropout",
+    "model": "model.name_or_path",
+}
+_LORA_AXES = ("lora_r", "lora_alpha_multiple", "lora_dropout")
+_KBIT = (4, 8)
+
+
+class FloatParam(_Block):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _optuna_invariants(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step, default_step=None)
+        return self
+
+
+class IntParam(_Block):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _optuna_invariants(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step, default_step=1)
+        return self
+
+
+class CategoricalParam(_Block):
+    type: Literal["categorical"]
+    choices: list[int | float | str | bool] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CategoricalParam:
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError(f"`choices` must be unique, but got {self.choices}")
+        return self
+
+
+def _check_range(low, high, log, step, default_step) -> None:
+    if low > high:
+        raise ValueError(f"`low <= high` must hold, but got (low={low}, high={high})")
+    if log and low <= 0:
+        raise ValueError(f"`low > 0` must hold for `log: true`, but got (low={low}, high={high})")
+    if log and step is not None and step != default_step:
+        raise ValueError(
+            f"`step` is not supported with `log: true` (they are exclusive), but got "
+            f"(log={log}, step={step})"
+        )
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class SearchSpace(_Block):
+    """The axes to search and an optional effective-batch constraint."""
+
+    params: dict[str, Param] = Field(min_length=1)
+    effective_batch_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _known_coherent_axes(self) -> SearchSpace:
+        errors = []
+        for name in self.params:
+            if name not in AXES:
+                errors.append(f"`params.{name}`: unknown axis, expected one of {sorted(AXES)}")
+        _check_choices(self.params.get("quantization_bits"), {4, 8, 16, 32}, "quantization_bits", errors)
+        _check_choices(self.params.get("finetune"), {"full", "lora"}, "finetune", errors)
+        if self.effective_batch_size is not None:
+            if "gradient_accumulation_steps" in self.params:
+                errors.append(
+                    "`effective_batch_size` derives `gradient_accumulation_steps`, so the two "
+                    "are exclusive, but got both"
+                )
+            bs = self.params.get("per_device_batch_size")
+            if not isinstance(bs, CategoricalParam):
+                errors.append(
+                    "`effective_batch_size` needs `per_device_batch_size` as a categorical "
+                    f"axis (so every choice can divide it), but got {type(bs).__name__}"
+                )
+            else:
+                bad = [c for c in bs.choices if not isinstance(c, int) or self.effective_batch_size % c]
+                if bad:
+                    errors.append(
+                        f"every `per_device_batch_size` choice must divide `effective_batch_size`"
+                        f", but got (effective_batch_size={self.effective_batch_size}, "
+                        f"choices={bs.choices})"
+                    )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+def _check_choices(p, allowed: set, name: str, errors: list[str]) -> None:
+    if p is None:
+        return
+    if not isinstance(p, CategoricalParam):
+        errors.append(f"`params.{name}` must be categorical, but got type {p.type!r}")
+    elif not set(p.choices) <= allowed:
+        errors.append(
+            f"`params.{name}.choices` must be a subset of {sorted(allowed, key=str)}, "
+            f"but got {p.choices}"
+        )
+
+
+def to_distributions(space: SearchSpace) -> dict[str, Any]:
+    """The Optuna distribution of every axis (the one place entries become distributions)."""
+    import optuna.distributions as od
+
+    out: dict[str, Any] = {}
+    for name, p in space.params.items():
+        if isinstance(p, FloatParam):
+            out[name] = od.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            out[name] = od.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        else:
+            out[name] = od.CategoricalDistribution(p.choices)
+    return out
+
+
+def _suggest_one(trial, name: str, dist) -> Any:
+    import optuna.distributions as od
+
+    if isinstance(dist, od.FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, od.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    return trial.suggest_categorical(name, list(dist.choices))
+
+
+def suggest(trial, space: SearchSpace, base: TrialConfig) -> dict[str, Any]:
+    """Samples one configuration define-by-run; returns the derived constants.
+
+    Args:
+        trial: an ``optuna.Trial`` (or Ray's wrapper of one).
+        space: the validated search space.
+        base: the sweep's trial blocks, for values of axes that are not searched.
+
+    Returns:
+        Derived values that were not sampled (``finetune`` forced to LoRA by 4/8 bits, and
+        ``gradient_accumulation_steps`` from ``effective_batch_size``).
+    """
+    dists = to_distributions(space)
+    sampled: dict[str, Any] = {}
+    constants: dict[str, Any] = {}
+
+    def take(name: str) -> Any:
+        sampled[name] = _suggest_one(trial, name, dists[name])
+        return sampled[name]
+
+    bits = take("quantization_bits") if "quantization_bits" in dists else base.model.quantization_bits
+    if bits in _KBIT:
+        finetune = constants["finetune"] = "lora"
+    elif "finetune" in dists:
+        finetune = take("finetune")
+    else:
+        finetune = base.model.finetune
+    for name in dists:
+        if name in sampled or name == "finetune":
+            continue
+        if name in _LORA_AXES and finetune != "lora":
+            continue  # without LoRA these axes do not exist for this trial
+        take(name)
+    if space.effective_batch_size is not None:
+        bs = sampled.get("per_device_batch_size", base.train.per_device_batch_size)
+        per_step = bs * base.resources.num_workers
+        constants["gradient_accumulation_steps"] = max(1, space.effective_batch_size // per_step)
+    return constants
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Sets sampled axis values into a trial config dict (a copy); unknown keys are ignored."""
+    from qa_ray.config import _deepcopy
+
+    out = _deepcopy(base)
+    r = params.get("lora_r", _get(out, "model.lora.r", 8))
+    for name, value in params.items():
+        if name not in AXES:
+            continue
+        if name == "lora_alpha_multiple":
+            value = float(value) * r
+        _set(out, AXES[name], value)
+    return out
+
+
+def _get(d: dict, path: str, default: Any) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def _set(d: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[leaf] = value
+
+
+def grid_size(space: SearchSpace) -> float:
+    """Number of distinct configurations (``inf`` with any continuous axis); for dry runs."""
+    n = 1.0
+    for p in space.params.values():
+        if isinstance(p, CategoricalParam):
+            n *= len(p.choices)
+        elif isinstance(p, IntParam) and not p.log:
+            n *= (p.high - p.low) // p.step + 1
+        else:
+            return math.inf
+    return n

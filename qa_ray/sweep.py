@@ -1,0 +1,337 @@
+"""The sweep: a validated :class:`SweepConfig` translated into Ray Tune, Optuna and MLflow objects.
+
+    qa-ray sweep sweeps/quickstart.yaml
+
+Each Tune trial is a function trainable that builds one Ray Train ``TorchTrainer`` (Train V2)
+running :func:`qa_ray.train.train_loop_per_worker`; ``TuneReportCallback`` passes the workers'
+reports to Tune. ``OptunaSearch`` searches the objectives (lists of metric/mode) with its study
+in sqlite next to the Ray results, so it outlives the driver and optuna-dashboard can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qa_ray import metrics as m
+from qa_ray.config import ConfigError, TrialConfig
+from qa_ray.search_space import apply_params, grid_size, suggest
+from qa_ray.sweep_config import SweepConfig
+from ray.tune import Callback
+
+from qa_ray.tracking import MLflowSweepCallback, finish_parent_run, start_parent_run
+
+__all__ = ["SweepResult", "plan", "run_sweep"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "qa_ray_sweep.json"
+# Logged as curves on every child run.
+CURVE_METRICS = (
+    m.EVAL_EXACT, m.EVAL_F1, m.EVAL_HAS_ANS_F1, m.EVAL_NO_ANS_F1, "eval_HasAns_exact",
+    "eval_NoAns_exact", m.TRAIN_LOSS, m.LEARNING_RATE, m.PEAK_MEMORY_MB, m.MODEL_FOOTPRINT_MB,
+    m.TRAINABLE_PARAMS, m.TOTAL_PARAMS, m.TRAIN_SAMPLES_PER_SECOND, m.EVAL_LATENCY_MS,
+    m.EPOCH, m.STEP, m.TRAIN_SECONDS,
+)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment_path: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[dict[str, Any]]  # status, params, final metrics, trial id/name
+
+
+def experiment_path(cfg: SweepConfig) -> Path:
+    return Path(cfg.storage_path) / cfg.name
+
+
+def plan(cfg: SweepConfig, cluster: dict[str, float] | None = None) -> dict[str, Any]:
+    """The resource plan: per-trial resources and how many trials run at once."""
+    r = cfg.resources
+    per_trial = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker}
+    fit = None
+    if cluster:
+        fits = [cluster.get(k, 0) // v for k, v in per_trial.items() if v > 0]
+        fit = int(min(fits)) if fits else None
+        if fit == 0:
+            raise ConfigError(
+                "resources",
+                [
+                    f"one trial needs {per_trial} but the cluster has "
+                    f"{ {k: cluster.get(k, 0) for k in per_trial} }"
+                ],
+            )
+    concurrent = cfg.search.max_concurrent_trials or fit or 1
+    if fit:
+        concurrent = min(concurrent, fit)
+    return {
+        "per_trial": per_trial,
+        "workers_per_trial": r.num_workers,
+        "cluster": cluster,
+        "max_concurrent_trials": concurrent,
+        "num_samples": cfg.search.num_samples,
+        "distinct_configurations": grid_size(cfg.space),
+    }
+
+
+def _sampler(cfg: SweepConfig):
+    import optuna
+
+    s = cfg.search
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+
+
+def _run_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str) -> None:
+    """One Tune trial: a Ray Train run of the sampled configuration."""
+    from pydantic import ValidationError
+    from ray import tune
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from qa_ray.train import train_loop_per_worker
+
+    ctx = tune.get_context()
+    merged = apply_params(base, config)
+    try:
+        trial_cfg = TrialConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ValueError(f"sampled configuration is invalid: {exc}") from None
+    r = trial_cfg.resources
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=trial_cfg.model_dump(),
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=f"{ctx.get_experiment_name()}-train-{ctx.get_trial_name()}",
+            storage_path=storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=trial_cfg.train.checkpoints_to_keep),
+        ),
+    )
+    trainer.fit()  # raises TrainingFailedError (e.g. OOM in a worker): the trial is FAILED
+
+
+class _Progress:
+    """Prints one line per finished trial: counts and the best value of each objective."""
+
+    def __init__(self, objectives, total: int):
+        self.objectives = objectives
+        self.total = total
+        self.started = time.monotonic()
+
+    def line(self, trials) -> str:
+        done = [t for t in trials if t.status == "TERMINATED"]
+        failed = [t for t in trials if t.status == "ERROR"]
+        running = [t for t in trials if t.status == "RUNNING"]
+        best = []
+        for o in self.objectives:
+            vals = [t.last_result.get(o.metric) for t in done if t.last_result]
+            vals = [v for v in vals if isinstance(v, int | float)]
+            if vals:
+                best.append(f"{o.metric} {'max' if o.mode == 'max' else 'min'} {(max if o.mode == 'max' else min)(vals):.2f}")
+        mins = (time.monotonic() - self.started) / 60
+        return (
+            f"[qa-ray] {len(done)}/{self.total} done, {len(running)} running, {len(failed)} failed"
+            f" | best: {', '.join(best) or '-'} | {mins:.1f} min"
+        )
+
+
+class ProgressCallback(Callback):
+    """Prints a progress line whenever a trial finishes or fails."""
+
+    def __init__(self, objectives, total: int):
+        self.progress = _Progress(objectives, total)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        print(self.progress.line(trials), flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[qa-ray] trial {trial} FAILED: {str(trial.error_msg or '')[:300]}", flush=True)
+        print(self.progress.line(trials), flush=True)
+
+
+class DefineByRun:
+    """The Optuna define-by-run space (a picklable callable, saved with the searcher)."""
+
+    def __init__(self, space, base: TrialConfig):
+        self.space, self.base = space, base
+
+    def __call__(self, trial):
+        return suggest(trial, self.space, self.base)
+
+
+def _trial_name(trial) -> str:
+    return f"trial-{trial.trial_id.split('_')[-1]}"
+
+
+def init_ray(address: str | None) -> dict[str, float]:
+    """Joins ``address`` or starts Ray embedded with what this machine has; returns resources."""
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            import torch
+
+            ray.init(
+                num_cpus=os.cpu_count(),
+                num_gpus=torch.cuda.device_count(),
+                include_dashboard=False,
+                log_to_driver=True,
+            )
+    return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    tracking_uri: str,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    resolved_yaml: str = "",
+) -> SweepResult:
+    """Runs (or resumes) a sweep and records it in MLflow; returns every trial's outcome.
+
+    Args:
+        cfg: the validated sweep config (see :func:`qa_ray.sweep_config.load_sweep_config`).
+        tracking_uri: the MLflow tracking URI.
+        address: an existing Ray cluster; ``None`` starts Ray embedded.
+        resume: continue the sweep stored under ``storage_path/name``; finished trials are
+            not rerun and their MLflow runs are reused.
+        resolved_yaml: the resolved sweep config text, logged on the parent run.
+    """
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp_path = experiment_path(cfg)
+    state_path = exp_path / STATE_FILE
+    restorable = tune.Tuner.can_restore(str(exp_path))
+    if resume and not restorable:
+        raise ConfigError(
+            "--resume",
+            [f"no sweep to resume at {exp_path} (storage_path/name); run it without --resume"],
+        )
+    if not resume and restorable:
+        raise ConfigError(
+            "storage_path",
+            [
+                f"a sweep named {cfg.name!r} already exists at {exp_path}: pass --resume to "
+                "continue it, or choose another `name` (nothing there was touched)"
+            ],
+        )
+    cluster = init_ray(address)
+    p = plan(cfg, cluster)
+    exp_path.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    objectives = [(o.metric, o.mode) for o in cfg.objectives]
+    parent_id = start_parent_run(
+        tracking_uri,
+        cfg.tracking.experiment_name,
+        cfg.name,
+        params={
+            "model": cfg.model.name_or_path,
+            "task": cfg.model.task,
+            "data": cfg.data.path,
+            "objectives": objectives,
+            "sampler": cfg.search.sampler,
+            "num_samples": cfg.search.num_samples,
+            "max_concurrent_trials": p["max_concurrent_trials"],
+            "workers_per_trial": cfg.resources.num_workers,
+            "storage_path": str(exp_path),
+        },
+        artifacts={
+            "sweep_config.yaml": resolved_yaml or yaml.safe_dump(cfg.model_dump(mode="json")),
+            "search_space.yaml": yaml.safe_dump(cfg.space.model_dump(mode="json")),
+        },
+        run_id=state.get("parent_run_id"),
+    )
+    state.update({"parent_run_id": parent_id, "tracking_uri": tracking_uri, "name": cfg.name})
+    state_path.write_text(json.dumps(state, indent=2))
+    print(f"[qa-ray] sweep {cfg.name}: MLflow parent run {parent_id} at {tracking_uri}", flush=True)
+    print(f"[qa-ray] plan: {json.dumps(p)}", flush=True)
+
+    status = "FAILED"
+    try:
+        grid = _fit(cfg, exp_path, tracking_uri, parent_id, p, resume)
+        status = "FINISHED"
+    finally:
+        finish_parent_run(tracking_uri, parent_id, status)
+    trials = []
+    for r in grid:
+        trials.append(
+            {
+                "status": "FAILED" if r.error else "COMPLETE",
+                "error": str(r.error)[:500] if r.error else None,
+                "config": dict(r.config or {}),
+                **({k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float)}),
+            }
+        )
+    return SweepResult(str(exp_path), parent_id, tracking_uri, trials)
+
+
+def _fit(cfg: SweepConfig, exp_path: Path, tracking_uri: str, parent_id: str, p: dict, resume: bool):
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    base = cfg.trial_config().model_dump()
+    # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
+    # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
+    trainable = tune.with_resources(
+        partial(_run_trial, base=base, storage_path=str(exp_path / "train")), {"memory": 1}
+    )
+    callbacks = [
+        MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS),
+        ProgressCallback(cfg.objectives, cfg.search.num_samples),
+    ]
+    if resume:
+        tuner = tune.Tuner.restore(
+            str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        searcher = OptunaSearch(
+            space=DefineByRun(cfg.space, cfg.trial_config()),
+            metric=[o.metric for o in cfg.objectives],
+            mode=[o.mode for o in cfg.objectives],
+            sampler=_sampler(cfg),
+            study_name=cfg.name,
+            storage=optuna.storages.RDBStorage(f"sqlite:///{exp_path / 'optuna.db'}"),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=cfg.search.num_samples,
+                max_concurrent_trials=p["max_concurrent_trials"],
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=cfg.storage_path,
+                callbacks=callbacks,
+                verbose=0,
+            ),
+        )
+    return tuner.fit()

@@ -1,0 +1,136 @@
+"""The sweep file: the trial blocks plus search, objectives, tracking and storage.
+
+    qa-ray validate sweeps/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from qa_ray import metrics as m
+from qa_ray.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ResourcesConfig,
+    TrainConfig,
+    TrialConfig,
+    _Block,
+    absolutize_paths,
+    check_local_paths,
+    apply_overrides,
+    load_yaml,
+    validate_model,
+)
+from qa_ray.search_space import SearchSpace
+
+__all__ = ["Objective", "SearchConfig", "SweepConfig", "TrackingConfig", "load_sweep_config"]
+
+# Metrics a sweep may optimize: what the training loop reports.
+OBJECTIVE_METRICS = (
+    m.EVAL_F1, m.EVAL_EXACT, m.EVAL_HAS_ANS_F1, m.EVAL_NO_ANS_F1, m.PEAK_MEMORY_MB,
+    m.MODEL_FOOTPRINT_MB, m.TRAINABLE_PARAMS, m.EVAL_LATENCY_MS, m.TRAIN_LOSS,
+    m.TRAIN_SAMPLES_PER_SECOND,
+)
+
+
+class Objective(_Block):
+    metric: str
+    mode: Literal["min", "max"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {v!r}, expected one of {list(OBJECTIVE_METRICS)}")
+        return v
+
+
+class SearchConfig(_Block):
+    """What to search and how: a space (file path or inline), sampler, budget."""
+
+    space: str | SearchSpace = Field(description="a search_spaces/*.yaml path, or inline")
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="default: as many as the cluster's resources allow"
+    )
+
+
+class TrackingConfig(_Block):
+    tracking_uri: str | None = Field(
+        None, description="MLflow URI; else --tracking-uri, MLFLOW_TRACKING_URI, then local"
+    )
+    experiment_name: str = "qa-ray"
+
+
+class SweepConfig(_Block):
+    """One sweep: trial blocks shared by every trial, plus the search around them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    search: SearchConfig
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [
+            Objective(metric=m.EVAL_F1, mode="max"),
+            Objective(metric=m.PEAK_MEMORY_MB, mode="min"),
+        ],
+        min_length=1,
+    )
+    tracking: TrackingConfig = TrackingConfig()
+    storage_path: str = Field("runs", description="Ray results and the Optuna study live here")
+
+    @model_validator(mode="after")
+    def _distinct_objectives(self) -> SweepConfig:
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`objectives` must name distinct metrics, but got {names}")
+        return self
+
+    def trial_config(self) -> TrialConfig:
+        """The trial blocks as a :class:`TrialConfig` (what every trial starts from)."""
+        return TrialConfig(
+            name=self.name, model=self.model, data=self.data, train=self.train,
+            resources=self.resources,
+        )
+
+    @property
+    def space(self) -> SearchSpace:
+        assert isinstance(self.search.space, SearchSpace), "call load_sweep_config()"
+        return self.search.space
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+    """Loads a sweep file, applies overrides, resolves its search-space file, validates all.
+
+    Raises:
+        ConfigError: every problem, in the sweep file and in its search-space file.
+    """
+    data = apply_overrides(load_yaml(path), list(overrides))
+    cfg = validate_model(SweepConfig, data, str(path))
+    space = cfg.search.space
+    if isinstance(space, str):
+        space_path = Path(space)
+        if not space_path.is_file():
+            raise ConfigError(
+                str(path), [f"`search.space`: search-space file not found, but got {space!r}"]
+            )
+        space = validate_model(SearchSpace, load_yaml(space_path), str(space_path))
+    check_local_paths(cfg.trial_config(), str(path))
+    trial = absolutize_paths(cfg.trial_config())
+    return cfg.model_copy(
+        update={
+            "search": cfg.search.model_copy(update={"space": space}),
+            "model": trial.model,
+            "data": trial.data,
+            "storage_path": os.path.abspath(os.path.expanduser(cfg.storage_path)),
+        }
+    )

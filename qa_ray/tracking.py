@@ -1,0 +1,228 @@
+"""MLflow: one parent run per sweep, one nested child run per trial (tag ``mlflow.parentRunId``).
+
+Ray's ``MLflowLoggerCallback`` makes flat runs; :class:`MLflowSweepCallback` makes the nested
+layout a team reads: the parent carries the sweep config and the Pareto artifacts, each child
+the sampled params, metric curves (one point per evaluation) and final metrics, or status
+FAILED with the error. On ``--resume`` the same parent and children are reused, so no run is
+duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+from importlib import metadata
+from typing import Any
+
+from ray.tune import Callback
+
+__all__ = [
+    "MLflowSweepCallback",
+    "TAG_PARENT",
+    "TAG_SWEEP",
+    "TAG_TRIAL_ID",
+    "child_runs",
+    "resolve_tracking_uri",
+    "start_parent_run",
+]
+
+logger = logging.getLogger(__name__)
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_SWEEP = "qa_ray.sweep"
+TAG_TRIAL_ID = "qa_ray.trial_id"
+TAG_TRIAL_NAME = "qa_ray.trial_name"
+TAG_NODE = "qa_ray.node_ip"
+TAG_ROLE = "qa_ray.role"
+_PACKAGES = ("qa-ray", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna", "mlflow")
+
+
+def resolve_tracking_uri(from_file: str | None, from_cli: str | None) -> str:
+    """``--tracking-uri``, else the sweep file, else ``MLFLOW_TRACKING_URI``, else local sqlite."""
+    uri = from_cli or from_file or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_parent_run(
+    uri: str,
+    experiment: str,
+    sweep_name: str,
+    params: dict[str, Any],
+    artifacts: dict[str, str],
+    run_id: str | None = None,
+) -> str:
+    """Creates the sweep's parent run (or reopens ``run_id`` on resume); returns its id.
+
+    Args:
+        params: key settings logged as params.
+        artifacts: ``{file name: text}`` logged at the run's root (resolved config, space).
+    """
+    client = _client(uri)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {TAG_SWEEP: sweep_name, TAG_ROLE: "sweep", "git_commit": _git_commit()}
+    for pkg in _PACKAGES:
+        try:
+            tags[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    run = client.create_run(_experiment_id(client, experiment), run_name=sweep_name, tags=tags)
+    rid = run.info.run_id
+    client.log_batch(rid, params=_params(params))
+    for name, text in artifacts.items():
+        client.log_text(rid, text, name)
+    return rid
+
+
+def finish_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """Every child run of a parent, oldest first."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        max_results=10000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def _params(values: dict[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
+
+
+def _numeric(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+class MLflowSweepCallback(Callback):
+    """Logs every Tune trial as a nested child run of the sweep's parent run.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        parent_run_id: the sweep's parent run (see :func:`start_parent_run`).
+        metric_keys: the metrics worth logging as curves (the loop's metric names).
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, metric_keys: tuple[str, ...]):
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.metric_keys = tuple(metric_keys)
+        self._runs: dict[str, str] = {}
+        self._client = None
+
+    def __getstate__(self):  # pickled into Tune's experiment state; the client is not
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _client(self.tracking_uri)
+        return self._client
+
+    def _run_for(self, trial) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        existing = [
+            r
+            for r in child_runs(self.tracking_uri, self.parent_run_id)
+            if r.data.tags.get(TAG_TRIAL_ID) == trial.trial_id
+        ]
+        if existing:  # resumed sweep: keep logging into the trial's run
+            rid = existing[0].info.run_id
+            self.client.update_run(rid, status="RUNNING")
+        else:
+            parent = self.client.get_run(self.parent_run_id)
+            run = self.client.create_run(
+                parent.info.experiment_id,
+                run_name=trial.trial_name if hasattr(trial, "trial_name") else str(trial),
+                tags={
+                    TAG_PARENT: self.parent_run_id,
+                    TAG_TRIAL_ID: trial.trial_id,
+                    TAG_TRIAL_NAME: str(trial),
+                    TAG_SWEEP: parent.data.tags.get(TAG_SWEEP, ""),
+                    TAG_ROLE: "trial",
+                },
+            )
+            rid = run.info.run_id
+            self.client.log_batch(rid, params=_params(trial.config))
+        self._runs[trial.trial_id] = rid
+        return rid
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        rid = self._run_for(trial)
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(k, v, ts, step) for k, v in _numeric(result).items() if k in self.metric_keys
+        ]
+        self.client.log_batch(rid, metrics=metrics)
+        node = result.get("worker_node_ip") or result.get("node_ip")
+        if node:
+            self.client.set_tag(rid, TAG_NODE, str(node))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        rid = self._run_for(trial)
+        final = trial.last_result or {}
+        self.client.log_text(rid, json.dumps(final, indent=2, default=str), "final_result.json")
+        self.client.set_terminated(rid, status="FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rid = self._run_for(trial)
+        message = _error_text(trial)
+        self.client.set_tag(rid, "error", message[:4000])
+        self.client.log_text(rid, message, "error.txt")
+        self.client.set_terminated(rid, status="FAILED")
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+    except OSError:
+        pass
+    return str(getattr(trial, "error_msg", None) or "trial failed (no error text recorded)")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv with everything qa-ray needs (idempotent). torch goes first, pinned to the
+# CPU build on this machine kind, so nothing pulls a multi-GB CUDA build; on a GPU machine
+# set QA_RAY_TORCH to the torch requirement you want (e.g. "torch==2.13.0").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check "${QA_RAY_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+echo "qa-ray installed in $(pwd)/.venv"

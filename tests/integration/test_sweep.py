@@ -1,0 +1,140 @@
+"""A real sweep on local Ray (2 CPUs) with tiny models and a real MLflow store."""
+
+import json
+import shutil
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from qa_ray.cli import main
+from qa_ray.tracking import child_runs
+
+from conftest import ASSETS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ray_2cpu():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _sweep_file(tmp_path, good, broken, num_samples=4):
+    data = {
+        "name": "tiny-sweep",
+        "model": {"name_or_path": str(good), "finetune": "lora"},
+        "data": {"path": str(ASSETS / "squad_v1_tiny.json"), "max_seq_length": 128,
+                 "doc_stride": 32, "cache_dir": str(tmp_path / "cache"), "max_eval_examples": 20},
+        "train": {"max_steps": 2, "per_device_batch_size": 8, "save_checkpoints": False},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "search": {
+            "num_samples": num_samples, "max_concurrent_trials": 2, "sampler": "random", "seed": 3,
+            "space": {"params": {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "lora_r": {"type": "int", "low": 2, "high": 8},
+                "quantization_bits": {"type": "categorical", "choices": [8, 32]},
+                "model": {"type": "categorical", "choices": [str(good), str(broken)]},
+            }},
+        },
+        "storage_path": str(tmp_path / "runs"),
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "t"},
+    }
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p, data["tracking"]["tracking_uri"]
+
+
+def _broken_model(tmp_path, good):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(good, broken)
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return broken
+
+
+def test_sweep_records_parent_children_study_and_failure(tiny_model_dir, tmp_path, ray_2cpu, capsys):
+    good = tiny_model_dir("bert")
+    path, uri = _sweep_file(tmp_path, good, _broken_model(tmp_path, good))
+    assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "MLflow parent run" in out and "configuration" in out
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    parents = client.search_runs([exp.experiment_id], "tags.`qa_ray.role` = 'sweep'")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = child_runs(uri, parent.info.run_id)
+    assert len(children) == 4
+    failed = [c for c in children if c.info.status == "FAILED"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(failed) + len(finished) == 4
+    assert all(c.data.params["model"].endswith("broken-model") for c in failed)
+    assert all(c.data.params["model"] == str(good) for c in finished)
+    assert failed and finished, "seed 3 samples both models"
+    for c in failed:
+        assert "no-such-architecture" in c.data.tags["error"]
+    for c in finished:
+        assert {"learning_rate", "quantization_bits", "model"} <= set(c.data.params)
+        assert "lora_r" in c.data.params  # finetune is lora in every trial here
+        assert {"eval_f1", "eval_exact", "peak_memory_mb"} <= set(c.data.metrics)
+        assert c.data.tags["pareto_optimal"] in ("true", "false")
+    assert any(c.data.tags["pareto_optimal"] == "true" for c in finished)
+    # curves: one point per evaluation
+    hist = client.get_metric_history(finished[0].info.run_id, "train_loss")
+    assert [h.step for h in hist] == [2]
+    # parent artifacts
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {"pareto/pareto.html", "pareto/pareto.png", "pareto/trials.csv", "pareto/summary.md"} <= arts
+    root = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_config.yaml", "search_space.yaml"} <= root
+    assert parent.data.tags["version.ray"].startswith("2.60")
+
+    study = optuna.load_study(study_name="tiny-sweep",
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(finished)
+    assert all(len(t.values) == 2 for t in complete)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]) == len(failed)
+
+    # a second run under the same name refuses, and touches nothing
+    assert main(["sweep", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resuming a finished sweep reruns nothing and adds no child runs
+    assert main(["sweep", str(path), "--resume"]) == 0
+    assert len(child_runs(uri, parent.info.run_id)) == 4
+
+
+def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
+    good = tiny_model_dir("bert")
+    path, _ = _sweep_file(tmp_path, good, good)
+    assert main(["validate", str(path)]) == 0
+    assert main(["sweep", str(path), "--dry-run", "search.num_samples=2"]) == 0
+    out = capsys.readouterr().out
+    assert "num_samples: 2" in out and '"max_concurrent_trials": 2' in out
+    assert main(["validate", str(path), "search.sampler=cmaes", "objectives=[{metric: f1, mode: max}]"]) == 2
+    err = capsys.readouterr().err
+    assert "`search.sampler`" in err and "unknown metric 'f1'" in err
+
+
+def test_every_shipped_sweep_and_space_validates(capsys):
+    from pathlib import Path
+
+    from qa_ray.config import validate_model, load_yaml
+    from qa_ray.search_space import SearchSpace
+
+    root = Path(__file__).resolve().parents[2]
+    sweeps = sorted((root / "sweeps").glob("*.yaml"))
+    assert sweeps
+    for s in sweeps:
+        assert s.read_text().startswith("#"), f"{s} must open with a comment"
+        # hub ids and staged models need not exist here: validate the schema only
+        from qa_ray.sweep_config import SweepConfig
+
+        validate_model(SweepConfig, load_yaml(s), str(s))
+    for sp in sorted((root / "search_spaces").glob("*.yaml")):
+        validate_model(SearchSpace, load_yaml(sp), str(sp))
