@@ -34,9 +34,15 @@ def _cmd_score(args) -> int:
     if not isinstance(preds, dict):
         raise DataError(
             args.predictions,
-            [f"expected a JSON object {{question_id: answer_text}}, but got a {type(preds).__name__}"],
+            [
+                f"expected a JSON object {{question_id: answer_text}}, but got a {type(preds).__name__}"
+            ],
         )
-    bad = [f"`{k}`: answer must be a string, but got {v!r}" for k, v in preds.items() if not isinstance(v, str)]
+    bad = [
+        f"`{k}`: answer must be a string, but got {v!r}"
+        for k, v in preds.items()
+        if not isinstance(v, str)
+    ]
     if bad:
         raise DataError(args.predictions, bad[:25])
     report = score(questions, preds)
@@ -102,7 +108,7 @@ def _cmd_sweep(args) -> int:
         f"\n[qa-ray] {len(result.trials)} trials ({failed} failed). MLflow parent run "
         f"{result.parent_run_id}\n[qa-ray] open it: mlflow ui --backend-store-uri {uri}  "
         f"(experiment {cfg.tracking.experiment_name!r}, run {cfg.name!r}; filter trials on the "
-        f"front with tags.pareto_optimal = \"true\")"
+        f'front with tags.pareto_optimal = "true")'
     )
     return EXIT_OK
 
@@ -114,7 +120,10 @@ def _cmd_pareto(args) -> int:
 
     uri = resolve_tracking_uri(None, args.tracking_uri)
     parent = find_parent_run(uri, args.sweep_or_run)
-    objectives = [Objective(metric=args.y, mode=args.y_mode), Objective(metric=args.x, mode=args.x_mode)]
+    objectives = [
+        Objective(metric=args.y, mode=args.y_mode),
+        Objective(metric=args.x, mode=args.x_mode),
+    ]
     summary = publish_pareto(uri, parent, objectives, constraints=args.constraint)
     print(trials_table(summary))
     return EXIT_OK
@@ -131,28 +140,48 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn, help_, example):
-        sp = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=f"{help_}\n\nexample:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("score", _cmd_score, "score SQuAD predictions like the official v2.0 script",
-             "qa-ray score dev-v2.0.json.gz predictions.json")
+    sp = add(
+        "score",
+        _cmd_score,
+        "score SQuAD predictions like the official v2.0 script",
+        "qa-ray score dev-v2.0.json.gz predictions.json",
+    )
     sp.add_argument("dataset", help="official-format SQuAD JSON (.json or .json.gz)")
     sp.add_argument("predictions", help="JSON object {question_id: answer_text}")
 
-    sp = add("train", _cmd_train, "run one fine-tune (one trial of a sweep) in-process",
-             "qa-ray train trial.yaml model.name_or_path=models/all-MiniLM-L6-v2 train.max_steps=50")
+    sp = add(
+        "train",
+        _cmd_train,
+        "run one fine-tune (one trial of a sweep) in-process",
+        "qa-ray train trial.yaml model.name_or_path=models/all-MiniLM-L6-v2 train.max_steps=50",
+    )
     sp.add_argument("config", help="trial YAML (model, data, train, resources, output_dir)")
     sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
 
-    sp = add("validate", _cmd_validate, "validate a sweep file and its search space",
-             "qa-ray validate sweeps/quickstart.yaml")
+    sp = add(
+        "validate",
+        _cmd_validate,
+        "validate a sweep file and its search space",
+        "qa-ray validate sweeps/quickstart.yaml",
+    )
     sp.add_argument("sweep")
     sp.add_argument("overrides", nargs="*")
 
-    sp = add("sweep", _cmd_sweep, "run a sweep on Ray Tune + Optuna, tracked in MLflow",
-             "qa-ray sweep sweeps/quickstart.yaml search.num_samples=4")
+    sp = add(
+        "sweep",
+        _cmd_sweep,
+        "run a sweep on Ray Tune + Optuna, tracked in MLflow",
+        "qa-ray sweep sweeps/quickstart.yaml search.num_samples=4",
+    )
     sp.add_argument("sweep")
     sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     sp.add_argument("--dry-run", action="store_true", help="print config, space and plan only")
@@ -160,15 +189,23 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
     sp.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
 
-    sp = add("pareto", _cmd_pareto, "print a sweep's Pareto front and (re)write its MLflow artifacts",
-             "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1")
+    sp = add(
+        "pareto",
+        _cmd_pareto,
+        "print a sweep's Pareto front and (re)write its MLflow artifacts",
+        "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1",
+    )
     sp.add_argument("sweep_or_run", help="sweep name or parent run id")
     sp.add_argument("--x", default="peak_memory_mb")
     sp.add_argument("--x-mode", default="min", choices=["min", "max"])
     sp.add_argument("--y", default="eval_f1")
     sp.add_argument("--y-mode", default="max", choices=["min", "max"])
-    sp.add_argument("--constraint", action="append", default=[],
-                    help="e.g. 'peak_memory_mb <= 16000' (repeatable)")
+    sp.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        help="e.g. 'peak_memory_mb <= 16000' (repeatable)",
+    )
     sp.add_argument("--tracking-uri")
     return p
 

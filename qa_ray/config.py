@@ -175,8 +175,7 @@ class ResourcesConfig(_Block):
         g = self.gpus_per_worker
         if g > 1 and g != int(g):
             raise ValueError(
-                f"`gpus_per_worker` above 1 must be a whole number, but got "
-                f"(gpus_per_worker={g})"
+                f"`gpus_per_worker` above 1 must be a whole number, but got (gpus_per_worker={g})"
             )
         return self
 
@@ -294,15 +293,19 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
         if value is None or os.path.exists(os.path.expanduser(value)):
             continue
         if value.startswith(("/", "./", "../", "~")) or value.endswith(_LOCAL_SUFFIXES):
-            errors.append(f"`{field}`: no such file or folder, but got {value!r} (relative paths "
-                          f"are resolved from the current directory, {os.getcwd()})")
+            errors.append(
+                f"`{field}`: no such file or folder, but got {value!r} (relative paths "
+                f"are resolved from the current directory, {os.getcwd()})"
+            )
     if errors:
         raise ConfigError(source, errors)
 
 
 def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
     """Returns ``cfg`` with its local model/data/output paths made absolute."""
-    model = cfg.model.model_copy(update={"name_or_path": resolve_local_path(cfg.model.name_or_path)})
+    model = cfg.model.model_copy(
+        update={"name_or_path": resolve_local_path(cfg.model.name_or_path)}
+    )
     data = cfg.data.model_copy(
         update={
             "path": resolve_local_path(cfg.data.path),

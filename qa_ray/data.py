@@ -86,9 +86,7 @@ def read_json(path: str | os.PathLike) -> Any:
                 try:
                     records.append(json.loads(ln))
                 except json.JSONDecodeError as line_exc:
-                    raise DataError(
-                        str(p), [f"line {i + 1}: not JSON ({line_exc.msg})"]
-                    ) from None
+                    raise DataError(str(p), [f"line {i + 1}: not JSON ({line_exc.msg})"]) from None
             return records
         raise DataError(str(p), [f"not JSON: {exc.msg} at line {exc.lineno}"]) from None
 
@@ -115,9 +113,7 @@ def _from_official(payload: dict[str, Any], source: str) -> tuple[list[dict], li
                     errors.append(f"{where}: expected an object, but got {qa!r}")
                     continue
                 answers = qa.get("answers", [])
-                if not isinstance(answers, list) or not all(
-                    isinstance(x, dict) for x in answers
-                ):
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
                     errors.append(f"{where}.answers: expected a list of objects, got {answers!r}")
                     answers = []
                 if qa.get("is_impossible") and answers:
@@ -179,7 +175,9 @@ def _validate_records(records: list[dict], source: str, errors: list[str]) -> li
         context = r.get("context") if isinstance(r.get("context"), str) else ""
         for j, (text, start) in enumerate(zip(texts, starts, strict=True)):
             if not isinstance(text, str) or not text:
-                errors.append(f"{label}: `answers.text[{j}]` must be a non-empty string, got {text!r}")
+                errors.append(
+                    f"{label}: `answers.text[{j}]` must be a non-empty string, got {text!r}"
+                )
                 ok = False
             elif not isinstance(start, int) or isinstance(start, bool) or start < 0:
                 errors.append(
@@ -267,7 +265,12 @@ def load_examples(path: str, split: str | None = None) -> list[QAExample]:
 
 
 def _is_official(data: Any) -> bool:
-    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "paragraphs" in data[0]
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and isinstance(data[0], dict)
+        and "paragraphs" in data[0]
+    )
 
 
 def split_by_article(

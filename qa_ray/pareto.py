@@ -133,7 +133,11 @@ def nondominated_ranks(
     remaining = {i: _key(t, objectives) for i, t in enumerate(trials) if _valid(t, metrics)}
     ranks, r = {}, 0
     while remaining:
-        layer = [i for i in remaining if not any(dominates(remaining[j], remaining[i]) for j in remaining)]
+        layer = [
+            i
+            for i in remaining
+            if not any(dominates(remaining[j], remaining[i]) for j in remaining)
+        ]
         for i in layer:
             ranks[i] = r
             del remaining[i]

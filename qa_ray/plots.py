@@ -7,8 +7,15 @@ from typing import Any
 
 __all__ = ["pareto_html", "pareto_png", "scatter_png", "line_png"]
 
-_HOVER = ("learning_rate", "lora_r", "quantization_bits", "per_device_batch_size",
-          "gradient_accumulation_steps", "finetune", "warmup_ratio")
+_HOVER = (
+    "learning_rate",
+    "lora_r",
+    "quantization_bits",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "finetune",
+    "warmup_ratio",
+)
 
 
 def _require(module: str, extra: str = "plots"):
@@ -45,21 +52,40 @@ def pareto_html(
     palette = {"4": "#d62728", "8": "#ff7f0e", "16": "#2ca02c", "32": "#1f77b4"}
     for bits, idx in sorted(by_bits.items()):
         hover = [
-            "<br>".join([f"<b>{trials[i].get('name', i)}</b>"] + [
-                f"{k}: {trials[i][k]}" for k in _HOVER if trials[i].get(k) is not None
-            ] + [f"{y}: {trials[i][y]:.2f}", f"{x}: {trials[i][x]:.1f}"])
+            "<br>".join(
+                [f"<b>{trials[i].get('name', i)}</b>"]
+                + [f"{k}: {trials[i][k]}" for k in _HOVER if trials[i].get(k) is not None]
+                + [f"{y}: {trials[i][y]:.2f}", f"{x}: {trials[i][x]:.1f}"]
+            )
             for i in idx
         ]
-        fig.add_trace(go.Scatter(
-            x=[trials[i][x] for i in idx], y=[trials[i][y] for i in idx], mode="markers",
-            name=f"{bits}-bit", text=hover, hoverinfo="text",
-            marker=dict(size=[14 if i in optimal else 9 for i in idx], color=palette.get(bits, "#7f7f7f"),
-                        opacity=[1.0 if i in optimal else 0.35 for i in idx],
-                        line=dict(width=[2 if i in optimal else 0 for i in idx], color="black")),
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[trials[i][x] for i in idx],
+                y=[trials[i][y] for i in idx],
+                mode="markers",
+                name=f"{bits}-bit",
+                text=hover,
+                hoverinfo="text",
+                marker=dict(
+                    size=[14 if i in optimal else 9 for i in idx],
+                    color=palette.get(bits, "#7f7f7f"),
+                    opacity=[1.0 if i in optimal else 0.35 for i in idx],
+                    line=dict(width=[2 if i in optimal else 0 for i in idx], color="black"),
+                ),
+            )
+        )
     xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode)
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="Pareto front",
-                             line=dict(shape="linear", color="black", dash="dot"), hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines",
+            name="Pareto front",
+            line=dict(shape="linear", color="black", dash="dot"),
+            hoverinfo="skip",
+        )
+    )
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
     return fig.to_html(include_plotlyjs="inline", full_html=True, div_id="qa-ray-pareto")
 
@@ -70,15 +96,22 @@ def _plt():
     return _require("matplotlib.pyplot")
 
 
-def pareto_png(path: str, trials, optimal: set[int], x: str, y: str, y_mode: str, title: str) -> None:
+def pareto_png(
+    path: str, trials, optimal: set[int], x: str, y: str, y_mode: str, title: str
+) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     palette = {4: "#d62728", 8: "#ff7f0e", 16: "#2ca02c", 32: "#1f77b4"}
     for i, t in enumerate(trials):
         on = i in optimal
-        ax.scatter(t[x], t[y], s=60 if on else 30, alpha=1.0 if on else 0.35,
-                   color=palette.get(t.get("quantization_bits"), "#7f7f7f"),
-                   edgecolors="black" if on else "none")
+        ax.scatter(
+            t[x],
+            t[y],
+            s=60 if on else 30,
+            alpha=1.0 if on else 0.35,
+            color=palette.get(t.get("quantization_bits"), "#7f7f7f"),
+            edgecolors="black" if on else "none",
+        )
     xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode)
     ax.plot(xs, ys, "k:", label="Pareto front")
     for bits, c in palette.items():

@@ -44,14 +44,20 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
     except Exception:
         pass
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        exps,
-        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_or_run}' and tags.`{TAG_ROLE}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    ) if exps else []
+    runs = (
+        client.search_runs(
+            exps,
+            filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_or_run}' and tags.`{TAG_ROLE}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if exps
+        else []
+    )
     if not runs:
-        raise ConfigError(sweep_or_run, [f"no sweep parent run or run id {sweep_or_run!r} at {uri}"])
+        raise ConfigError(
+            sweep_or_run, [f"no sweep parent run or run id {sweep_or_run!r} at {uri}"]
+        )
     return runs[0].info.run_id
 
 
@@ -83,7 +89,11 @@ def _reference(trials, objectives) -> list[float]:
     """A reference point worse than every trial: 0 for a max metric, 1.1 x the worst for min."""
     ref = []
     for k, mode in objectives:
-        vals = [float(t[k]) for t in trials if isinstance(t.get(k), int | float) and not math.isnan(t[k])]
+        vals = [
+            float(t[k])
+            for t in trials
+            if isinstance(t.get(k), int | float) and not math.isnan(t[k])
+        ]
         ref.append(0.0 if mode == "max" else (max(vals) * 1.1 if vals else 1.0))
     return ref
 
@@ -114,21 +124,34 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
     on_front = {feasible.index(i) for i in pf.optimal}
     title = f"Pareto front: {y} vs {x} ({len(pf.optimal)} of {len(trials)} trials)"
     with tempfile.TemporaryDirectory() as d:
+
         def path(name):
             return os.path.join(d, name)
 
         with open(path("pareto.html"), "w") as f:
             f.write(plots.pareto_html(plotted, on_front, x, y, y_mode, title))
         plots.pareto_png(path("pareto.png"), plotted, on_front, x, y, y_mode, title)
-        for ym, xm in ((m.EVAL_EXACT, m.PEAK_MEMORY_MB), (m.EVAL_F1, m.PEAK_MEMORY_MB),
-                       (m.EVAL_F1, m.EVAL_LATENCY_MS)):
-            rows = [t for t in plotted if isinstance(t.get(ym), float) and isinstance(t.get(xm), float)]
+        for ym, xm in (
+            (m.EVAL_EXACT, m.PEAK_MEMORY_MB),
+            (m.EVAL_F1, m.PEAK_MEMORY_MB),
+            (m.EVAL_F1, m.EVAL_LATENCY_MS),
+        ):
+            rows = [
+                t for t in plotted if isinstance(t.get(ym), float) and isinstance(t.get(xm), float)
+            ]
             if rows:
-                plots.scatter_png(path(f"{ym}_vs_{xm}.png"), rows,
-                                  {j for j, t in enumerate(rows) if t["pareto_optimal"]}, xm, ym,
-                                  f"{ym} vs {xm}")
+                plots.scatter_png(
+                    path(f"{ym}_vs_{xm}.png"),
+                    rows,
+                    {j for j, t in enumerate(rows) if t["pareto_optimal"]},
+                    xm,
+                    ym,
+                    f"{ym} vs {xm}",
+                )
         if hv:
-            plots.line_png(path("hypervolume.png"), hv, "hypervolume", "hypervolume after each trial")
+            plots.line_png(
+                path("hypervolume.png"), hv, "hypervolume", "hypervolume after each trial"
+            )
         with open(path("trials.csv"), "w", newline="") as f:
             f.write(_csv(trials))
         with open(path("summary.md"), "w") as f:
@@ -169,25 +192,41 @@ def _rows(summary: ParetoSummary):
         range(len(summary.trials)),
         key=lambda i: (
             not summary.trials[i]["pareto_optimal"],
-            summary.trials[i]["pareto_rank"] if summary.trials[i]["pareto_rank"] is not None else 1e9,
+            summary.trials[i]["pareto_rank"]
+            if summary.trials[i]["pareto_rank"] is not None
+            else 1e9,
             -float(summary.trials[i].get(m.EVAL_F1, -1) or -1),
         ),
     )
     for i in order:
         t = summary.trials[i]
 
-        def f(k, fmt):
+        def f(k, fmt, t=t):
             v = t.get(k)
             return format(v, fmt) if isinstance(v, int | float) else "-"
 
         yield [
-            ("*" if t["pareto_optimal"] else " ") + t["name"], t["status"], _config_label(t),
-            f(m.EVAL_F1, ".2f"), f(m.EVAL_EXACT, ".2f"), f(m.PEAK_MEMORY_MB, ".0f"),
-            f(m.MODEL_FOOTPRINT_MB, ".1f"), f(m.EVAL_LATENCY_MS, ".1f"),
+            ("*" if t["pareto_optimal"] else " ") + t["name"],
+            t["status"],
+            _config_label(t),
+            f(m.EVAL_F1, ".2f"),
+            f(m.EVAL_EXACT, ".2f"),
+            f(m.PEAK_MEMORY_MB, ".0f"),
+            f(m.MODEL_FOOTPRINT_MB, ".1f"),
+            f(m.EVAL_LATENCY_MS, ".1f"),
         ]
 
 
-_HEADER = ["trial", "status", "configuration", "F1", "EM", "peak memory MB", "weights MB", "latency ms/q"]
+_HEADER = [
+    "trial",
+    "status",
+    "configuration",
+    "F1",
+    "EM",
+    "peak memory MB",
+    "weights MB",
+    "latency ms/q",
+]
 
 
 def summary_markdown(summary: ParetoSummary) -> str:
@@ -209,4 +248,6 @@ def trials_table(summary: ParetoSummary) -> str:
     """A plain-text table of every trial, front (*) first, for the terminal."""
     rows = [_HEADER] + list(_rows(summary))
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(_HEADER))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows
+    )

@@ -114,7 +114,9 @@ class SearchSpace(_Block):
         for name in self.params:
             if name not in AXES:
                 errors.append(f"`params.{name}`: unknown axis, expected one of {sorted(AXES)}")
-        _check_choices(self.params.get("quantization_bits"), {4, 8, 16, 32}, "quantization_bits", errors)
+        _check_choices(
+            self.params.get("quantization_bits"), {4, 8, 16, 32}, "quantization_bits", errors
+        )
         _check_choices(self.params.get("finetune"), {"full", "lora"}, "finetune", errors)
         if self.effective_batch_size is not None:
             if "gradient_accumulation_steps" in self.params:
@@ -129,7 +131,9 @@ class SearchSpace(_Block):
                     f"axis (so every choice can divide it), but got {type(bs).__name__}"
                 )
             else:
-                bad = [c for c in bs.choices if not isinstance(c, int) or self.effective_batch_size % c]
+                bad = [
+                    c for c in bs.choices if not isinstance(c, int) or self.effective_batch_size % c
+                ]
                 if bad:
                     errors.append(
                         f"every `per_device_batch_size` choice must divide `effective_batch_size`"
@@ -198,7 +202,9 @@ def suggest(trial, space: SearchSpace, base: TrialConfig) -> dict[str, Any]:
         sampled[name] = _suggest_one(trial, name, dists[name])
         return sampled[name]
 
-    bits = take("quantization_bits") if "quantization_bits" in dists else base.model.quantization_bits
+    bits = (
+        take("quantization_bits") if "quantization_bits" in dists else base.model.quantization_bits
+    )
     if bits in _KBIT:
         finetune = constants["finetune"] = "lora"
     elif "finetune" in dists:

@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune import Callback
 
 from qa_ray import metrics as m
 from qa_ray.config import ConfigError, TrialConfig
 from qa_ray.search_space import apply_params, grid_size, suggest
 from qa_ray.sweep_config import SweepConfig
-from ray.tune import Callback
-
-from qa_ray.tracking import MLflowSweepCallback, finish_parent_run, start_parent_run
+from qa_ray.tracking import (
+    MLflowSweepCallback,
+    finish_parent_run,
+    start_parent_run,
+    trial_error_text,
+)
 
 __all__ = ["SweepResult", "plan", "run_sweep"]
 
@@ -36,10 +40,23 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "qa_ray_sweep.json"
 # Logged as curves on every child run.
 CURVE_METRICS = (
-    m.EVAL_EXACT, m.EVAL_F1, m.EVAL_HAS_ANS_F1, m.EVAL_NO_ANS_F1, "eval_HasAns_exact",
-    "eval_NoAns_exact", m.TRAIN_LOSS, m.LEARNING_RATE, m.PEAK_MEMORY_MB, m.MODEL_FOOTPRINT_MB,
-    m.TRAINABLE_PARAMS, m.TOTAL_PARAMS, m.TRAIN_SAMPLES_PER_SECOND, m.EVAL_LATENCY_MS,
-    m.EPOCH, m.STEP, m.TRAIN_SECONDS,
+    m.EVAL_EXACT,
+    m.EVAL_F1,
+    m.EVAL_HAS_ANS_F1,
+    m.EVAL_NO_ANS_F1,
+    "eval_HasAns_exact",
+    "eval_NoAns_exact",
+    m.TRAIN_LOSS,
+    m.LEARNING_RATE,
+    m.PEAK_MEMORY_MB,
+    m.MODEL_FOOTPRINT_MB,
+    m.TRAINABLE_PARAMS,
+    m.TOTAL_PARAMS,
+    m.TRAIN_SAMPLES_PER_SECOND,
+    m.EVAL_LATENCY_MS,
+    m.EPOCH,
+    m.STEP,
+    m.TRAIN_SECONDS,
 )
 
 
@@ -138,16 +155,24 @@ class _Progress:
         self.total = total
         self.started = time.monotonic()
 
-    def line(self, trials) -> str:
-        done = [t for t in trials if t.status == "TERMINATED"]
-        failed = [t for t in trials if t.status == "ERROR"]
-        running = [t for t in trials if t.status == "RUNNING"]
+    def line(self, trials, finished=None, failed_now=False) -> str:
+        # Tune calls back before it updates the finishing trial's status: count it here.
+        def status(t):
+            if t is finished:
+                return "ERROR" if failed_now else "TERMINATED"
+            return t.status
+
+        done = [t for t in trials if status(t) == "TERMINATED"]
+        failed = [t for t in trials if status(t) == "ERROR"]
+        running = [t for t in trials if status(t) == "RUNNING"]
         best = []
         for o in self.objectives:
             vals = [t.last_result.get(o.metric) for t in done if t.last_result]
             vals = [v for v in vals if isinstance(v, int | float)]
             if vals:
-                best.append(f"{o.metric} {'max' if o.mode == 'max' else 'min'} {(max if o.mode == 'max' else min)(vals):.2f}")
+                best.append(
+                    f"{o.metric} {'max' if o.mode == 'max' else 'min'} {(max if o.mode == 'max' else min)(vals):.2f}"
+                )
         mins = (time.monotonic() - self.started) / 60
         return (
             f"[qa-ray] {len(done)}/{self.total} done, {len(running)} running, {len(failed)} failed"
@@ -162,11 +187,12 @@ class ProgressCallback(Callback):
         self.progress = _Progress(objectives, total)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        print(self.progress.line(trials), flush=True)
+        print(self.progress.line(trials, finished=trial), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"[qa-ray] trial {trial} FAILED: {str(trial.error_msg or '')[:300]}", flush=True)
-        print(self.progress.line(trials), flush=True)
+        reason = trial_error_text(trial).strip().splitlines()
+        print(f"[qa-ray] trial {trial} FAILED: {reason[-1][:300] if reason else '?'}", flush=True)
+        print(self.progress.line(trials, finished=trial, failed_now=True), flush=True)
 
 
 class DefineByRun:
@@ -220,9 +246,7 @@ def run_sweep(
             not rerun and their MLflow runs are reused.
         resolved_yaml: the resolved sweep config text, logged on the parent run.
     """
-    import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     exp_path = experiment_path(cfg)
     state_path = exp_path / STATE_FILE
@@ -290,7 +314,9 @@ def run_sweep(
     return SweepResult(str(exp_path), parent_id, tracking_uri, trials)
 
 
-def _fit(cfg: SweepConfig, exp_path: Path, tracking_uri: str, parent_id: str, p: dict, resume: bool):
+def _fit(
+    cfg: SweepConfig, exp_path: Path, tracking_uri: str, parent_id: str, p: dict, resume: bool
+):
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -315,6 +341,7 @@ def _fit(cfg: SweepConfig, exp_path: Path, tracking_uri: str, parent_id: str, p:
             metric=[o.metric for o in cfg.objectives],
             mode=[o.mode for o in cfg.objectives],
             sampler=_sampler(cfg),
+            points_to_evaluate=[dict(pt) for pt in cfg.search.initial_points] or None,
             study_name=cfg.name,
             storage=optuna.storages.RDBStorage(f"sqlite:///{exp_path / 'optuna.db'}"),
         )

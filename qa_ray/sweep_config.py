@@ -1,13 +1,13 @@
 """The sweep file: the trial blocks plus search, objectives, tracking and storage.
 
-    qa-ray validate sweeps/quickstart.yaml
+qa-ray validate sweeps/quickstart.yaml
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,8 +21,8 @@ from qa_ray.config import (
     TrialConfig,
     _Block,
     absolutize_paths,
-    check_local_paths,
     apply_overrides,
+    check_local_paths,
     load_yaml,
     validate_model,
 )
@@ -32,8 +32,15 @@ __all__ = ["Objective", "SearchConfig", "SweepConfig", "TrackingConfig", "load_s
 
 # Metrics a sweep may optimize: what the training loop reports.
 OBJECTIVE_METRICS = (
-    m.EVAL_F1, m.EVAL_EXACT, m.EVAL_HAS_ANS_F1, m.EVAL_NO_ANS_F1, m.PEAK_MEMORY_MB,
-    m.MODEL_FOOTPRINT_MB, m.TRAINABLE_PARAMS, m.EVAL_LATENCY_MS, m.TRAIN_LOSS,
+    m.EVAL_F1,
+    m.EVAL_EXACT,
+    m.EVAL_HAS_ANS_F1,
+    m.EVAL_NO_ANS_F1,
+    m.PEAK_MEMORY_MB,
+    m.MODEL_FOOTPRINT_MB,
+    m.TRAINABLE_PARAMS,
+    m.EVAL_LATENCY_MS,
+    m.TRAIN_LOSS,
     m.TRAIN_SAMPLES_PER_SECOND,
 )
 
@@ -59,6 +66,10 @@ class SearchConfig(_Block):
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: as many as the cluster's resources allow"
+    )
+    initial_points: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="configurations to try first (axis: value), e.g. a known-good baseline",
     )
 
 
@@ -98,7 +109,10 @@ class SweepConfig(_Block):
     def trial_config(self) -> TrialConfig:
         """The trial blocks as a :class:`TrialConfig` (what every trial starts from)."""
         return TrialConfig(
-            name=self.name, model=self.model, data=self.data, train=self.train,
+            name=self.name,
+            model=self.model,
+            data=self.data,
+            train=self.train,
             resources=self.resources,
         )
 
@@ -124,6 +138,14 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
                 str(path), [f"`search.space`: search-space file not found, but got {space!r}"]
             )
         space = validate_model(SearchSpace, load_yaml(space_path), str(space_path))
+    unknown = [
+        f"`search.initial_points[{i}].{k}`: not an axis of the search space {sorted(space.params)}"
+        for i, point in enumerate(cfg.search.initial_points)
+        for k in point
+        if k not in space.params
+    ]
+    if unknown:
+        raise ConfigError(str(path), unknown)
     check_local_paths(cfg.trial_config(), str(path))
     trial = absolutize_paths(cfg.trial_config())
     return cfg.model_copy(

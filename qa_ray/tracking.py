@@ -9,6 +9,7 @@ duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -86,10 +87,8 @@ def start_parent_run(
         return run_id
     tags = {TAG_SWEEP: sweep_name, TAG_ROLE: "sweep", "git_commit": _git_commit()}
     for pkg in _PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     run = client.create_run(_experiment_id(client, experiment), run_name=sweep_name, tags=tags)
     rid = run.info.run_id
     client.log_batch(rid, params=_params(params))
@@ -211,13 +210,14 @@ class MLflowSweepCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run_for(trial)
-        message = _error_text(trial)
+        message = trial_error_text(trial)
         self.client.set_tag(rid, "error", message[:4000])
         self.client.log_text(rid, message, "error.txt")
         self.client.set_terminated(rid, status="FAILED")
 
 
-def _error_text(trial) -> str:
+def trial_error_text(trial) -> str:
+    """The failed trial's error as Tune recorded it (its error file, else the exception)."""
     path = getattr(trial, "error_file", None) or ""
     try:
         if path and os.path.exists(path):
@@ -225,4 +225,8 @@ def _error_text(trial) -> str:
                 return f.read()
     except OSError:
         pass
-    return str(getattr(trial, "error_msg", None) or "trial failed (no error text recorded)")
+    with contextlib.suppress(Exception):
+        err = trial.get_error()
+        if err is not None:
+            return str(err)
+    return "trial failed (no error text recorded)"

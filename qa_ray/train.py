@@ -13,6 +13,7 @@ The few Ray touch points are marked ``# [ray N]``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -206,9 +207,9 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    from transformers import get_scheduler
-
-    model = build_model(cfg.model, device, getattr(importlib.import_module("transformers"), task.AUTO_CLASS))
+    model = build_model(
+        cfg.model, device, getattr(importlib.import_module("transformers"), task.AUTO_CLASS)
+    )
     size = model_size(model)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loader = torch.utils.data.DataLoader(
@@ -229,16 +230,26 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
     optimizer = _optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.train.gradient_accumulation_steps))
     total_steps = cfg.train.max_steps or max(1, math.ceil(steps_per_epoch * cfg.train.num_epochs))
-    warmup = cfg.train.warmup_steps
-    if warmup is None:
-        warmup = round((cfg.train.warmup_ratio or 0.0) * total_steps)
-    scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, warmup, total_steps)
+    # The schedule's horizon is mutable: a time-budgeted run re-plans it once the step time is
+    # known, so its learning rate still warms up and decays over the steps it will really do.
+    horizon = {"total": total_steps}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, cfg=cfg.train, horizon=horizon)
+    )
+    warmup = _warmup_steps(cfg.train, total_steps)
     if rank0:
         logger.info(
             "train: %d examples -> %d windows, %d steps (%d per epoch, warmup %d); eval: %d "
             "questions; params %d (trainable %d), weights %.1f MB",
-            len(train_examples), len(train_feats), total_steps, steps_per_epoch, warmup,
-            len(eval_examples), size.total_params, size.trainable_params, size.footprint_mb,
+            len(train_examples),
+            len(train_feats),
+            total_steps,
+            steps_per_epoch,
+            warmup,
+            len(eval_examples),
+            size.total_params,
+            size.trainable_params,
+            size.footprint_mb,
         )
 
     # ---- loop --------------------------------------------------------------------------------
@@ -277,6 +288,18 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if step == _REPLAN_AT and cfg.train.max_train_seconds and not cfg.train.max_steps:
+                per_step = (time.perf_counter() - t_start) / step
+                horizon["total"] = max(
+                    step + 1, min(total_steps, int(cfg.train.max_train_seconds / per_step))
+                )
+                if rank0:
+                    logger.info(
+                        "time budget %.0f s at %.2f s/step: schedule over %d steps",
+                        cfg.train.max_train_seconds,
+                        per_step,
+                        horizon["total"],
+                    )
             out_of_time = _agree(
                 cfg.train.max_train_seconds is not None
                 and time.perf_counter() - t_start >= cfg.train.max_train_seconds,
@@ -286,10 +309,22 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
             if done or (cfg.train.eval_steps and step % cfg.train.eval_steps == 0):
                 train_seconds += time.perf_counter() - t_start
                 last = _evaluate_and_report(
-                    session, model, tokenizer, cfg, task, eval_examples, eval_feats, autocast,
-                    size, step, step / steps_per_epoch, loss_sum / max(1, loss_n),
-                    scheduler.get_last_lr()[0], samples * session.world_size / train_seconds,
-                    train_seconds, final=done,
+                    session,
+                    model,
+                    tokenizer,
+                    cfg,
+                    task,
+                    eval_examples,
+                    eval_feats,
+                    autocast,
+                    size,
+                    step,
+                    step / steps_per_epoch,
+                    loss_sum / max(1, loss_n),
+                    scheduler.get_last_lr()[0],
+                    samples * session.world_size / train_seconds,
+                    train_seconds,
+                    final=done,
                 )
                 loss_sum, loss_n = 0.0, 0
                 t_start = time.perf_counter()
@@ -297,6 +332,29 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
                 break
         epoch += 1
     return last
+
+
+_REPLAN_AT = 3
+
+
+def _warmup_steps(train_cfg, total: int) -> int:
+    if train_cfg.warmup_steps is not None:
+        return train_cfg.warmup_steps
+    return round((train_cfg.warmup_ratio or 0.0) * total)
+
+
+def lr_factor(step: int, cfg, horizon: dict[str, int]) -> float:
+    """Linear warmup, then linear/cosine decay to 0 (or constant) over ``horizon["total"]``."""
+    total = horizon["total"]
+    warmup = _warmup_steps(cfg, total)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if cfg.lr_scheduler == "constant_with_warmup":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if cfg.lr_scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
 
 
 def _agree(flag: bool, world_size: int) -> bool:
@@ -309,16 +367,36 @@ def _agree(flag: bool, world_size: int) -> bool:
 
 
 def _evaluate_and_report(
-    session, model, tokenizer, cfg, task, eval_examples, eval_feats, autocast, size, step,
-    epoch, train_loss, lr, samples_per_second, train_seconds, final,
+    session,
+    model,
+    tokenizer,
+    cfg,
+    task,
+    eval_examples,
+    eval_feats,
+    autocast,
+    size,
+    step,
+    epoch,
+    train_loss,
+    lr,
+    samples_per_second,
+    train_seconds,
+    final,
 ) -> dict[str, Any]:
     unwrapped = model.module if hasattr(model, "module") else model
     result: dict[str, Any] = {}
     ckpt = None
     if session.world_rank == 0:
         out = task.evaluate(
-            unwrapped, eval_examples, eval_feats, tokenizer, cfg.data, session.device,
-            cfg.train.eval_batch_size, autocast,
+            unwrapped,
+            eval_examples,
+            eval_feats,
+            tokenizer,
+            cfg.data,
+            session.device,
+            cfg.train.eval_batch_size,
+            autocast,
         )
         result = {f"eval_{k}": float(v) for k, v in out.scores.items() if not k.endswith("total")}
         result.update(
@@ -343,13 +421,13 @@ def _evaluate_and_report(
         }
     )
     if session.world_rank == 0:
-        if cfg.train.save_checkpoints or final:
-            extra = {"metrics.json": result, "predictions.json": out.predictions}
-            ckpt = _save_checkpoint(model, tokenizer, cfg, extra) if cfg.train.save_checkpoints else None
-            if final and isinstance(session, LocalSession):
-                os.makedirs(cfg.output_dir, exist_ok=True)
-                for name, payload in extra.items():
-                    Path(cfg.output_dir, name).write_text(json.dumps(payload, indent=2))
+        extra = {"metrics.json": result, "predictions.json": out.predictions}
+        if cfg.train.save_checkpoints:
+            ckpt = _save_checkpoint(model, tokenizer, cfg, extra)
+        if final and isinstance(session, LocalSession):
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            for name, payload in extra.items():
+                Path(cfg.output_dir, name).write_text(json.dumps(payload, indent=2))
     try:
         session.report(result, ckpt)
     finally:

@@ -26,24 +26,42 @@ VOCAB = 2000
 def _config(kind: str):
     if kind == "bert":
         return BertConfig(
-            vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=128, max_position_embeddings=512,
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
         ), WORDPIECE
     if kind == "albert":
         return AlbertConfig(
-            vocab_size=VOCAB, embedding_size=32, hidden_size=64, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=128, max_position_embeddings=512,
+            vocab_size=VOCAB,
+            embedding_size=32,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
         ), WORDPIECE
     if kind == "llama":
         return LlamaConfig(
-            vocab_size=VOCAB + 8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024,
-            pad_token_id=2, bos_token_id=0, eos_token_id=1,
+            vocab_size=VOCAB + 8,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=1024,
+            pad_token_id=2,
+            bos_token_id=0,
+            eos_token_id=1,
         ), BPE
     raise ValueError(kind)
 
 
-def make_tiny_model(kind: str, out_dir: str | Path, auto_class=AutoModelForQuestionAnswering) -> Path:
+def make_tiny_model(
+    kind: str, out_dir: str | Path, auto_class=AutoModelForQuestionAnswering
+) -> Path:
     """Saves a seeded tiny ``kind`` model (bert, albert, llama) and its tokenizer to ``out_dir``."""
     out = Path(out_dir)
     config, tok_dir = _config(kind)

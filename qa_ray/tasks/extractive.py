@@ -121,7 +121,10 @@ def collator(tokenizer):
     pad = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
 
     def collate(rows):
-        keep = [{k: v for k, v in r.items() if k in _MODEL_INPUTS or k.endswith("_positions")} for r in rows]
+        keep = [
+            {k: v for k, v in r.items() if k in _MODEL_INPUTS or k.endswith("_positions")}
+            for r in rows
+        ]
         return pad(keep)
 
     return collate
@@ -160,7 +163,12 @@ def postprocess(
                 if s >= len(offsets) or offsets[s] is None:
                     continue
                 for e in top_e:
-                    if e >= len(offsets) or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                    if (
+                        e >= len(offsets)
+                        or offsets[e] is None
+                        or e < s
+                        or e - s + 1 > max_answer_length
+                    ):
                         continue
                     sc = float(s_log[s] + e_log[e])
                     if sc > best_score:

@@ -17,7 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 HERE = Path(__file__).parent
@@ -42,8 +50,10 @@ def _texts(data):
 
 
 def main(squad_dir: str) -> None:
-    v1 = json.load(gzip.open(Path(squad_dir) / "dev-v1.1.json.gz", "rt", encoding="utf-8"))
-    v2 = json.load(gzip.open(Path(squad_dir) / "dev-v2.0.json.gz", "rt", encoding="utf-8"))
+    with gzip.open(Path(squad_dir) / "dev-v1.1.json.gz", "rt", encoding="utf-8") as f:
+        v1 = json.load(f)
+    with gzip.open(Path(squad_dir) / "dev-v2.0.json.gz", "rt", encoding="utf-8") as f:
+        v2 = json.load(f)
     tiny_v1 = _slice(v1, 4, 2)
     (HERE / "squad_v1_tiny.json").write_text(json.dumps(tiny_v1, indent=1))
     (HERE / "squad_v2_tiny.json").write_text(json.dumps(_slice(v2, 3, 2), indent=1))
@@ -68,7 +78,9 @@ def main(squad_dir: str) -> None:
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
+    wp.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials)
+    )
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -77,8 +89,13 @@ def main(squad_dir: str) -> None:
     )
     wp.decoder = decoders.WordPiece()
     PreTrainedTokenizerFast(
-        tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+        tokenizer_object=wp,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
     ).save_pretrained(HERE / "wordpiece")
 
     bpe = Tokenizer(models.BPE())
@@ -86,7 +103,8 @@ def main(squad_dir: str) -> None:
     bpe.train_from_iterator(
         texts,
         trainers.BpeTrainer(
-            vocab_size=2000, special_tokens=["<s>", "</s>", "<pad>"],
+            vocab_size=2000,
+            special_tokens=["<s>", "</s>", "<pad>"],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
@@ -96,7 +114,10 @@ def main(squad_dir: str) -> None:
     )
     bpe.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         model_max_length=2048,
     ).save_pretrained(HERE / "bpe")
 

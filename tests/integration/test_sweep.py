@@ -7,12 +7,11 @@ import optuna
 import pytest
 import ray
 import yaml
+from conftest import ASSETS
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import child_runs
-
-from conftest import ASSETS
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +27,28 @@ def _sweep_file(tmp_path, good, broken, num_samples=4):
     data = {
         "name": "tiny-sweep",
         "model": {"name_or_path": str(good), "finetune": "lora"},
-        "data": {"path": str(ASSETS / "squad_v1_tiny.json"), "max_seq_length": 128,
-                 "doc_stride": 32, "cache_dir": str(tmp_path / "cache"), "max_eval_examples": 20},
+        "data": {
+            "path": str(ASSETS / "squad_v1_tiny.json"),
+            "max_seq_length": 128,
+            "doc_stride": 32,
+            "cache_dir": str(tmp_path / "cache"),
+            "max_eval_examples": 20,
+        },
         "train": {"max_steps": 2, "per_device_batch_size": 8, "save_checkpoints": False},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "search": {
-            "num_samples": num_samples, "max_concurrent_trials": 2, "sampler": "random", "seed": 3,
-            "space": {"params": {
-                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                "lora_r": {"type": "int", "low": 2, "high": 8},
-                "quantization_bits": {"type": "categorical", "choices": [8, 32]},
-                "model": {"type": "categorical", "choices": [str(good), str(broken)]},
-            }},
+            "num_samples": num_samples,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "seed": 3,
+            "space": {
+                "params": {
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                    "lora_r": {"type": "int", "low": 2, "high": 8},
+                    "quantization_bits": {"type": "categorical", "choices": [8, 32]},
+                    "model": {"type": "categorical", "choices": [str(good), str(broken)]},
+                }
+            },
         },
         "storage_path": str(tmp_path / "runs"),
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "t"},
@@ -56,7 +65,9 @@ def _broken_model(tmp_path, good):
     return broken
 
 
-def test_sweep_records_parent_children_study_and_failure(tiny_model_dir, tmp_path, ray_2cpu, capsys):
+def test_sweep_records_parent_children_study_and_failure(
+    tiny_model_dir, tmp_path, ray_2cpu, capsys
+):
     good = tiny_model_dir("bert")
     path, uri = _sweep_file(tmp_path, good, _broken_model(tmp_path, good))
     assert main(["sweep", str(path)]) == 0
@@ -89,13 +100,20 @@ def test_sweep_records_parent_children_study_and_failure(tiny_model_dir, tmp_pat
     assert [h.step for h in hist] == [2]
     # parent artifacts
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
-    assert {"pareto/pareto.html", "pareto/pareto.png", "pareto/trials.csv", "pareto/summary.md"} <= arts
+    assert {
+        "pareto/pareto.html",
+        "pareto/pareto.png",
+        "pareto/trials.csv",
+        "pareto/summary.md",
+    } <= arts
     root = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_config.yaml", "search_space.yaml"} <= root
     assert parent.data.tags["version.ray"].startswith("2.60")
 
-    study = optuna.load_study(study_name="tiny-sweep",
-                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name="tiny-sweep",
+        storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}",
+    )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == len(finished)
     assert all(len(t.values) == 2 for t in complete)
@@ -116,25 +134,80 @@ def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     assert main(["sweep", str(path), "--dry-run", "search.num_samples=2"]) == 0
     out = capsys.readouterr().out
     assert "num_samples: 2" in out and '"max_concurrent_trials": 2' in out
-    assert main(["validate", str(path), "search.sampler=cmaes", "objectives=[{metric: f1, mode: max}]"]) == 2
+    assert (
+        main(
+            ["validate", str(path), "search.sampler=cmaes", "objectives=[{metric: f1, mode: max}]"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "`search.sampler`" in err and "unknown metric 'f1'" in err
 
 
-def test_every_shipped_sweep_and_space_validates(capsys):
+def test_every_shipped_sweep_validates_and_dry_runs(tiny_model_dir, capsys, monkeypatch):
     from pathlib import Path
 
-    from qa_ray.config import validate_model, load_yaml
+    from qa_ray.config import load_yaml, validate_model
     from qa_ray.search_space import SearchSpace
 
     root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # sweep files name repo-relative search-space paths
     sweeps = sorted((root / "sweeps").glob("*.yaml"))
-    assert sweeps
+    assert len(sweeps) >= 4
+    local = [
+        f"model.name_or_path={tiny_model_dir('bert')}",
+        f"data.path={ASSETS / 'squad_v1_tiny.json'}",
+    ]
     for s in sweeps:
         assert s.read_text().startswith("#"), f"{s} must open with a comment"
-        # hub ids and staged models need not exist here: validate the schema only
-        from qa_ray.sweep_config import SweepConfig
-
-        validate_model(SweepConfig, load_yaml(s), str(s))
+        assert "# Run:" in s.read_text(), f"{s} must say the command that runs it"
+        staged = load_yaml(s)["model"]["name_or_path"].startswith("models/")
+        args = ["sweep", str(s), "--dry-run"] + (local if staged else [])
+        assert main(["validate", str(s)] + (local if staged else [])) == 0, capsys.readouterr().err
+        assert main(args) == 0, capsys.readouterr().err
+        assert "resource plan" in capsys.readouterr().out
     for sp in sorted((root / "search_spaces").glob("*.yaml")):
         validate_model(SearchSpace, load_yaml(sp), str(sp))
+
+
+def test_resume_after_interrupt_adds_no_duplicate_runs(tiny_model_dir, tmp_path):
+    """Ctrl-C a running sweep after its first trial, then --resume: 4 children, one per trial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    good = tiny_model_dir("bert")
+    path, uri = _sweep_file(tmp_path, good, good)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", str(path), "search.max_concurrent_trials=1"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    lines = []
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if "[qa-ray] 1/4 done" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert any("1/4 done" in ln for ln in lines), "".join(lines[-30:])
+
+    parent = json.loads((tmp_path / "runs" / "tiny-sweep" / "qa_ray_sweep.json").read_text())[
+        "parent_run_id"
+    ]
+    before = child_runs(uri, parent)
+    assert 1 <= len(before) < 4 or any(r.info.status != "FINISHED" for r in before)
+
+    resumed = subprocess.run(
+        cmd[:-1] + ["--resume"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = child_runs(uri, parent)
+    trial_ids = [r.data.tags["qa_ray.trial_id"] for r in after]
+    assert len(after) == 4 and len(set(trial_ids)) == 4
+    assert all(r.info.status == "FINISHED" for r in after)
+    finished_first = [r.info.run_id for r in before if r.info.status == "FINISHED"]
+    assert set(finished_first) <= {r.info.run_id for r in after}

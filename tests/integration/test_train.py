@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -12,21 +13,30 @@ from qa_ray.models import build_model, build_tokenizer, model_size
 from qa_ray.tasks import extractive
 from qa_ray.train import train_loop_per_worker
 
-from conftest import trial_dict
-
 pytestmark = pytest.mark.integration
 
 VARIANTS = [
-    ("bert", "full", 32), ("bert", "lora", 32), ("bert", "lora", 4), ("bert", "lora", 8),
-    ("albert", "full", 32), ("albert", "lora", 32), ("albert", "lora", 4), ("albert", "lora", 8),
-    ("llama", "full", 32), ("llama", "lora", 32), ("llama", "lora", 4), ("llama", "lora", 8),
+    ("bert", "full", 32),
+    ("bert", "lora", 32),
+    ("bert", "lora", 4),
+    ("bert", "lora", 8),
+    ("albert", "full", 32),
+    ("albert", "lora", 32),
+    ("albert", "lora", 4),
+    ("albert", "lora", 8),
+    ("llama", "full", 32),
+    ("llama", "lora", 32),
+    ("llama", "lora", 4),
+    ("llama", "lora", 8),
 ]
 
 
 @pytest.mark.parametrize("kind, finetune, bits", VARIANTS)
 def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetune, bits):
     cfg = TrialConfig.model_validate(trial_dict(tiny_model_dir(kind), tmp_path))
-    mcfg = ModelConfig(name_or_path=cfg.model.name_or_path, finetune=finetune, quantization_bits=bits)
+    mcfg = ModelConfig(
+        name_or_path=cfg.model.name_or_path, finetune=finetune, quantization_bits=bits
+    )
     tok = build_tokenizer(mcfg)
     train, _ = load_train_eval(cfg.data)
     feats = extractive.train_features(train[:8], tok, cfg.data)
@@ -53,8 +63,13 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetun
 def test_train_cli_writes_predictions_metrics_and_checkpoints(tiny_model_dir, tmp_path, capsys):
     import yaml
 
-    cfg = trial_dict(tiny_model_dir("bert"), tmp_path, train__eval_steps=2, train__max_steps=6,
-                     train__checkpoints_to_keep=2)
+    cfg = trial_dict(
+        tiny_model_dir("bert"),
+        tmp_path,
+        train__eval_steps=2,
+        train__max_steps=6,
+        train__checkpoints_to_keep=2,
+    )
     cfg["model"]["finetune"] = "lora"
     p = tmp_path / "trial.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -62,8 +77,17 @@ def test_train_cli_writes_predictions_metrics_and_checkpoints(tiny_model_dir, tm
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     preds = json.loads((out / "predictions.json").read_text())
-    assert {"eval_exact", "eval_f1", "peak_memory_mb", "model_footprint_mb", "trainable_params",
-            "train_samples_per_second", "eval_latency_ms_per_example", "lr", "step"} <= set(metrics)
+    assert {
+        "eval_exact",
+        "eval_f1",
+        "peak_memory_mb",
+        "model_footprint_mb",
+        "trainable_params",
+        "train_samples_per_second",
+        "eval_latency_ms_per_example",
+        "lr",
+        "step",
+    } <= set(metrics)
     assert metrics["step"] == 6 and metrics["peak_memory_mb"] > 50
     assert len(preds) == metrics["eval_questions"]
     ckpts = sorted((out / "checkpoints").iterdir())
@@ -75,7 +99,9 @@ def test_train_cli_writes_predictions_metrics_and_checkpoints(tiny_model_dir, tm
 
 def test_seeded_tiny_run_is_reproducible(tiny_model_dir, tmp_path):
     """A seeded tiny run gives the stored loss (tolerance covers BLAS differences)."""
-    cfg = trial_dict(tiny_model_dir("bert"), tmp_path, train__max_steps=3, train__save_checkpoints=False)
+    cfg = trial_dict(
+        tiny_model_dir("bert"), tmp_path, train__max_steps=3, train__save_checkpoints=False
+    )
     a = train_loop_per_worker(cfg)
     b = train_loop_per_worker(cfg)
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

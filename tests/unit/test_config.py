@@ -1,10 +1,9 @@
 import pytest
 import yaml
+from conftest import ASSETS
 
 from qa_ray.cli import main
 from qa_ray.config import ConfigError, apply_overrides, load_trial_config
-
-from conftest import ASSETS
 
 
 def _write(tmp_path, data, name="cfg.yaml"):
@@ -27,13 +26,20 @@ def _trial(tmp_path):
         ("model", "quantization_bits", 3, "`model.quantization_bits`"),
         ("model", "finetune", "prefix", "`model.finetune`"),
         ("data", "doc_stride", 300, "doc_stride < max_seq_length / 2"),
-        ("train", "learning_rate", -1, "`train.learning_rate`: Input should be greater than 0, but got -1"),
+        (
+            "train",
+            "learning_rate",
+            -1,
+            "`train.learning_rate`: Input should be greater than 0, but got -1",
+        ),
         ("train", "warmup_steps", 10, "set `warmup_ratio` or `warmup_steps`, not both"),
         ("resources", "num_workers", 0, "`resources.num_workers`"),
         ("train", "bogus", 1, "`train.bogus`: unknown key"),
     ],
 )
-def test_bad_value_in_each_block_exits_2_naming_field(tmp_path, capsys, block, field, value, expected):
+def test_bad_value_in_each_block_exits_2_naming_field(
+    tmp_path, capsys, block, field, value, expected
+):
     data = _trial(tmp_path)
     data.setdefault(block, {})[field] = value
     if field == "warmup_steps":
@@ -68,4 +74,7 @@ def test_missing_local_data_is_caught_before_training(tmp_path, capsys):
     data = _trial(tmp_path)
     data["data"]["path"] = "nowhere/dev.json.gz"
     assert main(["train", str(_write(tmp_path, data))]) == 2
-    assert "`data.path`: no such file or folder, but got 'nowhere/dev.json.gz'" in capsys.readouterr().err
+    assert (
+        "`data.path`: no such file or folder, but got 'nowhere/dev.json.gz'"
+        in capsys.readouterr().err
+    )

@@ -2,11 +2,10 @@ import gzip
 import json
 
 import pytest
+from conftest import ASSETS
 
 from qa_ray.cli import main
 from qa_ray.data import DataError, load_examples, split_by_article
-
-from conftest import ASSETS
 
 
 def test_official_flat_and_gzip_agree(tmp_path):
@@ -24,30 +23,53 @@ def test_v2_unanswerable():
 
 
 def _official(qas, context="Denver won the game."):
-    return {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": context, "qas": qas}]}]}
+    return {
+        "version": "1.1",
+        "data": [{"title": "T", "paragraphs": [{"context": context, "qas": qas}]}],
+    }
 
 
 def test_validation_names_file_record_and_field(tmp_path):
     p = tmp_path / "bad.json"
-    p.write_text(json.dumps(_official([
-        {"id": "a", "question": "Who?", "answers": [{"text": "Denver", "answer_start": 3}]},
-        {"id": "a", "question": "Who?", "answers": [{"text": "Denver", "answer_start": 0}]},
-        {"id": "c", "question": "", "answers": [{"text": "game", "answer_start": 15}]},
-    ])))
+    p.write_text(
+        json.dumps(
+            _official(
+                [
+                    {
+                        "id": "a",
+                        "question": "Who?",
+                        "answers": [{"text": "Denver", "answer_start": 3}],
+                    },
+                    {
+                        "id": "a",
+                        "question": "Who?",
+                        "answers": [{"text": "Denver", "answer_start": 0}],
+                    },
+                    {"id": "c", "question": "", "answers": [{"text": "game", "answer_start": 15}]},
+                ]
+            )
+        )
+    )
     with pytest.raises(DataError) as e:
         load_examples(str(p))
     msg = str(e.value)
     assert str(p) in msg
-    assert "data[0].paragraphs[0].qas[0] (id 'a'): `answers.answer_start[0]` = 3 does not point at the answer 'Denver'" in msg
+    assert (
+        "data[0].paragraphs[0].qas[0] (id 'a'): `answers.answer_start[0]` = 3 does not point at the answer 'Denver'"
+        in msg
+    )
     assert "qas[1] (id 'a'): duplicate `id`" in msg
     assert "qas[2] (id 'c'): `question` must be a non-empty string" in msg
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("{not json", "not JSON"),
-    ('{"foo": 1}', "expected the official SQuAD format"),
-    ('[{"id": "x", "context": "c", "question": "q", "answers": "nope"}]', "`answers` must be"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("{not json", "not JSON"),
+        ('{"foo": 1}', "expected the official SQuAD format"),
+        ('[{"id": "x", "context": "c", "question": "q", "answers": "nope"}]', "`answers` must be"),
+    ],
+)
 def test_wrong_schema(tmp_path, content, expected):
     p = tmp_path / "d.json"
     p.write_text(content)

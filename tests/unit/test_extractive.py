@@ -1,12 +1,10 @@
 import numpy as np
-import pytest
+from conftest import ASSETS
 from transformers import AutoTokenizer
 
 from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, load_examples
 from qa_ray.tasks import extractive
-
-from conftest import ASSETS
 
 
 def test_labelled_spans_give_back_the_answer_on_all_squad_v1_dev(squad_v1_dev, tmp_path):
@@ -18,8 +16,15 @@ def test_labelled_spans_give_back_the_answer_on_all_squad_v1_dev(squad_v1_dev, t
     examples = load_examples(str(squad_v1_dev))
     cfg = DataConfig(path="x", max_seq_length=256, doc_stride=64, cache_dir=str(tmp_path))
     feats = extractive.train_features(examples, tok, cfg)
-    enc = tok([e.question for e in examples], [e.context for e in examples], truncation="only_second",
-              max_length=256, stride=64, return_overflowing_tokens=True, return_offsets_mapping=True)
+    enc = tok(
+        [e.question for e in examples],
+        [e.context for e in examples],
+        truncation="only_second",
+        max_length=256,
+        stride=64,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
     assert len(enc["input_ids"]) == len(feats)
     held = exact = 0
     for i, (s, e) in enumerate(zip(feats["start_positions"], feats["end_positions"], strict=True)):
@@ -69,10 +74,13 @@ def test_postprocess_best_span_over_windows_and_no_answer():
     preds = extractive.postprocess([ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1])
     assert preds == {"q": "Denver Broncos"}
     # SQuAD 2.0: the lowest null score over windows is 0 (window 0) < 9: still the span
-    assert extractive.postprocess([ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1],
-                                  allow_no_answer=True) == {"q": "Denver Broncos"}
+    assert extractive.postprocess(
+        [ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1], allow_no_answer=True
+    ) == {"q": "Denver Broncos"}
     s0[0] = e0[0] = 6.0
-    assert extractive.postprocess([ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1],
-                                  allow_no_answer=True) == {"q": ""}
-    assert extractive.postprocess([ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1],
-                                  max_answer_length=1) == {"q": "Denver"}
+    assert extractive.postprocess(
+        [ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1], allow_no_answer=True
+    ) == {"q": ""}
+    assert extractive.postprocess(
+        [ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1], max_answer_length=1
+    ) == {"q": "Denver"}

@@ -38,8 +38,15 @@ def test_score_v2_keys_and_values():
     preds = {"q1": "Broncos", "q2": "Santa Clara, California", "q3": "", "q4": "Levi's"}
     s = score(qs, preds).scores
     assert list(s) == [
-        "exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total",
-        "NoAns_exact", "NoAns_f1", "NoAns_total",
+        "exact",
+        "f1",
+        "total",
+        "HasAns_exact",
+        "HasAns_f1",
+        "HasAns_total",
+        "NoAns_exact",
+        "NoAns_f1",
+        "NoAns_total",
     ]
     # q1: EM 1 (vs 'The Broncos'); q2: EM 0, F1 p=2/3 r=1 -> 0.8; q3: 1; q4: 0
     assert s["HasAns_exact"] == pytest.approx(50.0)

@@ -1,6 +1,4 @@
 import itertools
-import math
-import random
 
 import pytest
 from hypothesis import given, settings
@@ -49,16 +47,21 @@ def test_constraints_filter_first():
 
 def test_three_objectives_and_ranks():
     obj = OBJ + [("eval_latency_ms_per_example", "min")]
-    trials = [t(80, 4000, eval_latency_ms_per_example=5), t(80, 4000, eval_latency_ms_per_example=9),
-              t(70, 1000, eval_latency_ms_per_example=9)]
+    trials = [
+        t(80, 4000, eval_latency_ms_per_example=5),
+        t(80, 4000, eval_latency_ms_per_example=9),
+        t(70, 1000, eval_latency_ms_per_example=9),
+    ]
     assert front(trials, obj).optimal == (0, 2)
     assert nondominated_ranks(trials, obj) == {0: 0, 2: 0, 1: 1}
 
 
 def _brute_front(points):
-    return [i for i, p in enumerate(points)
-            if not any(all(q[k] <= p[k] for k in range(len(p))) and q != p
-                       for q in points)]
+    return [
+        i
+        for i, p in enumerate(points)
+        if not any(all(q[k] <= p[k] for k in range(len(p))) and q != p for q in points)
+    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -92,9 +95,14 @@ def test_hypervolume_history_grows_and_uses_modes():
     assert hv[1] == pytest.approx(50 * 2000)  # dominated: nothing added
     assert hv[2] == pytest.approx(80 * 3000)
     hv3 = hypervolume_history(
-        [dict(x, c=1) for x in trials], OBJ + [("c", "min")], reference=(0, 5000, 2))
+        [dict(x, c=1) for x in trials], OBJ + [("c", "min")], reference=(0, 5000, 2)
+    )
     assert hv3[-1] == pytest.approx(80 * 3000 * 1)
 
 
 def test_dominates():
-    assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (1, 2)) and not dominates((0, 3), (1, 2))
+    assert (
+        dominates((1, 1), (1, 2))
+        and not dominates((1, 2), (1, 2))
+        and not dominates((0, 3), (1, 2))
+    )

@@ -1,9 +1,8 @@
 import optuna
 import pytest
 
-from qa_ray.config import ConfigError, validate_model
+from qa_ray.config import ConfigError, TrialConfig, validate_model
 from qa_ray.search_space import SearchSpace, apply_params, suggest, to_distributions
-from qa_ray.config import TrialConfig
 
 
 def _space(params, **kw):
@@ -13,8 +12,14 @@ def _space(params, **kw):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ({"type": "float", "low": 0.1, "high": 0.01}, "`low <= high` must hold, but got (low=0.1, high=0.01)"),
-        ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "`low > 0` must hold for `log: true`"),
+        (
+            {"type": "float", "low": 0.1, "high": 0.01},
+            "`low <= high` must hold, but got (low=0.1, high=0.01)",
+        ),
+        (
+            {"type": "float", "low": 0.0, "high": 1.0, "log": True},
+            "`low > 0` must hold for `log: true`",
+        ),
         ({"type": "float", "low": 0.1, "high": 1.0, "log": True, "step": 0.1}, "exclusive"),
         ({"type": "int", "low": 1, "high": 8, "log": True, "step": 2}, "exclusive"),
         ({"type": "int", "low": 0, "high": 8, "log": True}, "`low > 0`"),
@@ -32,10 +37,12 @@ def test_every_invariant_has_a_failing_example(entry, message):
 
 def test_unknown_axis_and_bad_choices_reported_together():
     with pytest.raises(ConfigError) as e:
-        _space({
-            "lr": {"type": "float", "low": 1e-5, "high": 1e-3},
-            "quantization_bits": {"type": "categorical", "choices": [4, 3]},
-        })
+        _space(
+            {
+                "lr": {"type": "float", "low": 1e-5, "high": 1e-3},
+                "quantization_bits": {"type": "categorical", "choices": [4, 3]},
+            }
+        )
     msg = str(e.value)
     assert "`params.lr`: unknown axis" in msg
     assert "quantization_bits.choices` must be a subset" in msg
@@ -46,18 +53,26 @@ def test_effective_batch_rules():
     with pytest.raises(ConfigError, match="must divide `effective_batch_size`"):
         _space({"per_device_batch_size": bs}, effective_batch_size=32)
     with pytest.raises(ConfigError, match="exclusive"):
-        _space({"per_device_batch_size": {"type": "categorical", "choices": [8]},
-                "gradient_accumulation_steps": {"type": "int", "low": 1, "high": 4}},
-               effective_batch_size=32)
+        _space(
+            {
+                "per_device_batch_size": {"type": "categorical", "choices": [8]},
+                "gradient_accumulation_steps": {"type": "int", "low": 1, "high": 4},
+            },
+            effective_batch_size=32,
+        )
 
 
 def test_to_distributions():
-    d = to_distributions(_space({
-        "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
-        "lora_r": {"type": "int", "low": 4, "high": 64, "log": True},
-        "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.05},
-        "quantization_bits": {"type": "categorical", "choices": [4, 8, 16]},
-    }))
+    d = to_distributions(
+        _space(
+            {
+                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                "lora_r": {"type": "int", "low": 4, "high": 64, "log": True},
+                "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.05},
+                "quantization_bits": {"type": "categorical", "choices": [4, 8, 16]},
+            }
+        )
+    )
     assert d["learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
     assert d["lora_r"] == optuna.distributions.IntDistribution(4, 64, log=True)
     assert d["warmup_ratio"] == optuna.distributions.FloatDistribution(0.0, 0.2, step=0.05)
@@ -65,19 +80,25 @@ def test_to_distributions():
 
 
 def _base():
-    return TrialConfig.model_validate({
-        "model": {"name_or_path": "m"}, "data": {"path": "d"},
-        "resources": {"num_workers": 2},
-    })
+    return TrialConfig.model_validate(
+        {
+            "model": {"name_or_path": "m"},
+            "data": {"path": "d"},
+            "resources": {"num_workers": 2},
+        }
+    )
 
 
 def test_coupled_axes_as_optuna_sees_them():
-    space = _space({
-        "quantization_bits": {"type": "categorical", "choices": [4, 8, 16]},
-        "finetune": {"type": "categorical", "choices": ["full", "lora"]},
-        "lora_r": {"type": "int", "low": 4, "high": 16},
-        "per_device_batch_size": {"type": "categorical", "choices": [4, 8]},
-    }, effective_batch_size=32)
+    space = _space(
+        {
+            "quantization_bits": {"type": "categorical", "choices": [4, 8, 16]},
+            "finetune": {"type": "categorical", "choices": ["full", "lora"]},
+            "lora_r": {"type": "int", "low": 4, "high": 16},
+            "per_device_batch_size": {"type": "categorical", "choices": [4, 8]},
+        },
+        effective_batch_size=32,
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(40):
@@ -101,8 +122,16 @@ def test_coupled_axes_as_optuna_sees_them():
 
 def test_apply_params_sets_fields_and_alpha_multiple():
     base = _base().model_dump()
-    out = apply_params(base, {"learning_rate": 3e-4, "lora_r": 8, "lora_alpha_multiple": 2,
-                              "quantization_bits": 4, "finetune": "lora"})
+    out = apply_params(
+        base,
+        {
+            "learning_rate": 3e-4,
+            "lora_r": 8,
+            "lora_alpha_multiple": 2,
+            "quantization_bits": 4,
+            "finetune": "lora",
+        },
+    )
     cfg = TrialConfig.model_validate(out)
     assert cfg.train.learning_rate == 3e-4 and cfg.model.lora.r == 8
     assert cfg.model.lora.alpha == 16 and cfg.model.quantization_bits == 4
