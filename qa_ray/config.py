@@ -191,8 +191,13 @@ class TrialConfig(_Block):
     output_dir: str = Field("outputs", description="where `qa-ray train` writes its results")
 
 
+def _is_branch(part: Any) -> bool:
+    # pydantic names union branches in the location: `str`, `function-after[...]`, `float`
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+
+
 def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in err["loc"] if not _is_branch(p)) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"`{loc}`: unknown key (value {err['input']!r})"
@@ -210,7 +215,13 @@ def validate_model(cls: type[BaseModel], data: Any, source: str) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+        errors = exc.errors()
+        # In a union (`space: str | SearchSpace`), drop "not a string" when another branch
+        # has the real complaint about the same field.
+        branchy = [e for e in errors if any(_is_branch(p) for p in e["loc"])]
+        if len(branchy) > 1:
+            errors = [e for e in errors if not (e in branchy and e["type"] == "string_type")]
+        raise ConfigError(source, list(dict.fromkeys(_format_error(e) for e in errors))) from None
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -333,7 +333,11 @@ def _fingerprint(examples: Sequence[QAExample]) -> str:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A content hash of a fast tokenizer (vocab, normalizer, special tokens, padding side)."""
-    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    # Calling a tokenizer sets truncation/padding on its backend: not part of its identity.
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     h.update(f"{tokenizer.padding_side}|{tokenizer.pad_token}".encode())
     return h.hexdigest()
 

@@ -129,7 +129,7 @@ def test_sweep_records_parent_children_study_and_failure(
 
 def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     good = tiny_model_dir("bert")
-    path, _ = _sweep_file(tmp_path, good, good)
+    path, _ = _sweep_file(tmp_path, good, tiny_model_dir("albert"))
     assert main(["validate", str(path)]) == 0
     assert main(["sweep", str(path), "--dry-run", "search.num_samples=2"]) == 0
     out = capsys.readouterr().out
@@ -142,6 +142,11 @@ def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "`search.sampler`" in err and "unknown metric 'f1'" in err
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(path.read_text().replace("learning_rate:", "lr:"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "`search.space`: `params.lr`: unknown axis" in err and "valid string" not in err
 
 
 def test_every_shipped_sweep_validates_and_dry_runs(tiny_model_dir, capsys, monkeypatch):
@@ -179,7 +184,7 @@ def test_resume_after_interrupt_adds_no_duplicate_runs(tiny_model_dir, tmp_path)
     import time
 
     good = tiny_model_dir("bert")
-    path, uri = _sweep_file(tmp_path, good, good)
+    path, uri = _sweep_file(tmp_path, good, tiny_model_dir("albert"))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", str(path), "search.max_concurrent_trials=1"]
     proc = subprocess.Popen(
