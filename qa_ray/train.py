@@ -258,7 +258,7 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
     samples = 0
     train_seconds = 0.0
     last: dict[str, Any] = {}
-    t_start = time.perf_counter()
+    t_start = t_budget = time.perf_counter()
     done = False
     while not done:
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -288,21 +288,23 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if step == _REPLAN_AT and cfg.train.max_train_seconds and not cfg.train.max_steps:
-                per_step = (time.perf_counter() - t_start) / step
+            if cfg.train.max_train_seconds and not cfg.train.max_steps and step >= _REPLAN_AT:
+                # Re-plan from the running step time (the first steps are slower), so the
+                # schedule ends where the budget does.
+                per_step = (time.perf_counter() - t_budget) / step
                 horizon["total"] = max(
                     step + 1, min(total_steps, int(cfg.train.max_train_seconds / per_step))
                 )
-                if rank0:
+                if rank0 and step == _REPLAN_AT:
                     logger.info(
-                        "time budget %.0f s at %.2f s/step: schedule over %d steps",
+                        "time budget %.0f s at %.2f s/step: schedule over about %d steps",
                         cfg.train.max_train_seconds,
                         per_step,
                         horizon["total"],
                     )
             out_of_time = _agree(
                 cfg.train.max_train_seconds is not None
-                and time.perf_counter() - t_start >= cfg.train.max_train_seconds,
+                and time.perf_counter() - t_budget >= cfg.train.max_train_seconds,
                 session.world_size,
             )
             done = step >= total_steps or out_of_time

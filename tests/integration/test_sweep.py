@@ -119,6 +119,18 @@ def test_sweep_records_parent_children_study_and_failure(
     assert all(len(t.values) == 2 for t in complete)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]) == len(failed)
 
+    # the front read back from MLflow by sweep name, with a constraint
+    assert (
+        main(
+            ["pareto", "tiny-sweep", "--tracking-uri", uri, "--constraint", "peak_memory_mb <= 1e9"]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert table.count("COMPLETE") == len(finished) and table.count("FAILED") == len(failed)
+    assert main(["pareto", "no-such-sweep", "--tracking-uri", uri]) == 2
+    assert "no sweep parent run" in capsys.readouterr().err
+
     # a second run under the same name refuses, and touches nothing
     assert main(["sweep", str(path)]) == 2
     assert "--resume" in capsys.readouterr().err
