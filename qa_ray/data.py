@@ -141,10 +141,10 @@ def _validate_records(records: list[dict], source: str, errors: list[str]) -> li
     examples: list[QAExample] = []
     seen: dict[str, str] = {}
     for i, r in enumerate(records):
-        where = r.pop("_where", f"record {i}")
         if not isinstance(r, dict):
-            errors.append(f"{where}: expected an object, but got {r!r}")
+            errors.append(f"record {i}: expected an object, but got {r!r}")
             continue
+        where = r.pop("_where", f"record {i}")
         qid = r.get("id")
         label = f"{where} (id {qid!r})"
         ok = True
@@ -254,11 +254,9 @@ def load_examples(path: str, split: str | None = None) -> list[QAExample]:
                     f"a {type(payload).__name__} with keys {sorted(payload)[:5] if isinstance(payload, dict) else '-'}"
                 ],
             )
-        records = [
-            dict(r, _where=r.get("_where", f"record {i}")) if isinstance(r, dict) else r
-            for i, r in enumerate(records)
-        ]
-        return _validate_records(records, path, errors)
+        return _validate_records(
+            [dict(r) if isinstance(r, dict) else r for r in records], path, errors
+        )
     if path.endswith((".json", ".gz", ".jsonl")) or path.startswith((".", "/", "~")):
         raise DataError(path, ["file not found"])
     return _validate_records(_load_hub(path, split or "train"), f"{path}[{split}]", [])

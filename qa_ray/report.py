@@ -106,22 +106,22 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
     cons = [parse_constraint(c) for c in constraints]
     trials = _records(uri, parent_id)
     pf = front(trials, objs, cons)
-    ranks = nondominated_ranks([trials[i] for i in pf.optimal + pf.dominated], objs)
-    feasible = list(pf.optimal + pf.dominated)
+    feasible = sorted(pf.optimal + pf.dominated)
+    position = {i: k for k, i in enumerate(feasible)}  # trial index -> index among feasible
+    ranks = nondominated_ranks([trials[i] for i in feasible], objs)
     client = _client(uri)
     for i, t in enumerate(trials):
         t["pareto_optimal"] = i in pf.optimal
-        t["pareto_rank"] = ranks.get(feasible.index(i)) if i in feasible else None
+        t["pareto_rank"] = ranks.get(position[i]) if i in position else None
         client.set_tag(t["run_id"], "pareto_optimal", "true" if t["pareto_optimal"] else "false")
         if t["pareto_rank"] is not None:
             client.set_tag(t["run_id"], "pareto_rank", str(t["pareto_rank"]))
-    ordered = [i for i in range(len(trials)) if i in feasible]
-    hv = hypervolume_history([trials[i] for i in ordered], objs, _reference(trials, objs))
+    hv = hypervolume_history([trials[i] for i in feasible], objs, _reference(trials, objs))
     summary = ParetoSummary(parent_id, objs, trials, pf.optimal, len(pf.excluded), hv)
 
     (y, y_mode), (x, _) = objs[0], objs[1] if len(objs) > 1 else (m.PEAK_MEMORY_MB, "min")
     plotted = [trials[i] for i in feasible]
-    on_front = {feasible.index(i) for i in pf.optimal}
+    on_front = {position[i] for i in pf.optimal}
     title = f"Pareto front: {y} vs {x} ({len(pf.optimal)} of {len(trials)} trials)"
     with tempfile.TemporaryDirectory() as d:
 

@@ -68,6 +68,7 @@ def test_validation_names_file_record_and_field(tmp_path):
         ("{not json", "not JSON"),
         ('{"foo": 1}', "expected the official SQuAD format"),
         ('[{"id": "x", "context": "c", "question": "q", "answers": "nope"}]', "`answers` must be"),
+        ("[1, 2]", "record 0: expected an object, but got 1"),
     ],
 )
 def test_wrong_schema(tmp_path, content, expected):
