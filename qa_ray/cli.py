@@ -5,6 +5,8 @@
     qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50
     qa-ray score dev-v2.0.json.gz predictions.json
     qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1]
+    qa-ray submit SWEEP.yaml --address http://HEAD:8265 [key=value ...] [--no-follow]
+    qa-ray job status|logs|stop JOB_ID --address http://HEAD:8265
 
 Exit codes: 0 ok, 1 the run itself failed, 2 bad input (config, data, predictions), with a
 message naming the file, the field and the value.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -129,6 +132,61 @@ def _cmd_pareto(args) -> int:
     return EXIT_OK
 
 
+def _cmd_submit(args) -> int:
+    from qa_ray import jobs
+
+    job_id = jobs.submit(
+        args.sweep,
+        args.overrides,
+        args.address,
+        tracking_uri=args.tracking_uri,
+        working_dir=args.working_dir,
+        submission_id=args.job_id,
+    )
+    print(f"[qa-ray] submitted job {job_id} to {args.address}", flush=True)
+    print(
+        f"[qa-ray] follow: qa-ray job logs {job_id} --follow --address {args.address}\n"
+        f"[qa-ray] stop:   qa-ray job stop {job_id} --address {args.address}",
+        flush=True,
+    )
+    if args.no_follow:
+        return EXIT_OK
+    return _follow(args.address, job_id)
+
+
+def _follow(address: str, job_id: str) -> int:
+    from qa_ray import jobs
+
+    try:
+        status = jobs.follow(address, job_id)
+    except KeyboardInterrupt:
+        print(
+            f"\n[qa-ray] detached; job {job_id} goes on (qa-ray job status {job_id} "
+            f"--address {address})",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    print(f"[qa-ray] job {job_id}: {status}")
+    return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _cmd_job(args) -> int:
+    from qa_ray import jobs
+
+    if args.action == "status":
+        status, message = jobs.job_status(args.address, args.job_id)
+        print(f"{args.job_id}: {status}" + (f" ({message})" if message else ""))
+        return EXIT_OK
+    if args.action == "logs":
+        if args.follow:
+            return _follow(args.address, args.job_id)
+        print(jobs.job_logs(args.address, args.job_id), end="")
+        return EXIT_OK
+    stopped = jobs.stop_job(args.address, args.job_id)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qa-ray",
@@ -207,6 +265,32 @@ def _parser() -> argparse.ArgumentParser:
         help="e.g. 'peak_memory_mb <= 16000' (repeatable)",
     )
     sp.add_argument("--tracking-uri")
+
+    address_help = "Ray dashboard address of the cluster (default: $RAY_ADDRESS)"
+    sp = add(
+        "submit",
+        _cmd_submit,
+        "submit a sweep to a Ray cluster as a Ray job and follow its logs (Ctrl-C detaches)",
+        "qa-ray submit sweeps/quickstart.yaml --address http://127.0.0.1:8265",
+    )
+    sp.add_argument("sweep")
+    sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    sp.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help=address_help)
+    sp.add_argument("--tracking-uri", help="MLflow URI as the cluster sees it")
+    sp.add_argument("--working-dir", default=".", help="uploaded to the cluster (default: .)")
+    sp.add_argument("--job-id", help="submission id (default: qa-ray-NAME-TIME)")
+    sp.add_argument("--no-follow", action="store_true", help="print the job id and return")
+
+    sp = add(
+        "job",
+        _cmd_job,
+        "status, logs or stop of a submitted sweep",
+        "qa-ray job logs qa-ray-quickstart-20261122-101500 --follow",
+    )
+    sp.add_argument("action", choices=["status", "logs", "stop"])
+    sp.add_argument("job_id")
+    sp.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help=address_help)
+    sp.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     return p
 
 
@@ -224,11 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("submit", "job") and not args.address:
+        parser.error(f"{args.command}: --address (or $RAY_ADDRESS) is required")
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; `qa-ray sweep --resume` continues a sweep", file=sys.stderr)
         return 130

@@ -77,6 +77,13 @@ class ModelConfig(_Block):
         "16 = bf16 weights, 32 = fp32",
     )
     lora: LoraConfig = LoraConfig()
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="sets every dropout probability in the model config (hidden, attention, "
+        "classifier); null keeps the checkpoint's. 0 is about a third faster per step on CPU",
+    )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
@@ -110,6 +117,11 @@ class DataConfig(_Block):
     max_train_examples: int | None = Field(None, gt=0)
     max_eval_examples: int | None = Field(None, gt=0)
     max_seq_length: int = Field(384, ge=32)
+    drop_windows_missing_answer: bool = Field(
+        False,
+        description="train only on windows that hold the answer of an answerable question "
+        "(unanswerable questions keep all their windows); fewer CLS labels per step",
+    )
     doc_stride: int = Field(128, gt=0)
     max_answer_length: int = Field(30, gt=0)
     n_best_size: int = Field(20, gt=0)

@@ -97,6 +97,8 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
             logger.info("quantization_bits=16 on CPU: bf16 weights, fp32 compute is not used")
     else:
         kwargs["dtype"] = torch.float32
+    if cfg.dropout is not None:
+        kwargs["config"] = _with_dropout(cfg)
     model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
     if not kbit:
         model.to(device)
@@ -115,6 +117,32 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     if cfg.finetune == "lora":
         model = _add_lora(model, cfg)
     return model
+
+
+def _is_dropout_field(name: str) -> bool:
+    return "dropout" in name or name.endswith("_pdrop")
+
+
+def _with_dropout(cfg: ModelConfig):
+    """The checkpoint's config with every dropout probability set to ``cfg.dropout``.
+
+    Names differ per architecture (``hidden_dropout_prob`` and ``attention_probs_dropout_prob``
+    in BERT/ALBERT, ``attention_dropout`` in Llama, ``dropout_rate`` in T5, ``*_pdrop`` in GPT-2),
+    so every float field named like one is set; fields that are unset (``None``) stay unset.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    changed = []
+    for name, value in config.to_dict().items():
+        if _is_dropout_field(name) and isinstance(value, float):
+            setattr(config, name, cfg.dropout)
+            changed.append(name)
+    if not changed:
+        logger.warning("model.dropout=%s: %s has no dropout fields", cfg.dropout, cfg.name_or_path)
+    else:
+        logger.info("dropout %s -> %s", cfg.dropout, ", ".join(changed))
+    return config
 
 
 def _add_lora(model, cfg: ModelConfig):

@@ -40,6 +40,7 @@ AXES: dict[str, str] = {
     "per_device_batch_size": "train.per_device_batch_size",
     "gradient_accumulation_steps": "train.gradient_accumulation_steps",
     "finetune": "model.finetune",
+    "dropout": "model.dropout",
     "quantization_bits": "model.quantization_bits",
     "lora_r": "model.lora.r",
     "lora_alpha_multiple": "model.lora.alpha",
@@ -237,6 +238,43 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
             value = float(value) * r
         _set(out, AXES[name], value)
     return out
+
+
+# Axes every trial record carries, sampled or not, so plots and tables can colour and label
+# each trial by them (e.g. quantization bits when the space holds bits fixed).
+RECORDED_AXES = (
+    "model",
+    "finetune",
+    "quantization_bits",
+    "learning_rate",
+    "warmup_ratio",
+    "per_device_batch_size",
+    "gradient_accumulation_steps",
+    "lora_r",
+    "lora_alpha_multiple",
+)
+
+
+def axis_values(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The resolved value of every recorded axis of a trial: ``config`` with ``params`` applied.
+
+    LoRA axes are left out of a trial that is not LoRA; unset values (e.g. a warmup given in
+    steps) are left out.
+    """
+    resolved = apply_params(config, params)
+    lora = _get(resolved, "model.finetune", "full") == "lora"
+    out: dict[str, Any] = {}
+    for name in RECORDED_AXES:
+        if name in _LORA_AXES and not lora:
+            continue
+        if name == "lora_alpha_multiple":
+            alpha, r = _get(resolved, "model.lora.alpha", None), _get(resolved, "model.lora.r", 8)
+            value = alpha / r if alpha is not None else 2
+        else:
+            value = _get(resolved, AXES[name], None)
+        if value is not None:
+            out[name] = value
+    return out | {k: v for k, v in params.items() if k in AXES}
 
 
 def _get(d: dict, path: str, default: Any) -> Any:

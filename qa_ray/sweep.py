@@ -68,8 +68,29 @@ class SweepResult:
     trials: list[dict[str, Any]]  # status, params, final metrics, trial id/name
 
 
-def experiment_path(cfg: SweepConfig) -> Path:
-    return Path(cfg.storage_path) / cfg.name
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x``, ``gs://...``: storage Ray reads through pyarrow, not a local folder."""
+    return "://" in path
+
+
+def experiment_path(cfg: SweepConfig) -> str:
+    """Where Ray Tune keeps this sweep's results: ``storage_path/name`` (a folder or a URI)."""
+    if is_uri(cfg.storage_path):
+        return f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    return str(Path(cfg.storage_path) / cfg.name)
+
+
+def state_dir(cfg: SweepConfig) -> Path:
+    """The driver's own files (the Optuna study, the MLflow parent run id), kept locally.
+
+    Beside the Ray results for a local ``storage_path``. For bucket storage they stay on the
+    machine that runs the driver (the head node for submitted sweeps), under
+    ``$QA_RAY_STATE_DIR`` (default ``~/.cache/qa_ray/sweeps``), so ``--resume`` there finds them.
+    """
+    if not is_uri(cfg.storage_path):
+        return Path(experiment_path(cfg))
+    root = os.environ.get("QA_RAY_STATE_DIR", "~/.cache/qa_ray/sweeps")
+    return Path(root).expanduser() / cfg.name
 
 
 def plan(cfg: SweepConfig, cluster: dict[str, float] | None = None) -> dict[str, Any]:
@@ -249,8 +270,9 @@ def run_sweep(
     from ray import tune
 
     exp_path = experiment_path(cfg)
-    state_path = exp_path / STATE_FILE
-    restorable = tune.Tuner.can_restore(str(exp_path))
+    local = state_dir(cfg)
+    state_path = local / STATE_FILE
+    restorable = tune.Tuner.can_restore(exp_path)
     if resume and not restorable:
         raise ConfigError(
             "--resume",
@@ -266,7 +288,7 @@ def run_sweep(
         )
     cluster = init_ray(address)
     p = plan(cfg, cluster)
-    exp_path.mkdir(parents=True, exist_ok=True)
+    local.mkdir(parents=True, exist_ok=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     objectives = [(o.metric, o.mode) for o in cfg.objectives]
     parent_id = start_parent_run(
@@ -282,7 +304,7 @@ def run_sweep(
             "num_samples": cfg.search.num_samples,
             "max_concurrent_trials": p["max_concurrent_trials"],
             "workers_per_trial": cfg.resources.num_workers,
-            "storage_path": str(exp_path),
+            "storage_path": exp_path,
         },
         artifacts={
             "sweep_config.yaml": resolved_yaml or yaml.safe_dump(cfg.model_dump(mode="json")),
@@ -297,7 +319,7 @@ def run_sweep(
 
     status = "FAILED"
     try:
-        grid = _fit(cfg, exp_path, tracking_uri, parent_id, p, resume)
+        grid = _fit(cfg, exp_path, local, tracking_uri, parent_id, p, resume)
         status = "FINISHED"
     finally:
         finish_parent_run(tracking_uri, parent_id, status)
@@ -311,11 +333,17 @@ def run_sweep(
                 **({k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float)}),
             }
         )
-    return SweepResult(str(exp_path), parent_id, tracking_uri, trials)
+    return SweepResult(exp_path, parent_id, tracking_uri, trials)
 
 
 def _fit(
-    cfg: SweepConfig, exp_path: Path, tracking_uri: str, parent_id: str, p: dict, resume: bool
+    cfg: SweepConfig,
+    exp_path: str,
+    local: Path,
+    tracking_uri: str,
+    parent_id: str,
+    p: dict,
+    resume: bool,
 ):
     import optuna
     from ray import tune
@@ -325,15 +353,15 @@ def _fit(
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
     # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
     trainable = tune.with_resources(
-        partial(_run_trial, base=base, storage_path=str(exp_path / "train")), {"memory": 1}
+        partial(_run_trial, base=base, storage_path=f"{exp_path}/train"), {"memory": 1}
     )
     callbacks = [
-        MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS),
+        MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS, base_config=base),
         ProgressCallback(cfg.objectives, cfg.search.num_samples),
     ]
     if resume:
         tuner = tune.Tuner.restore(
-            str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
         searcher = OptunaSearch(
@@ -343,7 +371,7 @@ def _fit(
             sampler=_sampler(cfg),
             points_to_evaluate=[dict(pt) for pt in cfg.search.initial_points] or None,
             study_name=cfg.name,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{exp_path / 'optuna.db'}"),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}"),
         )
         tuner = tune.Tuner(
             trainable,

@@ -97,7 +97,11 @@ class SweepConfig(_Block):
         min_length=1,
     )
     tracking: TrackingConfig = TrackingConfig()
-    storage_path: str = Field("runs", description="Ray results and the Optuna study live here")
+    storage_path: str = Field(
+        "runs",
+        description="Ray results (and, for a local folder, the Optuna study) live here: a "
+        "folder, or a bucket URI (s3://, gs://) that every node of a cluster can reach",
+    )
 
     @model_validator(mode="after")
     def _distinct_objectives(self) -> SweepConfig:
@@ -153,6 +157,8 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
             "search": cfg.search.model_copy(update={"space": space}),
             "model": trial.model,
             "data": trial.data,
-            "storage_path": os.path.abspath(os.path.expanduser(cfg.storage_path)),
+            "storage_path": cfg.storage_path
+            if "://" in cfg.storage_path
+            else os.path.abspath(os.path.expanduser(cfg.storage_path)),
         }
     )

@@ -20,6 +20,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from qa_ray.search_space import axis_values
+
 __all__ = [
     "MLflowSweepCallback",
     "TAG_PARENT",
@@ -37,6 +39,7 @@ TAG_SWEEP = "qa_ray.sweep"
 TAG_TRIAL_ID = "qa_ray.trial_id"
 TAG_TRIAL_NAME = "qa_ray.trial_name"
 TAG_NODE = "qa_ray.node_ip"
+TAG_NODE_ID = "qa_ray.node_id"  # several Ray nodes can share one IP (and do, in the tests)
 TAG_ROLE = "qa_ray.role"
 _PACKAGES = ("qa-ray", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna", "mlflow")
 
@@ -53,9 +56,24 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# The MLflow 3 UI picks its layout by this experiment tag; without it an experiment holding no
+# models yet may open in the GenAI (traces/evaluations) layout instead of the runs table.
+_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, tags=dict([_EXPERIMENT_KIND]))
+    except MlflowException:  # another sweep created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _git_commit() -> str:
@@ -138,10 +156,17 @@ class MLflowSweepCallback(Callback):
         metric_keys: the metrics worth logging as curves (the loop's metric names).
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, metric_keys: tuple[str, ...]):
+    def __init__(
+        self,
+        tracking_uri: str,
+        parent_run_id: str,
+        metric_keys: tuple[str, ...],
+        base_config: dict[str, Any] | None = None,
+    ):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.metric_keys = tuple(metric_keys)
+        self.base_config = base_config or {}
         self._runs: dict[str, str] = {}
         self._client = None
 
@@ -181,7 +206,10 @@ class MLflowSweepCallback(Callback):
                 },
             )
             rid = run.info.run_id
-            self.client.log_batch(rid, params=_params(trial.config))
+            # The sampled axes, plus the fixed ones (bits, finetune, ...) resolved from the
+            # sweep's base config, so every child says what it trained.
+            params = axis_values(self.base_config, trial.config) if self.base_config else {}
+            self.client.log_batch(rid, params=_params({**params, **trial.config}))
         self._runs[trial.trial_id] = rid
         return rid
 
@@ -198,9 +226,9 @@ class MLflowSweepCallback(Callback):
             Metric(k, v, ts, step) for k, v in _numeric(result).items() if k in self.metric_keys
         ]
         self.client.log_batch(rid, metrics=metrics)
-        node = result.get("worker_node_ip") or result.get("node_ip")
-        if node:
-            self.client.set_tag(rid, TAG_NODE, str(node))
+        for tag, key in ((TAG_NODE, "worker_node_ip"), (TAG_NODE_ID, "worker_node_id")):
+            if result.get(key):
+                self.client.set_tag(rid, tag, str(result[key]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = self._run_for(trial)

@@ -85,7 +85,11 @@ class _RaySession:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        metrics = dict(metrics, worker_node_ip=ray.util.get_node_ip_address())
+        metrics = dict(
+            metrics,
+            worker_node_ip=ray.util.get_node_ip_address(),
+            worker_node_id=ray.get_runtime_context().get_node_id(),
+        )
         ray.train.report(metrics, checkpoint=checkpoint)  # [ray 3]
 
 

@@ -5,9 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray 2.60's default for local clusters, made explicit before Ray is imported, so every process
+# of a test cluster and the tests' own Ray clients agree (token in ~/.ray/auth_token).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model  # noqa: E402
@@ -27,6 +31,16 @@ def tiny_model_dir(tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+@pytest.fixture
+def ray_2cpu():
+    """Local Ray with the 2 CPUs of the CI machine."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +69,43 @@ def trial_dict(model_dir, tmp_path, **over) -> dict:
         block, _, field = key.partition("__")
         cfg.setdefault(block, {})[field] = value
     return cfg
+
+
+def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[Path, str]:
+    """A sweep file over tiny ``models`` (the first is the base model); returns (path, MLflow URI)."""
+    good = models[0]
+    data = {
+        "name": "tiny-sweep",
+        "model": {"name_or_path": str(good), "finetune": "lora"},
+        "data": {
+            "path": str(ASSETS / "squad_v1_tiny.json"),
+            "max_seq_length": 128,
+            "doc_stride": 32,
+            "cache_dir": str(tmp_path / "cache"),
+            "max_eval_examples": 20,
+        },
+        "train": {"max_steps": 2, "per_device_batch_size": 8, "save_checkpoints": False},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "search": {
+            "num_samples": num_samples,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "seed": 3,
+            "space": {
+                "params": {
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                    "lora_r": {"type": "int", "low": 2, "high": 8},
+                    "quantization_bits": {"type": "categorical", "choices": [8, 32]},
+                    "model": {"type": "categorical", "choices": [str(m) for m in models]},
+                }
+            },
+        },
+        "storage_path": str(tmp_path / "runs"),
+        "tracking": {
+            "tracking_uri": tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment_name": "t",
+        },
+    }
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p, data["tracking"]["tracking_uri"]

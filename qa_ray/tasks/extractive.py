@@ -7,7 +7,8 @@ A task family is a module with the same few names, which the training loop looks
 Windows: a long context is cut into windows of ``max_seq_length`` tokens that overlap by
 ``doc_stride`` tokens (question first, then the context window). A training window whose
 context does not hold the whole answer, like every window of an unanswerable question, is
-labelled with the CLS position (index 0).
+labelled with the CLS position (index 0), unless ``data.drop_windows_missing_answer`` drops
+such windows of answerable questions from training.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def _tokenize(tokenizer, batch, cfg: DataConfig):
     )
 
 
-def _key(cfg: DataConfig, kind: str) -> dict:
-    return {"kind": kind, "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride}
+def _key(cfg: DataConfig, kind: str, **extra) -> dict:
+    return {
+        "kind": kind,
+        "max_seq_length": cfg.max_seq_length,
+        "doc_stride": cfg.doc_stride,
+        **extra,
+    }
 
 
 def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
@@ -62,7 +68,7 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     def build(batch):
         enc = _tokenize(tokenizer, batch, cfg)
         sample_map = enc.pop("overflow_to_sample_mapping")
-        starts, ends = [], []
+        starts, ends, keep = [], [], []
         for i, offsets in enumerate(enc["offset_mapping"]):
             ex = sample_map[i]
             seq_ids = enc.sequence_ids(i)
@@ -70,14 +76,17 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
             if not answers:  # unanswerable
                 starts.append(_NO_ANSWER_INDEX)
                 ends.append(_NO_ANSWER_INDEX)
+                keep.append(i)
                 continue
             start_char = batch["answer_starts"][ex][0]
             end_char = start_char + len(answers[0])
             ctx_first = seq_ids.index(1)
             ctx_last = len(seq_ids) - 1 - seq_ids[::-1].index(1)
             if offsets[ctx_first][0] > start_char or offsets[ctx_last][1] < end_char:
-                starts.append(_NO_ANSWER_INDEX)  # this window misses (part of) the answer
-                ends.append(_NO_ANSWER_INDEX)
+                if not cfg.drop_windows_missing_answer:
+                    starts.append(_NO_ANSWER_INDEX)  # this window misses (part of) the answer
+                    ends.append(_NO_ANSWER_INDEX)
+                    keep.append(i)
                 continue
             s = ctx_first
             while s <= ctx_last and offsets[s][1] <= start_char:
@@ -87,12 +96,15 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
                 e -= 1
             starts.append(s)
             ends.append(e)
+            keep.append(i)
         enc.pop("offset_mapping")
-        enc["start_positions"] = starts
-        enc["end_positions"] = ends
-        return enc
+        out = {k: [v[i] for i in keep] for k, v in enc.items()}
+        out["start_positions"] = starts
+        out["end_positions"] = ends
+        return out
 
-    return cached_features(examples, tokenizer, build, _key(cfg, "extractive-train"), cfg.cache_dir)
+    key = _key(cfg, "extractive-train", drop_missing=cfg.drop_windows_missing_answer)
+    return cached_features(examples, tokenizer, build, key, cfg.cache_dir)
 
 
 def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):

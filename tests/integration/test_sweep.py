@@ -5,57 +5,13 @@ import shutil
 
 import optuna
 import pytest
-import ray
-import yaml
-from conftest import ASSETS
+from conftest import ASSETS, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import child_runs
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ray_2cpu():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def _sweep_file(tmp_path, good, broken, num_samples=4):
-    data = {
-        "name": "tiny-sweep",
-        "model": {"name_or_path": str(good), "finetune": "lora"},
-        "data": {
-            "path": str(ASSETS / "squad_v1_tiny.json"),
-            "max_seq_length": 128,
-            "doc_stride": 32,
-            "cache_dir": str(tmp_path / "cache"),
-            "max_eval_examples": 20,
-        },
-        "train": {"max_steps": 2, "per_device_batch_size": 8, "save_checkpoints": False},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
-        "search": {
-            "num_samples": num_samples,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "seed": 3,
-            "space": {
-                "params": {
-                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                    "lora_r": {"type": "int", "low": 2, "high": 8},
-                    "quantization_bits": {"type": "categorical", "choices": [8, 32]},
-                    "model": {"type": "categorical", "choices": [str(good), str(broken)]},
-                }
-            },
-        },
-        "storage_path": str(tmp_path / "runs"),
-        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "t"},
-    }
-    p = tmp_path / "sweep.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p, data["tracking"]["tracking_uri"]
 
 
 def _broken_model(tmp_path, good):
@@ -69,7 +25,7 @@ def test_sweep_records_parent_children_study_and_failure(
     tiny_model_dir, tmp_path, ray_2cpu, capsys
 ):
     good = tiny_model_dir("bert")
-    path, uri = _sweep_file(tmp_path, good, _broken_model(tmp_path, good))
+    path, uri = tiny_sweep(tmp_path, [good, _broken_model(tmp_path, good)])
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
     assert "MLflow parent run" in out and "configuration" in out
@@ -141,7 +97,7 @@ def test_sweep_records_parent_children_study_and_failure(
 
 def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     good = tiny_model_dir("bert")
-    path, _ = _sweep_file(tmp_path, good, tiny_model_dir("albert"))
+    path, _ = tiny_sweep(tmp_path, [good, tiny_model_dir("albert")])
     assert main(["validate", str(path)]) == 0
     assert main(["sweep", str(path), "--dry-run", "search.num_samples=2"]) == 0
     out = capsys.readouterr().out
@@ -196,7 +152,7 @@ def test_resume_after_interrupt_adds_no_duplicate_runs(tiny_model_dir, tmp_path)
     import time
 
     good = tiny_model_dir("bert")
-    path, uri = _sweep_file(tmp_path, good, tiny_model_dir("albert"))
+    path, uri = tiny_sweep(tmp_path, [good, tiny_model_dir("albert")])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", str(path), "search.max_concurrent_trials=1"]
     proc = subprocess.Popen(

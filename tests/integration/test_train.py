@@ -135,3 +135,27 @@ def test_two_workers_gloo_ray_train(tiny_model_dir, tmp_path):
     assert m["epoch"] == pytest.approx(4 / 7, rel=1e-6)
     assert result.checkpoint is not None
     assert (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize("kind", ["bert", "albert", "llama"])
+def test_model_dropout_sets_every_dropout_of_the_architecture(tiny_model_dir, kind):
+    mcfg = ModelConfig(name_or_path=str(tiny_model_dir(kind)), dropout=0.25)
+    model = build_model(mcfg, torch.device("cpu"))
+    fields = {k: v for k, v in model.config.to_dict().items() if "dropout" in k}
+    assert fields and all(v in (0.25, None) for v in fields.values()), fields
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert all(m.p == 0.25 for m in layers)
+    if kind != "llama":  # Llama's only dropout is the attention probability in its config
+        assert layers
+
+
+def test_zero_dropout_makes_training_forward_deterministic(tiny_model_dir):
+    path = str(tiny_model_dir("bert"))
+    x = torch.arange(1, 17).reshape(2, 8)
+    outs = {}
+    for dropout in (None, 0.0):
+        model = build_model(ModelConfig(name_or_path=path, dropout=dropout), torch.device("cpu"))
+        model.train()
+        a, b = (model(input_ids=x).start_logits for _ in range(2))
+        outs[dropout] = torch.equal(a, b)
+    assert outs == {None: False, 0.0: True}

@@ -60,6 +60,44 @@ def test_feature_cache_is_reused(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2  # new lengths, new key
 
 
+def test_drop_windows_missing_answer_keeps_answer_windows_and_unanswerable(tmp_path):
+    """Dropping removes exactly the CLS-labelled windows of answerable questions; windows of
+    unanswerable (v2.0) questions, and every window that holds its answer, stay."""
+    tok = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    ex = load_examples(str(ASSETS / "squad_v2_tiny.json"))
+    unanswerable = {e.id for e in ex if not e.answers}
+    assert unanswerable and len(unanswerable) < len(ex)
+    cfg = DataConfig(path="x", max_seq_length=64, doc_stride=16, cache_dir=str(tmp_path))
+    kept_all = extractive.train_features(ex, tok, cfg)
+    dropped = extractive.train_features(
+        ex, tok, cfg.model_copy(update={"drop_windows_missing_answer": True})
+    )
+    assert len(list(tmp_path.iterdir())) == 2  # the flag is part of the cache key
+
+    def labels(feats):
+        return list(zip(feats["start_positions"], feats["end_positions"], strict=True))
+
+    enc = tok(
+        [e.question for e in ex],
+        [e.context for e in ex],
+        truncation="only_second",
+        max_length=64,
+        stride=16,
+        return_overflowing_tokens=True,
+    )
+    owner = [ex[i].id for i in enc["overflow_to_sample_mapping"]]
+    assert len(owner) == len(kept_all)
+    missed = [
+        i
+        for i, (s, e) in enumerate(labels(kept_all))
+        if (s, e) == (0, 0) and owner[i] not in unanswerable
+    ]
+    assert missed, "the fixture has windows that cut the answer away at this length"
+    expected = [lab for i, lab in enumerate(labels(kept_all)) if i not in set(missed)]
+    assert labels(dropped) == expected
+    assert sum(lab == (0, 0) for lab in labels(dropped)) == sum(o in unanswerable for o in owner)
+
+
 def _feats(offsets, ids):
     return {"example_id": ids, "offset_mapping": offsets}
 

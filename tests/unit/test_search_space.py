@@ -136,3 +136,19 @@ def test_apply_params_sets_fields_and_alpha_multiple():
     assert cfg.train.learning_rate == 3e-4 and cfg.model.lora.r == 8
     assert cfg.model.lora.alpha == 16 and cfg.model.quantization_bits == 4
     assert base["model"]["lora"]["r"] == 8 and base["train"]["learning_rate"] == 5e-5  # not mutated
+
+
+def test_axis_values_resolve_fixed_axes_and_drop_lora_axes_without_lora():
+    from qa_ray.search_space import axis_values
+
+    base = {
+        "model": {"name_or_path": "m", "finetune": "full", "quantization_bits": 32},
+        "train": {"learning_rate": 1e-4, "per_device_batch_size": 16},
+    }
+    full = axis_values(base, {"learning_rate": 3e-4})
+    assert full["quantization_bits"] == 32 and full["finetune"] == "full"  # fixed, not sampled
+    assert full["learning_rate"] == 3e-4  # sampled wins
+    assert "lora_r" not in full and "lora_alpha_multiple" not in full
+    lora = axis_values(base, {"quantization_bits": 4, "finetune": "lora", "lora_r": 8})
+    assert (lora["quantization_bits"], lora["lora_r"], lora["lora_alpha_multiple"]) == (4, 8, 2)
+    assert base["model"]["finetune"] == "full"  # the base is not changed
