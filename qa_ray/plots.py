@@ -43,14 +43,17 @@ def _step_line(points: Sequence[tuple[float, float]], y_mode: str) -> tuple[list
 def pareto_html(
     trials: Sequence[Mapping[str, Any]], optimal: set[int], x: str, y: str, y_mode: str, title: str
 ) -> str:
-    """A self-contained HTML page: points coloured by bits, dominated faded, front as steps."""
+    """A self-contained HTML page: one trace per (fine-tune method, bits), coloured by bits with
+    a marker symbol per method; dominated trials faded; the front as steps."""
     go = _require("plotly.graph_objects")
     fig = go.Figure()
-    by_bits: dict[str, list[int]] = {}
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, t in enumerate(trials):
-        by_bits.setdefault(str(t.get("quantization_bits", "?")), []).append(i)
+        key = (str(t.get("finetune") or "?"), str(t.get("quantization_bits") or "?"))
+        groups.setdefault(key, []).append(i)
     palette = {"4": "#d62728", "8": "#ff7f0e", "16": "#2ca02c", "32": "#1f77b4"}
-    for bits, idx in sorted(by_bits.items()):
+    symbols = {"full": "circle", "lora": "diamond"}
+    for (method, bits), idx in sorted(groups.items()):
         hover = [
             "<br>".join(
                 [f"<b>{trials[i].get('name', i)}</b>"]
@@ -64,12 +67,13 @@ def pareto_html(
                 x=[trials[i][x] for i in idx],
                 y=[trials[i][y] for i in idx],
                 mode="markers",
-                name=f"{bits}-bit",
+                name=f"{method} {bits}-bit",
                 text=hover,
                 hoverinfo="text",
                 marker=dict(
                     size=[14 if i in optimal else 9 for i in idx],
                     color=palette.get(bits, "#7f7f7f"),
+                    symbol=symbols.get(method, "square"),
                     opacity=[1.0 if i in optimal else 0.35 for i in idx],
                     line=dict(width=[2 if i in optimal else 0 for i in idx], color="black"),
                 ),

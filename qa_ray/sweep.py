@@ -240,10 +240,13 @@ def init_ray(address: str | None) -> dict[str, float]:
         else:
             import torch
 
+            # With the dashboard (on 127.0.0.1): Ray Train's placement-group cleaner polls the
+            # State API it serves, and warns every few seconds without it.
             ray.init(
                 num_cpus=os.cpu_count(),
                 num_gpus=torch.cuda.device_count(),
-                include_dashboard=False,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
                 log_to_driver=True,
             )
     return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}

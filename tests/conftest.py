@@ -38,7 +38,7 @@ def ray_2cpu():
     """Local Ray with the 2 CPUs of the CI machine."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()
 

@@ -126,6 +126,22 @@ def mlflow_server(
         proc.wait(timeout=5)
 
 
+def _model_training_view(page, timeout_ms: float = 30_000) -> bool:
+    """The UI as a training team sees it: the "Model training" workspace (MLflow 3.17 opens in
+    "GenAI"), without the assistant panel it opens on a first visit. True if it switched."""
+    switched = False
+    toggle = page.get_by_text("Model training", exact=True)
+    with contextlib.suppress(Exception):
+        toggle.wait_for(timeout=timeout_ms)
+        toggle.click()
+        switched = True
+    close = page.locator("[aria-label=Close]")
+    with contextlib.suppress(Exception):
+        close.first.wait_for(timeout=3_000)
+        close.first.click()
+    return switched
+
+
 def open_pareto_plot(
     url: str,
     experiment_id: str,
@@ -148,7 +164,10 @@ def open_pareto_plot(
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}")
+            target = f"{url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{artifact}"
+            page.goto(target)
+            if _model_training_view(page):  # the switch lands on the runs list: back to the plot
+                page.goto(target)
             deadline = time.monotonic() + timeout_s
             frame = None
             while frame is None:

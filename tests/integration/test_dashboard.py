@@ -2,6 +2,7 @@
 the parent run's HTML plot opened in headless Chromium through the MLflow UI."""
 
 import os
+import re
 
 import pytest
 from conftest import tiny_sweep
@@ -54,6 +55,9 @@ def test_pareto_plot_renders_in_mlflow_ui(tiny_model_dir, tmp_path, ray_2cpu):
     assert seen["front_points"] == len(front), seen
     assert seen["front_line_points"] == 2 * len(front) - 1, seen  # a staircase through the front
     assert "Pareto front" in seen["legend"], seen
+    # Every trial's method and bits are known to the plot (resolved, even where not sampled).
+    methods = [name for name in seen["legend"] if name != "Pareto front"]
+    assert methods and all(re.fullmatch(r"(full|lora) (4|8|16|32)-bit", m) for m in methods), seen
     assert (seen["x_title"], seen["y_title"]) == ("peak_memory_mb", "eval_f1")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -118,7 +118,7 @@ def test_two_workers_gloo_ray_train(tiny_model_dir, tmp_path):
 
     cfg = trial_dict(tiny_model_dir("bert"), tmp_path, train__max_steps=4, train__eval_steps=2)
     cfg["resources"] = {"num_workers": 2}
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
     try:
         result = TorchTrainer(
             train_loop_per_worker,

@@ -19,11 +19,14 @@ def test_cluster_yaml_passes_rays_schema():
     validate_config(prepare_config(_config()))
 
 
-def test_head_serves_mlflow_privately_and_exports_its_uri_before_ray_starts():
+def test_head_serves_mlflow_and_exports_its_private_uri_before_ray_starts():
     cfg = _config()
     head = " ".join(cfg["head_start_ray_commands"])
     assert "mlflow server" in head
-    assert "--host 0.0.0.0" not in head and "hostname -I" in head  # private address only
+    # Bound on every interface so `ray attach -p 5000` reaches it on the head's localhost; the
+    # workers log to the private address.
+    assert "--host 0.0.0.0" in head
+    assert 'MLFLOW_TRACKING_URI="http://$(hostname -I' in head
     assert head.index("MLFLOW_TRACKING_URI") < head.index("ray start --head")
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
 
