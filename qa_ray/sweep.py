@@ -93,29 +93,43 @@ def state_dir(cfg: SweepConfig) -> Path:
     return Path(root).expanduser() / cfg.name
 
 
-def plan(cfg: SweepConfig, cluster: dict[str, float] | None = None) -> dict[str, Any]:
-    """The resource plan: per-trial resources and how many trials run at once."""
+def plan(
+    cfg: SweepConfig, cluster: dict[str, float] | None = None, *, elastic: bool = False
+) -> dict[str, Any]:
+    """The resource plan: per-trial resources and how many trials run at once.
+
+    Args:
+        cluster: the CPUs and GPUs Ray has now; ``None`` when unknown (``--dry-run``).
+        elastic: a cluster joined by address, whose autoscaler may add nodes: what it has now
+            neither caps an explicit ``max_concurrent_trials`` nor rules a trial out. Without
+            one, as many trials run at once as fit now (at least one): set it to let the
+            autoscaler add nodes for more.
+    """
     r = cfg.resources
     per_trial = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker}
     fit = None
-    if cluster:
+    if cluster is not None:
         fits = [cluster.get(k, 0) // v for k, v in per_trial.items() if v > 0]
         fit = int(min(fits)) if fits else None
-        if fit == 0:
+        if fit == 0 and not elastic:
             raise ConfigError(
                 "resources",
                 [
-                    f"one trial needs {per_trial} but the cluster has "
+                    f"one trial needs {per_trial} but this machine has "
                     f"{ {k: cluster.get(k, 0) for k in per_trial} }"
                 ],
             )
-    concurrent = cfg.search.max_concurrent_trials or fit or 1
-    if fit:
-        concurrent = min(concurrent, fit)
+    if cfg.search.max_concurrent_trials:
+        concurrent = cfg.search.max_concurrent_trials
+        if fit and not elastic:
+            concurrent = min(concurrent, fit)
+    else:
+        concurrent = fit or 1
     return {
         "per_trial": per_trial,
         "workers_per_trial": r.num_workers,
         "cluster": cluster,
+        "elastic": elastic,
         "max_concurrent_trials": concurrent,
         "num_samples": cfg.search.num_samples,
         "distinct_configurations": grid_size(cfg.space),
@@ -252,6 +266,24 @@ def init_ray(address: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
 
 
+def _cluster_notes(cfg: SweepConfig, exp_path: str) -> list[str]:
+    """What to change for a sweep on a (multi-node, autoscaling) cluster to go as expected."""
+    import ray
+
+    notes = []
+    if not cfg.search.max_concurrent_trials:
+        notes.append(
+            "search.max_concurrent_trials is unset: trials run as many at once as fit on the "
+            "nodes up now; set it to let the autoscaler add nodes for more"
+        )
+    if not is_uri(exp_path) and sum(n["Alive"] for n in ray.nodes()) > 1:
+        notes.append(
+            f"storage_path {exp_path} is a local folder on a multi-node cluster: checkpoints "
+            "written on worker nodes need storage every node reaches (s3://..., gs://..., NFS)"
+        )
+    return notes
+
+
 def run_sweep(
     cfg: SweepConfig,
     tracking_uri: str,
@@ -290,7 +322,7 @@ def run_sweep(
             ],
         )
     cluster = init_ray(address)
-    p = plan(cfg, cluster)
+    p = plan(cfg, cluster, elastic=address is not None)
     local.mkdir(parents=True, exist_ok=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     objectives = [(o.metric, o.mode) for o in cfg.objectives]
@@ -319,6 +351,9 @@ def run_sweep(
     state_path.write_text(json.dumps(state, indent=2))
     print(f"[qa-ray] sweep {cfg.name}: MLflow parent run {parent_id} at {tracking_uri}", flush=True)
     print(f"[qa-ray] plan: {json.dumps(p)}", flush=True)
+    if address:
+        for note in _cluster_notes(cfg, exp_path):
+            print(f"[qa-ray] note: {note}", flush=True)
 
     status = "FAILED"
     try:
