@@ -69,7 +69,11 @@ class ModelConfig(_Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
     name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
-    task: Literal["extractive"] = "extractive"
+    task: Literal["extractive", "generative"] = Field(
+        "extractive",
+        description="extractive: a span head (AutoModelForQuestionAnswering); generative: a "
+        "causal LM that writes the answer (AutoModelForCausalLM)",
+    )
     finetune: Literal["full", "lora"] = "full"
     quantization_bits: Literal[4, 8, 16, 32] = Field(
         32,
@@ -123,7 +127,15 @@ class DataConfig(_Block):
         "(unanswerable questions keep all their windows); fewer CLS labels per step",
     )
     doc_stride: int = Field(128, gt=0)
-    max_answer_length: int = Field(30, gt=0)
+    max_answer_length: int = Field(
+        30, gt=0, description="answer tokens: longest span (extractive), new tokens (generative)"
+    )
+    no_answer_text: str = Field(
+        "unanswerable",
+        min_length=1,
+        description="generative: what the model learns to answer to an unanswerable question "
+        "(scored as the empty answer)",
+    )
     n_best_size: int = Field(20, gt=0)
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 

@@ -24,8 +24,11 @@ _EXTRA_LORA_TARGETS = {
     "distilbert": ["q_lin", "v_lin"],
     "mamba": ["in_proj", "x_proj", "out_proj"],
 }
+_KBIT_LAYERS = ("Linear4bit", "Linear8bitLt")
 # Heads that are created fresh for the task: kept in full precision and fully trained.
-_TASK_HEADS = {"extractive": ["qa_outputs"]}
+_TASK_HEADS = {"extractive": ["qa_outputs"], "generative": []}
+# peft task types: the wrapper class, and which head peft itself keeps trainable.
+_PEFT_TASK_TYPES = {"extractive": "QUESTION_ANS", "generative": "CAUSAL_LM"}
 
 
 def require_bitsandbytes() -> None:
@@ -58,7 +61,8 @@ def build_tokenizer(cfg: ModelConfig):
 def _quantization_config(cfg: ModelConfig, device: torch.device):
     from transformers import BitsAndBytesConfig
 
-    skip = _TASK_HEADS.get(cfg.task, [])
+    # None keeps transformers' default (the output embedding, e.g. lm_head, stays unquantized).
+    skip = _TASK_HEADS.get(cfg.task) or None
     if cfg.quantization_bits == 4:
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return BitsAndBytesConfig(
@@ -100,6 +104,14 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     if cfg.dropout is not None:
         kwargs["config"] = _with_dropout(cfg)
     model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
+    if kbit and not any(type(m).__name__ in _KBIT_LAYERS for m in model.modules()):
+        # transformers swaps only exact torch.nn.Linear (and GPT-2's Conv1D) for bitsandbytes
+        # layers: subclasses such as Falcon's FalconLinear stay full precision, silently.
+        raise ValueError(
+            f"`model.quantization_bits` = {cfg.quantization_bits}: bitsandbytes quantized no "
+            f"layer of {cfg.name_or_path!r} (model_type {model.config.model_type!r}; its "
+            "projections are not plain torch.nn.Linear). Use quantization_bits 16 or 32."
+        )
     if not kbit:
         model.to(device)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -150,7 +162,7 @@ def _add_lora(model, cfg: ModelConfig):
 
     model_type = model.config.model_type
     targets = cfg.lora.target_modules or _EXTRA_LORA_TARGETS.get(model_type)
-    task_type = {"extractive": "QUESTION_ANS"}.get(cfg.task)
+    task_type = _PEFT_TASK_TYPES.get(cfg.task)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha if cfg.lora.alpha is not None else 2 * cfg.lora.r,

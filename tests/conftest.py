@@ -22,13 +22,20 @@ SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """Builds (once per session) a tiny random-init model folder of each architecture."""
-    cache: dict[str, Path] = {}
+    """Builds (once per session) a tiny random-init model folder of each architecture and head:
+    ``get("bert")`` has a QA span head, ``get("llama", causal=True)`` a language-model head."""
+    from transformers import AutoModelForCausalLM
 
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = make_tiny_model(kind, tmp_path_factory.mktemp(kind))
-        return cache[kind]
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def get(kind: str, causal: bool = False) -> Path:
+        if (kind, causal) not in cache:
+            out = tmp_path_factory.mktemp(f"{kind}-lm" if causal else kind)
+            if causal:
+                cache[kind, causal] = make_tiny_model(kind, out, AutoModelForCausalLM)
+            else:
+                cache[kind, causal] = make_tiny_model(kind, out)
+        return cache[kind, causal]
 
     return get
 

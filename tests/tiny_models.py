@@ -14,6 +14,9 @@ from transformers import (
     AlbertConfig,
     AutoModelForQuestionAnswering,
     BertConfig,
+    BloomConfig,
+    FalconConfig,
+    GPT2Config,
     LlamaConfig,
 )
 
@@ -56,13 +59,34 @@ def _config(kind: str):
             bos_token_id=0,
             eos_token_id=1,
         ), BPE
+    # Decoder-only families for generative QA (with the BPE tokenizer: <s>=0, </s>=1, <pad>=2).
+    special = dict(bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    if kind == "falcon":
+        return FalconConfig(
+            vocab_size=VOCAB + 8,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            new_decoder_architecture=False,
+            multi_query=True,
+            **special,
+        ), BPE
+    if kind == "bloom":
+        return BloomConfig(
+            vocab_size=VOCAB + 8, hidden_size=64, n_layer=2, n_head=2, **special
+        ), BPE
+    if kind == "gpt2":
+        return GPT2Config(
+            vocab_size=VOCAB + 8, n_embd=64, n_layer=2, n_head=2, n_positions=512, **special
+        ), BPE
     raise ValueError(kind)
 
 
 def make_tiny_model(
     kind: str, out_dir: str | Path, auto_class=AutoModelForQuestionAnswering
 ) -> Path:
-    """Saves a seeded tiny ``kind`` model (bert, albert, llama) and its tokenizer to ``out_dir``."""
+    """Saves a seeded tiny ``kind`` model (bert, albert, llama, falcon, bloom, gpt2) with the
+    ``auto_class`` head and its tokenizer to ``out_dir``."""
     out = Path(out_dir)
     config, tok_dir = _config(kind)
     torch.manual_seed(0)
