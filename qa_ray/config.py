@@ -169,6 +169,9 @@ class TrainConfig(_Block):
     eval_steps: int | None = Field(
         None, gt=0, description="evaluate every N optimizer steps (always at the end)"
     )
+    eval_on_start: bool = Field(
+        False, description="also evaluate before the first step: the untrained baseline (step 0)"
+    )
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -256,6 +256,13 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
             size.footprint_mb,
         )
 
+    if cfg.train.eval_on_start:  # the baseline: step 0, before any update
+        _evaluate_and_report(
+            session, model, tokenizer, cfg, task, eval_examples, eval_feats, autocast, size,
+            0, 0.0, float("nan"), scheduler.get_last_lr()[0], 0.0, 0.0, final=False,
+            checkpoint=False,
+        )  # fmt: skip
+
     # ---- loop --------------------------------------------------------------------------------
     step, micro, epoch = 0, 0, 0
     loss_sum, loss_n = 0.0, 0
@@ -389,6 +396,7 @@ def _evaluate_and_report(
     samples_per_second,
     train_seconds,
     final,
+    checkpoint: bool = True,
 ) -> dict[str, Any]:
     unwrapped = model.module if hasattr(model, "module") else model
     result: dict[str, Any] = {}
@@ -428,7 +436,7 @@ def _evaluate_and_report(
     )
     if session.world_rank == 0:
         extra = {"metrics.json": result, "predictions.json": out.predictions}
-        if cfg.train.save_checkpoints:
+        if cfg.train.save_checkpoints and checkpoint:
             ckpt = _save_checkpoint(model, tokenizer, cfg, extra)
         if final and isinstance(session, LocalSession):
             os.makedirs(cfg.output_dir, exist_ok=True)

@@ -78,6 +78,21 @@ def trial_dict(model_dir, tmp_path, **over) -> dict:
     return cfg
 
 
+def losses_on_a_fixed_batch(model, batch: dict, lr: float, steps: int) -> list[float]:
+    """AdamW on the trainable parameters, ``steps`` times on one batch; the losses seen."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[Path, str]:
     """A sweep file over tiny ``models`` (the first is the base model); returns (path, MLflow URI)."""
     good = models[0]

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 import yaml
-from conftest import tiny_sweep, trial_dict
+from conftest import losses_on_a_fixed_batch, tiny_sweep, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -72,15 +72,9 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetun
     if bits == 4:
         assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
     # Adapters on the attention only (the LM head stays frozen) learn slower: a larger step.
-    lr = 5e-2 if finetune == "lora" else 1e-2
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(10):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = losses_on_a_fixed_batch(
+        model, batch, lr=5e-2 if finetune == "lora" else 1e-2, steps=10
+    )
     if finetune == "full":
         assert losses[-1] < losses[0] * 0.9, losses
     else:  # a random model's frozen LM head keeps its loss near log(vocab); it still moves
@@ -143,13 +137,16 @@ def test_train_cli_runs_a_generative_trial(tiny_model_dir, tmp_path, capsys):
         model__finetune="lora",
         data__max_eval_examples=8,
         data__max_answer_length=4,
+        train__eval_on_start=True,
     )
     path = tmp_path / "trial.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 0
     out = tmp_path / "out"
     assert (out / "predictions.json").is_file() and (out / "metrics.json").is_file()
-    assert "F1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "step 0 epoch 0.00 | loss nan" in printed and "step 4 " in printed  # baseline first
+    assert [c.name for c in (out / "checkpoints").iterdir()] == ["step_000004"]
 
 
 def test_generative_sweep_lands_in_mlflow(tiny_model_dir, tmp_path, ray_2cpu):

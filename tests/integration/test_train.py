@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import trial_dict
+from conftest import losses_on_a_fixed_batch, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -49,14 +49,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetun
         assert any("qa_outputs" in n and p.requires_grad for n, p in model.named_parameters())
     if bits == 4:
         assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = losses_on_a_fixed_batch(model, batch, lr=1e-2, steps=8)
     assert losses[-1] < losses[0] * 0.9, losses
 
 
