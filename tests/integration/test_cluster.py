@@ -40,7 +40,7 @@ def _check_sweep_in_mlflow(url: str, n: int) -> set[str]:
 def test_submitted_sweep_spreads_over_two_nodes(tiny_model_dir, tmp_path, server, capsys):
     wd = tmp_path / "repo"  # what `qa-ray submit` uploads as the job's working_dir
     wd.mkdir()
-    sweep, _ = tiny_sweep(wd, [tiny_model_dir("bert")], num_samples=4, tracking_uri=server)
+    sweep, _ = tiny_sweep(wd, [tiny_model_dir("bert")], num_samples=2, tracking_uri=server)
     cluster = LocalCluster(tmp_path, ["--num-cpus=2", "--num-gpus=0"])
     try:
         cluster.add_node("--num-cpus=2", "--num-gpus=0")
@@ -53,14 +53,14 @@ def test_submitted_sweep_spreads_over_two_nodes(tiny_model_dir, tmp_path, server
         rc = main(argv)
         out = capsys.readouterr().out
         assert rc == 0, out + cluster.logs()
-        assert "submitted job tiny-1" in out and "[qa-ray] 4/4 done" in out
+        assert "submitted job tiny-1" in out and "[qa-ray] 2/2 done" in out
         assert main(["job", "status", "tiny-1", "--address", cluster.dashboard_url]) == 0
         assert "tiny-1: SUCCEEDED" in capsys.readouterr().out
         assert main(["job", "logs", "tiny-1", "--address", cluster.dashboard_url]) == 0
         assert "MLflow parent run" in capsys.readouterr().out
     finally:
         cluster.close()
-    used = _check_sweep_in_mlflow(server, 4)
+    used = _check_sweep_in_mlflow(server, 2)
     assert used == {n.node_id for n in nodes}, (used, nodes)
 
 
