@@ -69,10 +69,11 @@ class ModelConfig(_Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
     name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
-    task: Literal["extractive", "generative"] = Field(
+    task: Literal["extractive", "generative", "seq2seq"] = Field(
         "extractive",
         description="extractive: a span head (AutoModelForQuestionAnswering); generative: a "
-        "causal LM that writes the answer (AutoModelForCausalLM)",
+        "causal LM that writes the answer (AutoModelForCausalLM); seq2seq: an encoder-decoder "
+        "such as T5 (AutoModelForSeq2SeqLM)",
     )
     finetune: Literal["full", "lora"] = "full"
     quantization_bits: Literal[4, 8, 16, 32] = Field(

@@ -26,9 +26,13 @@ _EXTRA_LORA_TARGETS = {
 }
 _KBIT_LAYERS = ("Linear4bit", "Linear8bitLt")
 # Heads that are created fresh for the task: kept in full precision and fully trained.
-_TASK_HEADS = {"extractive": ["qa_outputs"], "generative": []}
+_TASK_HEADS = {"extractive": ["qa_outputs"], "generative": [], "seq2seq": []}
 # peft task types: the wrapper class, and which head peft itself keeps trainable.
-_PEFT_TASK_TYPES = {"extractive": "QUESTION_ANS", "generative": "CAUSAL_LM"}
+_PEFT_TASK_TYPES = {
+    "extractive": "QUESTION_ANS",
+    "generative": "CAUSAL_LM",
+    "seq2seq": "SEQ_2_SEQ_LM",
+}
 
 
 def require_bitsandbytes() -> None:

@@ -23,15 +23,18 @@ SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Builds (once per session) a tiny random-init model folder of each architecture and head:
-    ``get("bert")`` has a QA span head, ``get("llama", causal=True)`` a language-model head."""
-    from transformers import AutoModelForCausalLM
+    ``get("bert")`` has a QA span head, ``get("llama", causal=True)`` a language-model head,
+    ``get("t5")`` is an encoder-decoder."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     cache: dict[tuple[str, bool], Path] = {}
 
     def get(kind: str, causal: bool = False) -> Path:
         if (kind, causal) not in cache:
             out = tmp_path_factory.mktemp(f"{kind}-lm" if causal else kind)
-            if causal:
+            if kind == "t5":  # encoder-decoder: always a language-model head
+                cache[kind, causal] = make_tiny_model(kind, out, AutoModelForSeq2SeqLM)
+            elif causal:
                 cache[kind, causal] = make_tiny_model(kind, out, AutoModelForCausalLM)
             else:
                 cache[kind, causal] = make_tiny_model(kind, out)

@@ -18,6 +18,7 @@ from transformers import (
     FalconConfig,
     GPT2Config,
     LlamaConfig,
+    T5Config,
 )
 
 ASSETS = Path(__file__).parent / "assets"
@@ -78,6 +79,17 @@ def _config(kind: str):
     if kind == "gpt2":
         return GPT2Config(
             vocab_size=VOCAB + 8, n_embd=64, n_layer=2, n_head=2, n_positions=512, **special
+        ), BPE
+    if kind == "t5":
+        return T5Config(
+            vocab_size=VOCAB + 8,
+            d_model=64,
+            d_kv=32,
+            d_ff=128,
+            num_layers=2,
+            num_heads=2,
+            decoder_start_token_id=2,
+            **special,
         ), BPE
     raise ValueError(kind)
 

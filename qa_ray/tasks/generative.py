@@ -30,9 +30,11 @@ __all__ = [
     "AUTO_CLASS",
     "PROMPT",
     "collator",
+    "context_window",
     "eval_features",
     "evaluate",
     "extract_answer",
+    "pad_rows",
     "train_features",
 ]
 
@@ -42,7 +44,7 @@ _IGNORE = -100
 _MARGIN = 4  # tokens lost or gained where the context meets the template when re-tokenized
 
 
-def _context_window(tokenizer, context: str, budget: int, answer: tuple[int, int] | None) -> str:
+def context_window(tokenizer, context: str, budget: int, answer: tuple[int, int] | None) -> str:
     """``context``, or a window of at most ``budget`` of its tokens, holding the ``answer``
     character span (centred on it) when one is given, else the context's beginning."""
     offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)[
@@ -66,7 +68,7 @@ def _prompt(tokenizer, cfg: DataConfig, context, question, answer, answer_tokens
     fixed = len(tokenizer(PROMPT.format(context="", question=question.strip())).input_ids)
     budget = max(8, cfg.max_seq_length - fixed - answer_tokens - _MARGIN)
     return PROMPT.format(
-        context=_context_window(tokenizer, context, budget, answer), question=question.strip()
+        context=context_window(tokenizer, context, budget, answer), question=question.strip()
     )
 
 
@@ -123,7 +125,8 @@ def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     return cached_features(examples, tokenizer, build, key, cfg.cache_dir)
 
 
-def _pad(rows: Sequence, value: int, left: bool) -> torch.Tensor:
+def pad_rows(rows: Sequence, value: int, left: bool) -> torch.Tensor:
+    """Pads token-id rows (lists or tensors) to the longest, on the left or the right."""
     rows = [r.tolist() if hasattr(r, "tolist") else list(r) for r in rows]
     width = max(len(r) for r in rows)
     return torch.tensor(
@@ -139,9 +142,11 @@ def collator(tokenizer):
 
     def collate(rows):
         return {
-            "input_ids": _pad([r["input_ids"] for r in rows], tokenizer.pad_token_id, left=False),
-            "attention_mask": _pad([r["attention_mask"] for r in rows], 0, left=False),
-            "labels": _pad([r["labels"] for r in rows], _IGNORE, left=False),
+            "input_ids": pad_rows(
+                [r["input_ids"] for r in rows], tokenizer.pad_token_id, left=False
+            ),
+            "attention_mask": pad_rows([r["attention_mask"] for r in rows], 0, left=False),
+            "labels": pad_rows([r["labels"] for r in rows], _IGNORE, left=False),
         }
 
     return collate
@@ -171,8 +176,8 @@ def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batc
     preds: dict[str, str] = {}
     for b in range(0, len(order), batch_size):
         chunk = order[b : b + batch_size]
-        input_ids = _pad([ids[i] for i in chunk], tokenizer.pad_token_id, left=True).to(device)
-        mask = _pad([[1] * len(ids[i]) for i in chunk], 0, left=True).to(device)
+        input_ids = pad_rows([ids[i] for i in chunk], tokenizer.pad_token_id, left=True).to(device)
+        mask = pad_rows([[1] * len(ids[i]) for i in chunk], 0, left=True).to(device)
         with autocast():
             out = model.generate(
                 input_ids=input_ids,
