@@ -192,6 +192,7 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
     device = session.device
     rank0 = session.world_rank == 0
     task = task_module(cfg.model.task)
+    task_loss = hasattr(task, "loss")
     torch.manual_seed(cfg.train.seed)
     autocast, scaler = _autocast_factory(cfg, device)
     if rank0:
@@ -277,7 +278,9 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = model(**batch).loss / cfg.train.gradient_accumulation_steps
+                # A task may compute its loss itself (generative: logits at answer positions only).
+                loss = task.loss(model, batch) if task_loss else model(**batch).loss
+                loss = loss / cfg.train.gradient_accumulation_steps
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.item() * cfg.train.gradient_accumulation_steps
             loss_n += 1

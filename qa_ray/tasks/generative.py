@@ -34,6 +34,7 @@ __all__ = [
     "eval_features",
     "evaluate",
     "extract_answer",
+    "loss",
     "pad_rows",
     "train_features",
 ]
@@ -150,6 +151,23 @@ def collator(tokenizer):
         }
 
     return collate
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens, as ``model(**batch).loss``, but with logits
+    computed only at the positions that predict an answer token (``logits_to_keep``): at a 49k to
+    128k vocabulary, full-sequence logits dominate a small model's activation memory."""
+    labels = batch["labels"]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != _IGNORE
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=predicts,
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:][predicts[:, :-1]]
+    )
 
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")

@@ -81,6 +81,23 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetun
         assert losses[-1] < losses[0] - 0.05, losses
 
 
+@pytest.mark.parametrize("kind, finetune", [("llama", "lora"), ("falcon", "full"), ("bloom", "full"),
+                                            ("gpt2", "lora")])  # fmt: skip
+def test_answer_only_logits_give_the_models_own_loss(tiny_model_dir, tmp_path, kind, finetune):
+    from transformers import AutoModelForCausalLM
+
+    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, finetune)
+    train, _ = load_train_eval(cfg.data)
+    feats = generative.train_features(train[:6], tok, cfg.data)
+    batch = generative.collator(tok)([feats[i] for i in range(6)])  # right-padded, mixed lengths
+    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    ours = generative.loss(model, batch)
+    theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
+    ours.backward()  # gradients flow through the kept positions
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_training_sequences_put_the_loss_on_the_answer_only(tiny_model_dir, tmp_path):
     cfg, _, tok = _setup(
         tiny_model_dir, tmp_path, "llama", data__max_seq_length=96, data__doc_stride=32
