@@ -23,6 +23,7 @@ __all__ = [
     "TrainConfig",
     "TrialConfig",
     "apply_overrides",
+    "check_windows",
     "load_trial_config",
     "load_yaml",
     "validate_model",
@@ -69,11 +70,12 @@ class ModelConfig(_Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
     name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
-    task: Literal["extractive", "generative", "seq2seq"] = Field(
+    task: Literal["extractive", "generative", "seq2seq", "instruction"] = Field(
         "extractive",
         description="extractive: a span head (AutoModelForQuestionAnswering); generative: a "
         "causal LM that writes the answer (AutoModelForCausalLM); seq2seq: an encoder-decoder "
-        "such as T5 (AutoModelForSeq2SeqLM)",
+        "such as T5 (AutoModelForSeq2SeqLM); instruction: a causal LM tuned on Alpaca-format "
+        "instructions, scored by held-out loss / perplexity",
     )
     finetune: Literal["full", "lora"] = "full"
     quantization_bits: Literal[4, 8, 16, 32] = Field(
@@ -104,18 +106,22 @@ class ModelConfig(_Block):
 
 
 class DataConfig(_Block):
-    """Where the SQuAD-format data comes from and how it is split and tokenized."""
+    """Where the data come from and how they are split and tokenized: SQuAD-format questions,
+    or Alpaca-format instructions for ``model.task: instruction``."""
 
     path: str = Field(
-        description="hub dataset id (rajpurkar/squad), or a local official-format JSON "
-        "(.json/.json.gz), or a local flat-schema JSON/JSONL file"
+        description="hub dataset id (rajpurkar/squad, tatsu-lab/alpaca), or a local "
+        "official-format SQuAD JSON (.json/.json.gz), a flat-schema JSON/JSONL file, or (task "
+        "instruction) a JSON list / JSONL of {instruction, input, output} records"
     )
     split: str | None = Field(None, description="hub split for training (default: train)")
     eval_path: str | None = Field(
         None, description="eval data; when unset, `path` is split by article title"
     )
     eval_split: str | None = Field(None, description="hub split for eval (default: validation)")
-    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="articles held out")
+    eval_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="articles held out (instruction: records held out)"
+    )
     split_seed: int | None = Field(
         0, description="seed of the article shuffle; null holds out the last articles in order"
     )
@@ -129,7 +135,10 @@ class DataConfig(_Block):
     )
     doc_stride: int = Field(128, gt=0)
     max_answer_length: int = Field(
-        30, gt=0, description="answer tokens: longest span (extractive), new tokens (generative)"
+        30,
+        gt=0,
+        description="answer tokens: longest span (extractive), new tokens (generative, seq2seq; "
+        "instruction: for the qualitative answers)",
     )
     no_answer_text: str = Field(
         "unanswerable",
@@ -139,15 +148,6 @@ class DataConfig(_Block):
     )
     n_best_size: int = Field(20, gt=0)
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
-
-    @model_validator(mode="after")
-    def _stride_fits(self) -> DataConfig:
-        if self.doc_stride >= self.max_seq_length // 2:
-            raise ValueError(
-                f"`doc_stride < max_seq_length / 2` must hold, but got "
-                f"(doc_stride={self.doc_stride}, max_seq_length={self.max_seq_length})"
-            )
-        return self
 
 
 class TrainConfig(_Block):
@@ -217,6 +217,21 @@ class TrialConfig(_Block):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output_dir: str = Field("outputs", description="where `qa-ray train` writes its results")
+
+    @model_validator(mode="after")
+    def _windows_overlap(self) -> TrialConfig:
+        check_windows(self.model, self.data)
+        return self
+
+
+def check_windows(model: ModelConfig, data: DataConfig) -> None:
+    """Extractive windows step by ``doc_stride``: it must stay under half a window."""
+    if model.task == "extractive" and data.doc_stride >= data.max_seq_length // 2:
+        raise ValueError(
+            f"`data.doc_stride`: `doc_stride < max_seq_length / 2` must hold for extractive "
+            f"windows, but got (doc_stride={data.doc_stride}, "
+            f"max_seq_length={data.max_seq_length})"
+        )
 
 
 def _is_branch(part: Any) -> bool:

@@ -1,12 +1,16 @@
-"""SQuAD-format data: load (hub id, official JSON, flat JSON/JSONL), validate, split, cache.
+"""Task data: load (hub id or local file), validate, split, cache tokenized features.
 
-Three sources give the same list of :class:`QAExample`:
+SQuAD-format questions: three sources give the same list of :class:`QAExample`:
 
 * a hub dataset id (``rajpurkar/squad``, ``rajpurkar/squad_v2``) through ``datasets.load_dataset``;
 * a local file in the official format (``{"version", "data": [{"title", "paragraphs": ...}]}``),
   gzipped or not;
 * a local file in the flat hub schema (``id, title, context, question, answers{text,
   answer_start}``), as a JSON list, ``{"data": [...]}``, or JSON lines.
+
+Instructions (Alpaca format, for ``model.task: instruction``): a hub dataset id
+(``tatsu-lab/alpaca``) or a local JSON list / JSON lines of ``{instruction, input, output}``
+records (``input`` may be empty or absent), gzipped or not, as :class:`InstructionExample`.
 
 Validation reports every problem at once, naming the file, the record and the field.
 """
@@ -23,7 +27,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +35,17 @@ from qa_ray.config import ConfigError, DataConfig
 
 __all__ = [
     "DataError",
+    "InstructionExample",
     "QAExample",
     "cached_features",
     "gold_questions",
     "load_examples",
+    "load_instruction_train_eval",
+    "load_instructions",
     "load_train_eval",
     "read_json",
     "split_by_article",
+    "validate_local_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +71,16 @@ class QAExample:
     @property
     def is_impossible(self) -> bool:
         return not self.answers
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    """One instruction-following record (Alpaca): ``input`` is ``""`` when there is none."""
+
+    id: str
+    instruction: str
+    input: str
+    output: str
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -315,6 +333,113 @@ def load_train_eval(cfg: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
     return train, held_out
 
 
+def _validate_instructions(records: list, source: str) -> list[InstructionExample]:
+    examples, errors = [], []
+    for i, r in enumerate(records):
+        where = r.pop("_where", f"record {i}") if isinstance(r, dict) else f"record {i}"
+        if not isinstance(r, dict):
+            errors.append(f"{where}: expected an object with `instruction` and `output`, got {r!r}")
+            continue
+        ok = True
+        for field in ("instruction", "output"):
+            value = r.get(field)
+            if not isinstance(value, str) or not value.strip():
+                errors.append(f"{where}: `{field}` must be a non-empty string, but got {value!r}")
+                ok = False
+        value = r.get("input", "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            errors.append(f"{where}: `input` must be a string (or absent), but got {value!r}")
+            ok = False
+        if ok:
+            examples.append(
+                InstructionExample(
+                    id=str(r.get("id", i)),
+                    instruction=r["instruction"],
+                    input=value,
+                    output=r["output"],
+                )
+            )
+    if errors:
+        shown = errors[:_MAX_LISTED_ERRORS]
+        if len(errors) > len(shown):
+            shown.append(f"... and {len(errors) - len(shown)} more")
+        raise DataError(source, shown)
+    if not examples:
+        raise DataError(source, ["no instruction records found"])
+    return examples
+
+
+def load_instructions(path: str, split: str | None = None) -> list[InstructionExample]:
+    """Loads and validates Alpaca-format instructions from a local file or a hub dataset id.
+
+    Args:
+        path: a local ``.json``/``.json.gz``/``.jsonl`` file (a list of records, or
+            ``{"data": [...]}``) or a hub dataset id such as ``tatsu-lab/alpaca``.
+        split: the hub split (ignored for local files).
+
+    Raises:
+        DataError: naming the file, the record and the field of every problem found.
+    """
+    if os.path.exists(path):
+        payload = read_json(path)
+        if isinstance(payload, dict) and isinstance(payload.get("data"), list):
+            payload = payload["data"]
+        if not isinstance(payload, list):
+            raise DataError(
+                path,
+                [
+                    "expected a list of {instruction, input, output} records, but got a "
+                    f"{type(payload).__name__}"
+                    + (f" with keys {sorted(payload)[:5]}" if isinstance(payload, dict) else "")
+                ],
+            )
+        return _validate_instructions(
+            [dict(r) if isinstance(r, dict) else r for r in payload], path
+        )
+    if path.endswith((".json", ".gz", ".jsonl")) or path.startswith((".", "/", "~")):
+        raise DataError(path, ["file not found"])
+    return _validate_instructions(_load_hub(path, split or "train"), f"{path}[{split}]")
+
+
+def load_instruction_train_eval(
+    cfg: DataConfig,
+) -> tuple[list[InstructionExample], list[InstructionExample]]:
+    """Train and held-out instructions: two sources, or one split at random (``eval_fraction``
+    of the records, shuffled with ``split_seed``; ``None`` holds out the last records)."""
+    if cfg.eval_path:
+        train = load_instructions(cfg.path, cfg.split or "train")
+        held_out = load_instructions(cfg.eval_path, cfg.eval_split or "validation")
+    else:
+        records = load_instructions(cfg.path, cfg.split or "train")
+        if len(records) < 2:
+            raise DataError(
+                "data.path", [f"a train/eval split needs at least 2 records, got {len(records)}"]
+            )
+        n_eval = min(len(records) - 1, max(1, math.ceil(len(records) * cfg.eval_fraction)))
+        order = list(range(len(records)))
+        if cfg.split_seed is not None:
+            random.Random(cfg.split_seed).shuffle(order)
+        held = set(order[-n_eval:])
+        train = [r for i, r in enumerate(records) if i not in held]
+        held_out = [r for i, r in enumerate(records) if i in held]
+    if cfg.max_train_examples:
+        train = train[: cfg.max_train_examples]
+    if cfg.max_eval_examples:
+        held_out = held_out[: cfg.max_eval_examples]
+    return train, held_out
+
+
+def validate_local_data(cfg: DataConfig, task: str) -> None:
+    """Loads, validates and splits the data now when every source is a local file, so a bad
+    record or an unsplittable file is reported (exit code 2) before any cluster work; hub
+    datasets are checked where the trials load them."""
+    sources = [p for p in (cfg.path, cfg.eval_path) if p is not None]
+    if all(os.path.exists(p) for p in sources):
+        (load_instruction_train_eval if task == "instruction" else load_train_eval)(cfg)
+
+
 def gold_questions(examples: Sequence[QAExample]):
     """The examples as :class:`qa_ray.metrics.GoldQuestion` for scoring."""
     from qa_ray.metrics import GoldQuestion
@@ -322,10 +447,10 @@ def gold_questions(examples: Sequence[QAExample]):
     return [GoldQuestion(e.id, e.answers) for e in examples]
 
 
-def _fingerprint(examples: Sequence[QAExample]) -> str:
+def _fingerprint(examples: Sequence[Any]) -> str:
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps([e.id, e.context, e.question, e.answers, e.answer_starts]).encode())
+        h.update(json.dumps(astuple(e)).encode())
     return h.hexdigest()
 
 
@@ -340,6 +465,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
+def _column_value(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
 def default_cache_dir() -> str:
     return os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "qa_ray", "features"
@@ -347,13 +476,16 @@ def default_cache_dir() -> str:
 
 
 def cached_features(
-    examples: Sequence[QAExample],
+    examples: Sequence[QAExample] | Sequence[InstructionExample],
     tokenizer,
     build: Callable[[dict[str, list]], dict[str, list]],
     key: dict[str, Any],
     cache_dir: str | None,
 ):
     """Tokenizes ``examples`` with ``build`` (a batched ``datasets.map`` function), cached on disk.
+
+    ``build`` gets the examples' fields as columns (``question``, ``context``, ... or
+    ``instruction``, ``input``, ``output``).
 
     The cache key covers the data content, the tokenizer and ``key`` (task and lengths), so a
     second trial with the same data settings loads features instead of tokenizing again.
@@ -375,12 +507,7 @@ def cached_features(
         logger.info("features: cache hit %s", target)
         return datasets.load_from_disk(str(target))
     columns = {
-        "id": [e.id for e in examples],
-        "title": [e.title for e in examples],
-        "context": [e.context for e in examples],
-        "question": [e.question for e in examples],
-        "answers": [list(e.answers) for e in examples],
-        "answer_starts": [list(e.answer_starts) for e in examples],
+        f.name: [_column_value(getattr(e, f.name)) for e in examples] for f in fields(examples[0])
     }
     raw = datasets.Dataset.from_dict(columns)
     features = raw.map(

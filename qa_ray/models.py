@@ -7,6 +7,8 @@ stays trainable under LoRA.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 from dataclasses import dataclass
 
@@ -25,12 +27,19 @@ _EXTRA_LORA_TARGETS = {
     "mamba": ["in_proj", "x_proj", "out_proj"],
 }
 _KBIT_LAYERS = ("Linear4bit", "Linear8bitLt")
+# Projections that subclass torch.nn.Linear without changing its maths (FalconLinear computes
+# x @ W.T + b). transformers 5 swaps only exact nn.Linear for bitsandbytes layers (4.x took
+# subclasses too), so while a k-bit model of these types is built the name means nn.Linear.
+_PLAIN_LINEAR_SUBCLASSES = {
+    "falcon": ("transformers.models.falcon.modeling_falcon", "FalconLinear"),
+}
 # Heads that are created fresh for the task: kept in full precision and fully trained.
-_TASK_HEADS = {"extractive": ["qa_outputs"], "generative": [], "seq2seq": []}
+_TASK_HEADS = {"extractive": ["qa_outputs"], "generative": [], "seq2seq": [], "instruction": []}
 # peft task types: the wrapper class, and which head peft itself keeps trainable.
 _PEFT_TASK_TYPES = {
     "extractive": "QUESTION_ANS",
     "generative": "CAUSAL_LM",
+    "instruction": "CAUSAL_LM",
     "seq2seq": "SEQ_2_SEQ_LM",
 }
 
@@ -107,10 +116,11 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
         kwargs["dtype"] = torch.float32
     if cfg.dropout is not None:
         kwargs["config"] = _with_dropout(cfg)
-    model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
+    with _plain_linears(cfg) if kbit else contextlib.nullcontext():
+        model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
     if kbit and not any(type(m).__name__ in _KBIT_LAYERS for m in model.modules()):
         # transformers swaps only exact torch.nn.Linear (and GPT-2's Conv1D) for bitsandbytes
-        # layers: subclasses such as Falcon's FalconLinear stay full precision, silently.
+        # layers: other subclasses (see _PLAIN_LINEAR_SUBCLASSES) stay full precision, silently.
         raise ValueError(
             f"`model.quantization_bits` = {cfg.quantization_bits}: bitsandbytes quantized no "
             f"layer of {cfg.name_or_path!r} (model_type {model.config.model_type!r}; its "
@@ -133,6 +143,29 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     if cfg.finetune == "lora":
         model = _add_lora(model, cfg)
     return model
+
+
+@contextlib.contextmanager
+def _plain_linears(cfg: ModelConfig):
+    """While loading: the architecture's plain nn.Linear subclass is nn.Linear, so bitsandbytes
+    quantizes those projections as it does every other model's."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(
+        cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
+    ).model_type
+    spec = _PLAIN_LINEAR_SUBCLASSES.get(model_type)
+    if spec is None:
+        yield
+        return
+    module = importlib.import_module(spec[0])
+    original = getattr(module, spec[1])
+    setattr(module, spec[1], torch.nn.Linear)
+    logger.info("%s: %s built as torch.nn.Linear so bitsandbytes quantizes it", model_type, spec[1])
+    try:
+        yield
+    finally:
+        setattr(module, spec[1], original)
 
 
 def _is_dropout_field(name: str) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["pareto_html", "pareto_png", "scatter_png", "line_png"]
+__all__ = ["line_png", "model_label", "pareto_html", "pareto_png", "scatter_png"]
 
 _HOVER = (
+    "model",
     "learning_rate",
     "lora_r",
     "quantization_bits",
@@ -44,16 +45,25 @@ def pareto_html(
     trials: Sequence[Mapping[str, Any]], optimal: set[int], x: str, y: str, y_mode: str, title: str
 ) -> str:
     """A self-contained HTML page: one trace per (fine-tune method, bits), coloured by bits with
-    a marker symbol per method; dominated trials faded; the front as steps."""
+    a marker symbol per method (per model, when the sweep searches the model too); dominated
+    trials faded; the front as steps."""
     go = _require("plotly.graph_objects")
     fig = go.Figure()
-    groups: dict[tuple[str, str], list[int]] = {}
+    models = sorted({str(t["model"]) for t in trials if t.get("model")})
+    by_model = len(models) > 1
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for i, t in enumerate(trials):
-        key = (str(t.get("finetune") or "?"), str(t.get("quantization_bits") or "?"))
+        key = (
+            model_label(t.get("model")) if by_model else "",
+            str(t.get("finetune") or "?"),
+            str(t.get("quantization_bits") or "?"),
+        )
         groups.setdefault(key, []).append(i)
     palette = {"4": "#d62728", "8": "#ff7f0e", "16": "#2ca02c", "32": "#1f77b4"}
     symbols = {"full": "circle", "lora": "diamond"}
-    for (method, bits), idx in sorted(groups.items()):
+    shapes = ["circle", "diamond", "square", "triangle-up", "cross", "star", "hexagon"]
+    model_symbol = {model_label(mo): shapes[k % len(shapes)] for k, mo in enumerate(models)}
+    for (model, method, bits), idx in sorted(groups.items()):
         hover = [
             "<br>".join(
                 [f"<b>{trials[i].get('name', i)}</b>"]
@@ -67,13 +77,13 @@ def pareto_html(
                 x=[trials[i][x] for i in idx],
                 y=[trials[i][y] for i in idx],
                 mode="markers",
-                name=f"{method} {bits}-bit",
+                name=f"{model} {method} {bits}-bit".strip(),
                 text=hover,
                 hoverinfo="text",
                 marker=dict(
                     size=[14 if i in optimal else 9 for i in idx],
                     color=palette.get(bits, "#7f7f7f"),
-                    symbol=symbols.get(method, "square"),
+                    symbol=model_symbol[model] if by_model else symbols.get(method, "square"),
                     opacity=[1.0 if i in optimal else 0.35 for i in idx],
                     line=dict(width=[2 if i in optimal else 0 for i in idx], color="black"),
                 ),
@@ -92,6 +102,11 @@ def pareto_html(
     )
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
     return fig.to_html(include_plotlyjs="inline", full_html=True, div_id="qa-ray-pareto")
+
+
+def model_label(name_or_path) -> str:
+    """A model's short name for legends: the last part of a hub id or folder path."""
+    return str(name_or_path or "?").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _plt():

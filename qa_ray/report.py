@@ -5,13 +5,17 @@
 On the parent run: ``pareto/pareto.html`` (interactive), ``pareto/pareto.png``,
 ``pareto/trials.csv`` (with ``pareto_optimal``), EM/F1 vs memory and F1 vs latency plots,
 hypervolume over trials, and ``pareto/summary.md``. Each child on the front is tagged
-``pareto_optimal=true`` with its ``pareto_rank``.
+``pareto_optimal=true`` with its ``pareto_rank``. For instruction tuning, the finished trials'
+answers to the qualitative questions side by side: ``pareto/qualitative_answers.html`` (a
+table, question by trial) and ``.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
+import json
 import math
 import os
 import tempfile
@@ -21,7 +25,15 @@ from typing import Any
 from qa_ray import metrics as m
 from qa_ray.config import ConfigError
 from qa_ray.pareto import front, hypervolume_history, nondominated_ranks, parse_constraint
-from qa_ray.tracking import TAG_ROLE, TAG_SWEEP, TAG_TRIAL_NAME, _client, child_runs
+from qa_ray.plots import model_label
+from qa_ray.tracking import (
+    QUALITATIVE_TABLE,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL_NAME,
+    _client,
+    child_runs,
+)
 
 __all__ = ["ParetoSummary", "find_parent_run", "publish_pareto", "trials_table"]
 
@@ -156,11 +168,60 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
             f.write(_csv(trials))
         with open(path("summary.md"), "w") as f:
             f.write(summary_markdown(summary))
+        answers = qualitative_by_trial(client, trials)
+        if answers:
+            with open(path("qualitative_answers.json"), "w") as f:
+                json.dump(answers, f, indent=2)
+            with open(path("qualitative_answers.html"), "w") as f:
+                f.write(_html_table(answers, "Qualitative answers by trial (final evaluation)"))
         client.log_artifacts(parent_id, d, artifact_path="pareto")
     client.log_metric(parent_id, "pareto_front_size", len(pf.optimal))
     for step, v in enumerate(hv, start=1):
         client.log_metric(parent_id, "hypervolume", v, step=step)
     return summary
+
+
+def qualitative_by_trial(client, trials) -> dict[str, list] | None:
+    """Each finished trial's last answers to the qualitative questions, a column per trial:
+    ``{"columns": ["question", "<trial> (<configuration>)", ...], "data": [[...], ...]}``;
+    ``None`` when no trial logged a qualitative table (every task but instruction)."""
+    columns, by_trial = ["question"], []
+    for t in trials:
+        if t["status"] != "COMPLETE":
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                local = client.download_artifacts(t["run_id"], QUALITATIVE_TABLE, d)
+            except Exception:  # no table on this run
+                continue
+            with open(local) as f:
+                table = json.load(f)
+        rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+        last = max(r["step"] for r in rows)
+        by_trial.append({r["question"]: r["answer"] for r in rows if r["step"] == last})
+        columns.append(f"{t['name']} ({_config_label(t, _several_models(trials))})")
+    if not by_trial:
+        return None
+    questions = list(dict.fromkeys(q for answers in by_trial for q in answers))
+    return {
+        "columns": columns,
+        "data": [[q] + [answers.get(q, "") for answers in by_trial] for q in questions],
+    }
+
+
+def _html_table(table: dict[str, list], title: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in table["data"]
+    )
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;white-space:pre-wrap;"
+        "max-width:28em}th{background:#f3f3f3}</style>"
+        f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table>"
+    )
 
 
 def _csv(trials) -> str:
@@ -174,10 +235,15 @@ def _csv(trials) -> str:
     return buf.getvalue()
 
 
-def _config_label(t) -> str:
+def _several_models(trials) -> bool:
+    return len({str(t.get("model")) for t in trials}) > 1
+
+
+def _config_label(t, with_model: bool = False) -> str:
     bits = t.get("quantization_bits", "")
     ft = t.get("finetune", "lora" if bits in (4, 8) else "")
-    parts = [f"{bits}-bit" if bits else "", ft or ""]
+    parts = [model_label(t.get("model")) if with_model else ""]
+    parts += [f"{bits}-bit" if bits else "", ft or ""]
     if t.get("lora_r") is not None and (ft == "lora" or bits in (4, 8)):
         parts.append(f"r={t['lora_r']}")
     if "learning_rate" in t:
@@ -187,58 +253,62 @@ def _config_label(t) -> str:
     return " ".join(p for p in parts if p)
 
 
+# The quality columns: EM/F1 for QA tasks, held-out loss/perplexity for instruction tuning.
+_QA_COLUMNS = (("F1", m.EVAL_F1, ".2f"), ("EM", m.EVAL_EXACT, ".2f"))
+_LM_COLUMNS = (("eval loss", m.EVAL_LOSS, ".4f"), ("perplexity", m.EVAL_PERPLEXITY, ".2f"))
+_COST_COLUMNS = (
+    ("peak memory MB", m.PEAK_MEMORY_MB, ".0f"),
+    ("weights MB", m.MODEL_FOOTPRINT_MB, ".1f"),
+    ("latency ms/q", m.EVAL_LATENCY_MS, ".1f"),
+)
+
+
+def _columns(trials):
+    lm = any(m.EVAL_LOSS in t for t in trials) and not any(m.EVAL_F1 in t for t in trials)
+    return (_LM_COLUMNS if lm else _QA_COLUMNS) + _COST_COLUMNS
+
+
+def _header(trials) -> list[str]:
+    return ["trial", "status", "configuration"] + [c[0] for c in _columns(trials)]
+
+
 def _rows(summary: ParetoSummary):
-    order = sorted(
-        range(len(summary.trials)),
-        key=lambda i: (
-            not summary.trials[i]["pareto_optimal"],
-            summary.trials[i]["pareto_rank"]
-            if summary.trials[i]["pareto_rank"] is not None
-            else 1e9,
-            -float(summary.trials[i].get(m.EVAL_F1, -1) or -1),
-        ),
-    )
-    for i in order:
-        t = summary.trials[i]
+    trials = summary.trials
+    columns = _columns(trials)
+    quality, quality_sign = columns[0][1], -1 if columns[0][1] == m.EVAL_F1 else 1
+    with_model = _several_models(trials)
 
-        def f(k, fmt, t=t):
-            v = t.get(k)
-            return format(v, fmt) if isinstance(v, int | float) else "-"
+    def sort_key(i):
+        t = trials[i]
+        v = t.get(quality)
+        return (
+            not t["pareto_optimal"],
+            t["pareto_rank"] if t["pareto_rank"] is not None else 1e9,
+            quality_sign * float(v) if isinstance(v, int | float) else math.inf,
+        )
 
+    for i in sorted(range(len(trials)), key=sort_key):
+        t = trials[i]
         yield [
             ("*" if t["pareto_optimal"] else " ") + t["name"],
             t["status"],
-            _config_label(t),
-            f(m.EVAL_F1, ".2f"),
-            f(m.EVAL_EXACT, ".2f"),
-            f(m.PEAK_MEMORY_MB, ".0f"),
-            f(m.MODEL_FOOTPRINT_MB, ".1f"),
-            f(m.EVAL_LATENCY_MS, ".1f"),
+            _config_label(t, with_model),
+        ] + [
+            format(t[k], fmt) if isinstance(t.get(k), int | float) else "-" for _, k, fmt in columns
         ]
-
-
-_HEADER = [
-    "trial",
-    "status",
-    "configuration",
-    "F1",
-    "EM",
-    "peak memory MB",
-    "weights MB",
-    "latency ms/q",
-]
 
 
 def summary_markdown(summary: ParetoSummary) -> str:
     """The seed-report style table, front rows (*) first."""
+    header = _header(summary.trials)
     lines = [
         f"# Pareto summary ({', '.join(f'{k} {mo}' for k, mo in summary.objectives)})",
         "",
         f"{len(summary.optimal)} trials on the front (*), {summary.excluded} excluded "
         "(failed or missing an objective).",
         "",
-        "| " + " | ".join(_HEADER) + " |",
-        "|" + "---|" * len(_HEADER),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(summary)]
     return "\n".join(lines) + "\n"
@@ -246,8 +316,9 @@ def summary_markdown(summary: ParetoSummary) -> str:
 
 def trials_table(summary: ParetoSummary) -> str:
     """A plain-text table of every trial, front (*) first, for the terminal."""
-    rows = [_HEADER] + list(_rows(summary))
-    widths = [max(len(str(r[c])) for r in rows) for c in range(len(_HEADER))]
+    header = _header(summary.trials)
+    rows = [header] + list(_rows(summary))
+    widths = [max(len(str(r[c])) for r in rows) for c in range(len(header))]
     return "\n".join(
         "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows
     )

@@ -46,6 +46,8 @@ CURVE_METRICS = (
     m.EVAL_NO_ANS_F1,
     "eval_HasAns_exact",
     "eval_NoAns_exact",
+    m.EVAL_LOSS,
+    m.EVAL_PERPLEXITY,
     m.TRAIN_LOSS,
     m.LEARNING_RATE,
     m.PEAK_MEMORY_MB,

@@ -23,9 +23,11 @@ from qa_ray.config import (
     absolutize_paths,
     apply_overrides,
     check_local_paths,
+    check_windows,
     load_yaml,
     validate_model,
 )
+from qa_ray.data import validate_local_data
 from qa_ray.search_space import SearchSpace
 
 __all__ = ["Objective", "SearchConfig", "SweepConfig", "TrackingConfig", "load_sweep_config"]
@@ -36,6 +38,8 @@ OBJECTIVE_METRICS = (
     m.EVAL_EXACT,
     m.EVAL_HAS_ANS_F1,
     m.EVAL_NO_ANS_F1,
+    m.EVAL_LOSS,
+    m.EVAL_PERPLEXITY,
     m.PEAK_MEMORY_MB,
     m.MODEL_FOOTPRINT_MB,
     m.TRAINABLE_PARAMS,
@@ -108,6 +112,7 @@ class SweepConfig(_Block):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"`objectives` must name distinct metrics, but got {names}")
+        check_windows(self.model, self.data)
         return self
 
     def trial_config(self) -> TrialConfig:
@@ -127,10 +132,12 @@ class SweepConfig(_Block):
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
-    """Loads a sweep file, applies overrides, resolves its search-space file, validates all.
+    """Loads a sweep file, applies overrides, resolves its search-space file, validates all,
+    and loads local data files to validate their records too.
 
     Raises:
-        ConfigError: every problem, in the sweep file and in its search-space file.
+        ConfigError: every problem, in the sweep file and in its search-space file, or
+            (:class:`~qa_ray.data.DataError`) in a local data file.
     """
     data = apply_overrides(load_yaml(path), list(overrides))
     cfg = validate_model(SweepConfig, data, str(path))
@@ -152,6 +159,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         raise ConfigError(str(path), unknown)
     check_local_paths(cfg.trial_config(), str(path))
     trial = absolutize_paths(cfg.trial_config())
+    validate_local_data(trial.data, trial.model.task)
     return cfg.model_copy(
         update={
             "search": cfg.search.model_copy(update={"space": space}),

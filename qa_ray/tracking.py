@@ -20,10 +20,12 @@ from typing import Any
 
 from ray.tune import Callback
 
+from qa_ray import metrics as m
 from qa_ray.search_space import axis_values
 
 __all__ = [
     "MLflowSweepCallback",
+    "QUALITATIVE_TABLE",
     "TAG_PARENT",
     "TAG_SWEEP",
     "TAG_TRIAL_ID",
@@ -41,6 +43,9 @@ TAG_TRIAL_NAME = "qa_ray.trial_name"
 TAG_NODE = "qa_ray.node_ip"
 TAG_NODE_ID = "qa_ray.node_id"  # several Ray nodes can share one IP (and do, in the tests)
 TAG_ROLE = "qa_ray.role"
+# Instruction tuning: each child's answers to the qualitative questions, one row per question
+# and evaluation step, as an MLflow table (the UI's artifact compare view lines trials up).
+QUALITATIVE_TABLE = "qualitative_answers.json"
 _PACKAGES = ("qa-ray", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna", "mlflow")
 
 
@@ -226,6 +231,17 @@ class MLflowSweepCallback(Callback):
             Metric(k, v, ts, step) for k, v in _numeric(result).items() if k in self.metric_keys
         ]
         self.client.log_batch(rid, metrics=metrics)
+        answers = result.get(m.QUALITATIVE)
+        if answers:  # appended to the table on every evaluation, so none is lost on a crash
+            self.client.log_table(
+                rid,
+                {
+                    "step": [step] * len(answers),
+                    "question": [a["question"] for a in answers],
+                    "answer": [a["answer"] for a in answers],
+                },
+                QUALITATIVE_TABLE,
+            )
         for tag, key in ((TAG_NODE, "worker_node_ip"), (TAG_NODE_ID, "worker_node_id")):
             if result.get(key):
                 self.client.set_tag(rid, tag, str(result[key]))

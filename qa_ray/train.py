@@ -103,10 +103,19 @@ def _in_ray_worker() -> bool:
         return False
 
 
+_PROGRESS_EVAL = (
+    ("EM", m.EVAL_EXACT, ".2f"),
+    ("F1", m.EVAL_F1, ".2f"),
+    ("eval loss", m.EVAL_LOSS, ".4f"),
+    ("ppl", m.EVAL_PERPLEXITY, ".2f"),
+)
+
+
 def _progress_line(r: dict[str, Any]) -> str:
+    evals = " ".join(f"{label} {r[k]:{fmt}}" for label, k, fmt in _PROGRESS_EVAL if k in r)
     return (
         f"step {r[m.STEP]} epoch {r[m.EPOCH]:.2f} | loss {r[m.TRAIN_LOSS]:.4f} | "
-        f"lr {r[m.LEARNING_RATE]:.2e} | EM {r[m.EVAL_EXACT]:.2f} F1 {r[m.EVAL_F1]:.2f} | "
+        f"lr {r[m.LEARNING_RATE]:.2e} | {evals} | "
         f"peak {r[m.PEAK_MEMORY_MB]:.0f} MB | {r[m.TRAIN_SAMPLES_PER_SECOND]:.1f} samples/s"
     )
 
@@ -206,7 +215,8 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
 
     # ---- build: data and model -------------------------------------------------------------
     tokenizer = build_tokenizer(cfg.model)
-    train_examples, eval_examples = load_train_eval(cfg.data)
+    # SQuAD questions, or the task's own records (instruction: Alpaca).
+    train_examples, eval_examples = getattr(task, "load_train_eval", load_train_eval)(cfg.data)
     train_feats = task.train_features(train_examples, tokenizer, cfg.data)
     eval_feats = task.eval_features(eval_examples, tokenizer, cfg.data) if rank0 else None
     if device.type == "cuda":
@@ -422,6 +432,10 @@ def _evaluate_and_report(
                 "eval_questions": len(eval_examples),
             }
         )
+        if hasattr(task, "QUALITATIVE_QUESTIONS"):  # instruction: answers, not a metric
+            result[m.QUALITATIVE] = [
+                {"question": q, "answer": out.predictions[q]} for q in task.QUALITATIVE_QUESTIONS
+            ]
     peak = _max_over_workers(_peak_memory_mb(session.device), session.world_size)
     result.update(
         {

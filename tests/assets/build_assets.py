@@ -1,11 +1,13 @@
 """Rebuilds the tiny test assets in this folder (committed; run only to change them).
 
-    python tests/assets/build_assets.py ../shared/data/squad
+    python tests/assets/build_assets.py ../shared/data/squad [../shared/data/alpaca]
 
 Writes:
   squad_v1_tiny.json   4 articles x 2 paragraphs of SQuAD v1.1 dev, official format
   squad_v2_tiny.json   3 articles x 2 paragraphs of SQuAD 2.0 dev, official format
   squad_flat_tiny.jsonl  the v1.1 slice in the flat hub schema (JSON lines)
+  alpaca_tiny.json     the first 48 short Alpaca records (instruction + input + output under
+                       400 characters), CC BY-NC 4.0 like the Stanford Alpaca data
   wordpiece/           a 2,000-token BERT-style WordPiece tokenizer trained on SQuAD v1.1 dev
   bpe/                 a 2,000-token byte-level BPE tokenizer (Llama/GPT style) trained on the same
 """
@@ -122,5 +124,15 @@ def main(squad_dir: str) -> None:
     ).save_pretrained(HERE / "bpe")
 
 
+def alpaca(alpaca_dir: str, n: int = 48, max_chars: int = 400) -> None:
+    with gzip.open(Path(alpaca_dir) / "alpaca_data.json.gz", "rt", encoding="utf-8") as f:
+        records = json.load(f)
+    short = [
+        r for r in records if sum(len(r[k]) for k in ("instruction", "input", "output")) < max_chars
+    ]
+    (HERE / "alpaca_tiny.json").write_text(json.dumps(short[:n], indent=1))
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/squad")
+    alpaca(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/alpaca")

@@ -25,6 +25,7 @@ VARIANTS = [
     ("llama", "lora", 8),
     ("llama", "lora", 4),
     ("falcon", "lora", 32),
+    ("falcon", "lora", 4),
     ("bloom", "lora", 32),
     ("bloom", "lora", 8),
     ("gpt2", "full", 32),
@@ -33,10 +34,15 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_kbit_on_a_model_bitsandbytes_cannot_quantize_is_an_error(tiny_model_dir, bits):
-    # Falcon's projections are FalconLinear, which transformers does not swap for bnb layers:
-    # a "4-bit" trial would silently train full-precision weights.
+def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
+    tiny_model_dir, bits, monkeypatch
+):
+    # Falcon's projections are FalconLinear, which transformers 5 does not swap for bnb layers;
+    # qa-ray builds them as nn.Linear for k-bit. Without that, a "4-bit" trial would silently
+    # train full-precision weights: that is an error.
     from transformers import AutoModelForCausalLM
+
+    from qa_ray import models
 
     mcfg = ModelConfig(
         name_or_path=str(tiny_model_dir("falcon", causal=True)),
@@ -44,6 +50,13 @@ def test_kbit_on_a_model_bitsandbytes_cannot_quantize_is_an_error(tiny_model_dir
         finetune="lora",
         quantization_bits=bits,
     )
+    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    kbit = [m for m in model.modules() if type(m).__module__.startswith("bitsandbytes")]
+    assert len(kbit) == 2 * 4  # 2 layers x (query_key_value, dense, dense_h_to_4h, dense_4h_to_h)
+    from transformers.models.falcon import modeling_falcon
+
+    assert modeling_falcon.FalconLinear is not torch.nn.Linear  # restored after loading
+    monkeypatch.setattr(models, "_PLAIN_LINEAR_SUBCLASSES", {})
     with pytest.raises(ValueError, match="quantized no layer.*falcon"):
         build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
 

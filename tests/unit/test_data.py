@@ -104,3 +104,104 @@ def test_score_cli_and_bad_predictions(tmp_path, capsys):
     p.write_text("[1, 2]")
     assert main(["score", str(ASSETS / "squad_v2_tiny.json"), str(p)]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_alpaca_records_load_with_and_without_input(tmp_path):
+    from qa_ray.data import load_instructions
+
+    records = load_instructions(str(ASSETS / "alpaca_tiny.json"))
+    assert len(records) == 48
+    assert (
+        records[0].instruction == "Give three tips for staying healthy." and records[0].input == ""
+    )
+    assert any(r.input for r in records)
+    gz = tmp_path / "a.json.gz"  # gzipped, and JSON lines with `input` absent
+    gz.write_bytes(gzip.compress(json.dumps([{"instruction": "Hi", "output": "Hello"}]).encode()))
+    assert load_instructions(str(gz))[0].input == ""
+    lines = tmp_path / "a.jsonl"
+    lines.write_text(
+        '{"instruction": "a", "output": "b"}\n{"instruction": "c", "input": null, "output": "d"}\n'
+    )
+    assert [r.output for r in load_instructions(str(lines))] == ["b", "d"]
+
+
+def test_alpaca_validation_names_file_record_and_field(tmp_path):
+    from qa_ray.data import load_instructions
+
+    p = tmp_path / "bad.json"
+    p.write_text(
+        json.dumps(
+            [
+                {"instruction": "ok", "input": "", "output": "fine"},
+                {"instruction": "no output", "input": "", "output": ""},
+                {"instruction": "", "input": 3, "output": "x"},
+                "not a record",
+            ]
+        )
+    )
+    with pytest.raises(DataError) as e:
+        load_instructions(str(p))
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: 4 errors")
+    assert "record 1: `output` must be a non-empty string, but got ''" in msg
+    assert "record 2: `instruction` must be a non-empty string, but got ''" in msg
+    assert "record 2: `input` must be a string (or absent), but got 3" in msg
+    assert "record 3: expected an object" in msg
+    p.write_text(json.dumps({"instruction": "a dict, not a list"}))
+    with pytest.raises(DataError, match="expected a list of {instruction, input, output}"):
+        load_instructions(str(p))
+
+
+def test_alpaca_split_is_seeded_disjoint_and_capped():
+    from qa_ray.config import DataConfig
+    from qa_ray.data import load_instruction_train_eval
+
+    cfg = DataConfig(path=str(ASSETS / "alpaca_tiny.json"), eval_fraction=0.25, split_seed=1)
+    train, held = load_instruction_train_eval(cfg)
+    assert (len(train), len(held)) == (36, 12)
+    assert not {r.id for r in train} & {r.id for r in held}
+    assert load_instruction_train_eval(cfg) == (train, held)
+    other = load_instruction_train_eval(cfg.model_copy(update={"split_seed": 2}))[1]
+    assert {r.id for r in other} != {r.id for r in held}
+    capped = cfg.model_copy(update={"max_train_examples": 5, "max_eval_examples": 3})
+    assert [len(x) for x in load_instruction_train_eval(capped)] == [5, 3]
+
+
+@pytest.mark.parametrize("task, fixture", [("instruction", "alpaca"), ("extractive", "squad")])
+def test_a_sweep_over_a_bad_local_data_file_exits_2_before_ray_starts(
+    tmp_path, capsys, task, fixture
+):
+    """The driver loads local data before any cluster work: a bad record is exit code 2."""
+    import ray
+    import yaml
+
+    bad = tmp_path / "bad.json"
+    if fixture == "alpaca":
+        bad.write_text(json.dumps([{"instruction": "x", "output": "y"}, {"instruction": "x"}]))
+        expected = "record 1: `output` must be a non-empty string, but got None"
+    else:
+        data = json.loads((ASSETS / "squad_v1_tiny.json").read_text())
+        data["data"][1]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = -4
+        bad.write_text(json.dumps(data))
+        expected = "data[1].paragraphs[0].qas[0]"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad-data",
+                "model": {"name_or_path": "some/model", "task": task},
+                "data": {"path": str(bad)},
+                "search": {
+                    "space": {
+                        "params": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}
+                    }
+                },
+                "storage_path": str(tmp_path / "runs"),
+            }
+        )
+    )
+    for command in ("validate", "sweep"):
+        assert main([command, str(sweep)]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and expected in err, err
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()
