@@ -334,31 +334,33 @@ def load_train_eval(cfg: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
 
 
 def _validate_instructions(records: list, source: str) -> list[InstructionExample]:
-    examples, errors = [], []
+    examples, errors, empty = [], [], []
     for i, r in enumerate(records):
         where = r.pop("_where", f"record {i}") if isinstance(r, dict) else f"record {i}"
         if not isinstance(r, dict):
             errors.append(f"{where}: expected an object with `instruction` and `output`, got {r!r}")
             continue
         ok = True
-        for field in ("instruction", "output"):
-            value = r.get(field)
-            if not isinstance(value, str) or not value.strip():
-                errors.append(f"{where}: `{field}` must be a non-empty string, but got {value!r}")
-                ok = False
-        value = r.get("input", "")
+        instruction, output, value = r.get("instruction"), r.get("output"), r.get("input", "")
+        if not isinstance(instruction, str) or not instruction.strip():
+            errors.append(
+                f"{where}: `instruction` must be a non-empty string, but got {instruction!r}"
+            )
+            ok = False
+        if not isinstance(output, str):
+            errors.append(f"{where}: `output` must be a string, but got {output!r}")
+            ok = False
         if value is None:
             value = ""
         if not isinstance(value, str):
             errors.append(f"{where}: `input` must be a string (or absent), but got {value!r}")
             ok = False
-        if ok:
+        if ok and not output.strip():
+            empty.append(where)  # nothing to learn or score (the Alpaca release has 28)
+        elif ok:
             examples.append(
                 InstructionExample(
-                    id=str(r.get("id", i)),
-                    instruction=r["instruction"],
-                    input=value,
-                    output=r["output"],
+                    id=str(r.get("id", i)), instruction=instruction, input=value, output=output
                 )
             )
     if errors:
@@ -366,8 +368,16 @@ def _validate_instructions(records: list, source: str) -> list[InstructionExampl
         if len(errors) > len(shown):
             shown.append(f"... and {len(errors) - len(shown)} more")
         raise DataError(source, shown)
+    if empty:
+        logger.warning(
+            "%s: %d record(s) with an empty `output` skipped (%s%s)",
+            source,
+            len(empty),
+            ", ".join(empty[:5]),
+            ", ..." if len(empty) > 5 else "",
+        )
     if not examples:
-        raise DataError(source, ["no instruction records found"])
+        raise DataError(source, ["no instruction records with a non-empty `output` found"])
     return examples
 
 
