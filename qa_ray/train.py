@@ -254,8 +254,8 @@ def train_loop_per_worker(config: dict[str, Any], session: LocalSession | None =
     warmup = _warmup_steps(cfg.train, total_steps)
     if rank0:
         logger.info(
-            "train: %d examples -> %d windows, %d steps (%d per epoch, warmup %d); eval: %d "
-            "questions; params %d (trainable %d), weights %.1f MB",
+            "train: %d examples -> %d sequences, %d steps (%d per epoch, warmup %d); eval: %d "
+            "examples; params %d (trainable %d), weights %.1f MB",
             len(train_examples),
             len(train_feats),
             total_steps,
