@@ -24,9 +24,13 @@ logger = logging.getLogger(__name__)
 _EXTRA_LORA_TARGETS = {
     "albert": ["query", "value"],
     "distilbert": ["q_lin", "v_lin"],
-    "mamba": ["in_proj", "x_proj", "out_proj"],
+    # peft refuses out_proj and conv1d on Mamba; dt_proj's weight is read directly (no forward)
+    "mamba": ["in_proj", "x_proj"],
 }
 _KBIT_LAYERS = ("Linear4bit", "Linear8bitLt")
+# Linear layers whose weight the architecture reads directly (not through forward): a k-bit
+# weight there breaks the maths, so they stay in full precision.
+_KBIT_KEEP = {"mamba": ["dt_proj"]}
 # Projections that subclass torch.nn.Linear without changing its maths (FalconLinear computes
 # x @ W.T + b). transformers 5 swaps only exact nn.Linear for bitsandbytes layers (4.x took
 # subclasses too), so while a k-bit model of these types is built the name means nn.Linear.
@@ -71,11 +75,13 @@ def build_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def _quantization_config(cfg: ModelConfig, device: torch.device):
+def _quantization_config(cfg: ModelConfig, device: torch.device, model_type: str):
     from transformers import BitsAndBytesConfig
 
     # None keeps transformers' default (the output embedding, e.g. lm_head, stays unquantized).
     skip = _TASK_HEADS.get(cfg.task) or None
+    if model_type in _KBIT_KEEP:
+        skip = (skip or ["lm_head"]) + _KBIT_KEEP[model_type]
     if cfg.quantization_bits == 4:
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return BitsAndBytesConfig(
@@ -106,7 +112,8 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     kbit = cfg.quantization_bits in (4, 8)
     if kbit:
         require_bitsandbytes()
-        kwargs["quantization_config"] = _quantization_config(cfg, device)
+        model_type = _model_type(cfg)
+        kwargs["quantization_config"] = _quantization_config(cfg, device, model_type)
         kwargs["device_map"] = {"": device}
     elif cfg.quantization_bits == 16:
         kwargs["dtype"] = torch.bfloat16
@@ -116,7 +123,7 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
         kwargs["dtype"] = torch.float32
     if cfg.dropout is not None:
         kwargs["config"] = _with_dropout(cfg)
-    with _plain_linears(cfg) if kbit else contextlib.nullcontext():
+    with _plain_linears(model_type) if kbit else contextlib.nullcontext():
         model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
     if kbit and not any(type(m).__name__ in _KBIT_LAYERS for m in model.modules()):
         # transformers swaps only exact torch.nn.Linear (and GPT-2's Conv1D) for bitsandbytes
@@ -145,15 +152,18 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     return model
 
 
-@contextlib.contextmanager
-def _plain_linears(cfg: ModelConfig):
-    """While loading: the architecture's plain nn.Linear subclass is nn.Linear, so bitsandbytes
-    quantizes those projections as it does every other model's."""
+def _model_type(cfg: ModelConfig) -> str:
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(
+    return AutoConfig.from_pretrained(
         cfg.name_or_path, trust_remote_code=cfg.trust_remote_code
     ).model_type
+
+
+@contextlib.contextmanager
+def _plain_linears(model_type: str):
+    """While loading: the architecture's plain nn.Linear subclass is nn.Linear, so bitsandbytes
+    quantizes those projections as it does every other model's."""
     spec = _PLAIN_LINEAR_SUBCLASSES.get(model_type)
     if spec is None:
         yield

@@ -18,6 +18,7 @@ from transformers import (
     FalconConfig,
     GPT2Config,
     LlamaConfig,
+    MambaConfig,
     T5Config,
 )
 
@@ -80,6 +81,10 @@ def _config(kind: str):
         return GPT2Config(
             vocab_size=VOCAB + 8, n_embd=64, n_layer=2, n_head=2, n_positions=512, **special
         ), BPE
+    if kind == "mamba":  # a state-space model (transformers' slow path on CPU)
+        return MambaConfig(
+            vocab_size=VOCAB + 8, hidden_size=64, num_hidden_layers=2, state_size=8, **special
+        ), BPE
     if kind == "t5":
         return T5Config(
             vocab_size=VOCAB + 8,
@@ -97,7 +102,7 @@ def _config(kind: str):
 def make_tiny_model(
     kind: str, out_dir: str | Path, auto_class=AutoModelForQuestionAnswering
 ) -> Path:
-    """Saves a seeded tiny ``kind`` model (bert, albert, llama, falcon, bloom, gpt2) with the
+    """Saves a seeded tiny ``kind`` model (bert, albert, llama, falcon, bloom, gpt2, mamba, t5) with the
     ``auto_class`` head and its tokenizer to ``out_dir``."""
     out = Path(out_dir)
     config, tok_dir = _config(kind)

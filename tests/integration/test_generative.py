@@ -1,6 +1,7 @@
-"""Generative QA with causal LMs on tiny random-init models (CPU, no hub): every family trains
-(loss down on a fixed batch) in full / LoRA / 8-bit / 4-bit, generate -> extract -> score gives
-EM/F1, and a sweep of generative trials lands in MLflow with its Pareto artifacts."""
+"""Generative QA with causal LMs (Llama, Falcon, Bloom, GPT-2, Mamba) on tiny random-init models
+(CPU, no hub): every family trains (loss down on a fixed batch) in full / LoRA / 8-bit / 4-bit,
+generate -> extract -> score gives EM/F1, and a sweep of generative trials lands in MLflow with
+its Pareto artifacts."""
 
 import contextlib
 
@@ -30,6 +31,8 @@ VARIANTS = [
     ("bloom", "lora", 8),
     ("gpt2", "full", 32),
     ("gpt2", "lora", 4),
+    ("mamba", "full", 32),
+    ("mamba", "lora", 4),
 ]
 
 
@@ -95,7 +98,7 @@ def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetun
 
 
 @pytest.mark.parametrize("kind, finetune", [("llama", "lora"), ("falcon", "full"), ("bloom", "full"),
-                                            ("gpt2", "lora")])  # fmt: skip
+                                            ("gpt2", "lora"), ("mamba", "lora")])  # fmt: skip
 def test_answer_only_logits_give_the_models_own_loss(tiny_model_dir, tmp_path, kind, finetune):
     from transformers import AutoModelForCausalLM
 
@@ -143,8 +146,9 @@ def test_unanswerable_questions_learn_the_no_answer_text(tiny_model_dir, tmp_pat
     assert tok.decode(labelled).strip() == "unanswerable"
 
 
-def test_generate_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path):
-    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, "llama", data__max_answer_length=5)
+@pytest.mark.parametrize("kind", ["llama", "mamba"])
+def test_generate_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path, kind):
+    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, data__max_answer_length=5)
     _, evals = load_train_eval(cfg.data)
     evals = evals[:6]
     feats = generative.eval_features(evals, tok, cfg.data)
