@@ -133,6 +133,8 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
             f"layer of {cfg.name_or_path!r} (model_type {model.config.model_type!r}; its "
             "projections are not plain torch.nn.Linear). Use quantization_bits 16 or 32."
         )
+    if cfg.quantization_bits == 8:
+        _clone_int8_outputs(model)
     if not kbit:
         model.to(device)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -150,6 +152,24 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
     if cfg.finetune == "lora":
         model = _add_lora(model, cfg)
     return model
+
+
+def _clone_output(module, inputs, output):
+    return output.clone()
+
+
+def _clone_int8_outputs(model) -> None:
+    """Makes every 8-bit layer's output an ordinary tensor.
+
+    bitsandbytes 0.50's 8-bit matmul returns a view made inside its autograd Function (a reshape
+    of its 2-D result on GPU, ``F.linear`` of a 3-D input on CPU), and autograd forbids changing
+    such a view in place: an architecture that adds to a projection's output in place (Falcon:
+    ``mlp_output += attention_output``) fails. The copy costs one layer's output at a time (the
+    Function keeps no reference to the original, which is freed at once).
+    """
+    for module in model.modules():
+        if type(module).__name__ == "Linear8bitLt":
+            module.register_forward_hook(_clone_output)
 
 
 def _model_type(cfg: ModelConfig) -> str:

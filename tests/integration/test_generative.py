@@ -25,13 +25,21 @@ VARIANTS = [
     ("llama", "lora", 32),
     ("llama", "lora", 8),
     ("llama", "lora", 4),
+    ("falcon", "full", 32),
     ("falcon", "lora", 32),
+    ("falcon", "lora", 8),
     ("falcon", "lora", 4),
+    ("bloom", "full", 32),
     ("bloom", "lora", 32),
     ("bloom", "lora", 8),
+    ("bloom", "lora", 4),
     ("gpt2", "full", 32),
+    ("gpt2", "lora", 32),
+    ("gpt2", "lora", 8),
     ("gpt2", "lora", 4),
     ("mamba", "full", 32),
+    ("mamba", "lora", 32),
+    ("mamba", "lora", 8),
     ("mamba", "lora", 4),
 ]
 
@@ -146,7 +154,7 @@ def test_unanswerable_questions_learn_the_no_answer_text(tiny_model_dir, tmp_pat
     assert tok.decode(labelled).strip() == "unanswerable"
 
 
-@pytest.mark.parametrize("kind", ["llama", "mamba"])
+@pytest.mark.parametrize("kind", ["llama", "falcon", "bloom", "gpt2", "mamba"])
 def test_generate_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path, kind):
     cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, data__max_answer_length=5)
     _, evals = load_train_eval(cfg.data)
