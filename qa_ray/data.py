@@ -155,6 +155,15 @@ def _from_official(payload: dict[str, Any], source: str) -> tuple[list[dict], li
     return records, errors
 
 
+def _raise_if_any(source: str, errors: list[str]) -> None:
+    """Raises every error found (the first 25, and how many more) as one :class:`DataError`."""
+    if errors:
+        shown = errors[:_MAX_LISTED_ERRORS]
+        if len(errors) > len(shown):
+            shown.append(f"... and {len(errors) - len(shown)} more")
+        raise DataError(source, shown)
+
+
 def _validate_records(records: list[dict], source: str, errors: list[str]) -> list[QAExample]:
     examples: list[QAExample] = []
     seen: dict[str, str] = {}
@@ -219,11 +228,7 @@ def _validate_records(records: list[dict], source: str, errors: list[str]) -> li
                     answer_starts=tuple(starts),
                 )
             )
-    if errors:
-        shown = errors[:_MAX_LISTED_ERRORS]
-        if len(errors) > len(shown):
-            shown.append(f"... and {len(errors) - len(shown)} more")
-        raise DataError(source, shown)
+    _raise_if_any(source, errors)
     if not examples:
         raise DataError(source, ["no questions found"])
     return examples
@@ -363,11 +368,7 @@ def _validate_instructions(records: list, source: str) -> list[InstructionExampl
                     id=str(r.get("id", i)), instruction=instruction, input=value, output=output
                 )
             )
-    if errors:
-        shown = errors[:_MAX_LISTED_ERRORS]
-        if len(errors) > len(shown):
-            shown.append(f"... and {len(errors) - len(shown)} more")
-        raise DataError(source, shown)
+    _raise_if_any(source, errors)
     if empty:
         logger.warning(
             "%s: %d record(s) with an empty `output` skipped (%s%s)",

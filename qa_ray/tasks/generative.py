@@ -34,6 +34,7 @@ __all__ = [
     "eval_features",
     "evaluate",
     "extract_answer",
+    "greedy_texts",
     "loss",
     "pad_rows",
     "train_features",
@@ -182,30 +183,51 @@ def extract_answer(generated: str, no_answer_text: str) -> str:
 
 
 @torch.no_grad()
+def greedy_texts(model, tokenizer, rows: Sequence, max_new_tokens: int, device, autocast):
+    """Greedy generations for a batch of token-id rows, decoded.
+
+    A decoder-only model gets its prompts left-padded and the prompt cut from its output; an
+    encoder-decoder (``config.is_encoder_decoder``) gets right-padded encoder inputs and its
+    generation config's pad and EOS ids.
+    """
+    decoder_only = not model.config.is_encoder_decoder
+    input_ids = pad_rows(rows, tokenizer.pad_token_id, left=decoder_only).to(device)
+    mask = pad_rows([[1] * len(r) for r in rows], 0, left=decoder_only).to(device)
+    special = (
+        {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        if decoder_only
+        else {}
+    )
+    with autocast():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            **special,
+        )
+    if decoder_only:
+        out = out[:, input_ids.shape[1] :]
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+@torch.no_grad()
 def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
-    """Greedy generation for every prompt, answer extraction, official SQuAD scoring."""
+    """Greedy generation for every question, answer extraction, official SQuAD scoring (also
+    the seq2seq task's evaluation: :func:`greedy_texts` handles both model kinds)."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     columns = features[:]
     ids, example_ids = columns["input_ids"], columns["example_id"]
-    # Similar lengths together: less left padding per batch.
+    # Similar lengths together: less padding per batch.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     preds: dict[str, str] = {}
     for b in range(0, len(order), batch_size):
         chunk = order[b : b + batch_size]
-        input_ids = pad_rows([ids[i] for i in chunk], tokenizer.pad_token_id, left=True).to(device)
-        mask = pad_rows([[1] * len(ids[i]) for i in chunk], 0, left=True).to(device)
-        with autocast():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=cfg.max_answer_length,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+        texts = greedy_texts(
+            model, tokenizer, [ids[i] for i in chunk], cfg.max_answer_length, device, autocast
+        )
         for i, text in zip(chunk, texts, strict=True):
             preds[example_ids[i]] = extract_answer(text, cfg.no_answer_text)
     report = score(gold_questions(examples), preds)

@@ -26,7 +26,7 @@ from qa_ray.config import DataConfig
 from qa_ray.data import InstructionExample, cached_features
 from qa_ray.data import load_instruction_train_eval as load_train_eval
 from qa_ray.tasks.extractive import EvalOutput
-from qa_ray.tasks.generative import collator, loss, pad_rows
+from qa_ray.tasks.generative import collator, greedy_texts, loss
 
 __all__ = [
     "AUTO_CLASS",
@@ -130,22 +130,10 @@ def eval_features(examples: Sequence[InstructionExample], tokenizer, cfg: DataCo
     return train_features(examples, tokenizer, cfg)
 
 
-@torch.no_grad()
 def answer(model, tokenizer, questions: Sequence[str], max_new_tokens: int, device, autocast):
     """Greedy answers to ``questions`` (as instructions without input), one batch."""
-    ids = [tokenizer(prompt(q)).input_ids for q in questions]
-    input_ids = pad_rows(ids, tokenizer.pad_token_id, left=True).to(device)
-    mask = pad_rows([[1] * len(r) for r in ids], 0, left=True).to(device)
-    with autocast():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+    rows = [tokenizer(prompt(q)).input_ids for q in questions]
+    texts = greedy_texts(model, tokenizer, rows, max_new_tokens, device, autocast)
     return [t.strip() for t in texts]
 
 

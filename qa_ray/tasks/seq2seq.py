@@ -9,16 +9,13 @@ Evaluation decodes greedily up to ``data.max_answer_length`` tokens.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
-import torch
-
 from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features, gold_questions
-from qa_ray.metrics import score
-from qa_ray.tasks.extractive import EvalOutput
-from qa_ray.tasks.generative import context_window, extract_answer, pad_rows
+from qa_ray.data import QAExample, cached_features
+
+# Same right-padded batches and the same greedy-decode-and-score evaluation as the causal task.
+from qa_ray.tasks.generative import collator, context_window, evaluate
 
 __all__ = ["AUTO_CLASS", "PROMPT", "collator", "eval_features", "evaluate", "train_features"]
 
@@ -85,47 +82,3 @@ def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
         return {"input_ids": ids, "example_id": list(batch["id"])}
 
     return cached_features(examples, tokenizer, build, _key(cfg, "seq2seq-eval"), cfg.cache_dir)
-
-
-def collator(tokenizer):
-    """Right-pads encoder inputs (pad id, mask 0) and labels (-100)."""
-
-    def collate(rows):
-        return {
-            "input_ids": pad_rows([r["input_ids"] for r in rows], tokenizer.pad_token_id, False),
-            "attention_mask": pad_rows([r["attention_mask"] for r in rows], 0, False),
-            "labels": pad_rows([r["labels"] for r in rows], _IGNORE, False),
-        }
-
-    return collate
-
-
-@torch.no_grad()
-def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
-    """Greedy decoding for every question, answer extraction, official SQuAD scoring."""
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    columns = features[:]
-    ids, example_ids = columns["input_ids"], columns["example_id"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    preds: dict[str, str] = {}
-    for b in range(0, len(order), batch_size):
-        chunk = order[b : b + batch_size]
-        input_ids = pad_rows([ids[i] for i in chunk], tokenizer.pad_token_id, False).to(device)
-        mask = pad_rows([[1] * len(ids[i]) for i in chunk], 0, False).to(device)
-        with autocast():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=cfg.max_answer_length,
-                do_sample=False,
-            )
-        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-        for i, text in zip(chunk, texts, strict=True):
-            preds[example_ids[i]] = extract_answer(text, cfg.no_answer_text)
-    report = score(gold_questions(examples), preds)
-    if was_training:
-        model.train()
-    latency = 1000.0 * (time.perf_counter() - t0) / max(1, len(examples))
-    return EvalOutput(preds, report.scores, latency)
