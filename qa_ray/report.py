@@ -168,7 +168,8 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
             f.write(_csv(trials))
         with open(path("summary.md"), "w") as f:
             f.write(summary_markdown(summary))
-        answers = qualitative_by_trial(client, trials)
+        instruction = client.get_run(parent_id).data.params.get("task") == "instruction"
+        answers = qualitative_by_trial(client, trials) if instruction else None
         if answers:
             with open(path("qualitative_answers.json"), "w") as f:
                 json.dump(answers, f, indent=2)
