@@ -135,6 +135,8 @@ def build_model(cfg: ModelConfig, device: torch.device, auto_class=None):
         )
     if cfg.quantization_bits == 8:
         _clone_int8_outputs(model)
+    if cfg.quantization_bits == 4:
+        _keep_4bit_layout(model)
     if not kbit:
         model.to(device)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -170,6 +172,22 @@ def _clone_int8_outputs(model) -> None:
     for module in model.modules():
         if type(module).__name__ == "Linear8bitLt":
             module.register_forward_hook(_clone_output)
+
+
+def _keep_4bit_layout(model) -> None:
+    """Keeps every 4-bit layer in its training layout, in eval mode too.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50's ``Linear4bit.forward`` repacks its weight in
+    place into an inference-only layout (``_convert_weight_packed_for_cpu``) the first time it
+    runs in eval mode on an input without grad, i.e. at a trial's first evaluation. A trial then
+    trains on a weight whose matmul has no backward (LoRA below that layer stops learning), its
+    evaluation computes in bf16 instead of the trial's compute dtype, and layers narrower than
+    one quantization block (64 inputs) fail to repack at all. A trial alternates training and
+    evaluation, so the layout never changes: evaluation runs the same maths as training.
+    """
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit" and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _model_type(cfg: ModelConfig) -> str:

@@ -152,3 +152,60 @@ def test_zero_dropout_makes_training_forward_deterministic(tiny_model_dir):
         a, b = (model(input_ids=x).start_logits for _ in range(2))
         outs[dropout] = torch.equal(a, b)
     assert outs == {None: False, 0.0: True}
+
+
+@pytest.mark.parametrize("kind", ["albert", "bert", "llama"])
+def test_4bit_layers_evaluate_and_keep_training_on_the_avx512_bf16_path(
+    tiny_model_dir, tmp_path, monkeypatch, kind
+):
+    """bitsandbytes repacks a 4-bit weight in place on CPUs with AVX512-BF16 when a layer runs
+    in eval mode without grad. The path is forced here, so the test takes it on every CPU: an
+    evaluation must compute what training computes, leave the weights as they were, and the
+    adapters must still get gradients afterwards."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    cfg = TrialConfig.model_validate(trial_dict(tiny_model_dir(kind), tmp_path))
+    mcfg = ModelConfig(
+        name_or_path=cfg.model.name_or_path, finetune="lora", quantization_bits=4, dropout=0.0
+    )
+    tok = build_tokenizer(mcfg)
+    train, _ = load_train_eval(cfg.data)
+    feats = extractive.train_features(train[:8], tok, cfg.data)
+    batch = extractive.collator(tok)([feats[i] for i in range(8)])
+    inputs = {k: v for k, v in batch.items() if not k.endswith("_positions")}
+    model = build_model(mcfg, torch.device("cpu"))
+    kbit = {n: p for n, p in model.named_parameters() if type(p).__name__ == "Params4bit"}
+    before = {n: p.data.clone() for n, p in kbit.items()}
+
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(**inputs).start_logits
+    assert all(torch.equal(p.data, before[n]) for n, p in kbit.items())  # not repacked
+    model.train()
+    out = model(**batch)
+    torch.testing.assert_close(out.start_logits, evaluated)  # same maths in both modes
+    out.loss.backward()
+    # lora_B starts at zero, so lora_A gets no gradient at the first step; lora_B of every
+    # adapted layer does, through the 4-bit layers above it.
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+def test_4bit_trial_with_evaluations_mid_training_on_the_avx512_bf16_path(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The real loop, evaluating every 2 steps, on the forced AVX512-BF16 path: it runs to the
+    end and gives the same losses and scores as the path every CPU takes."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    cfg = trial_dict(
+        tiny_model_dir("albert"), tmp_path, train__max_steps=4, train__eval_steps=2,
+        train__save_checkpoints=False,
+    )  # fmt: skip
+    cfg["model"].update(finetune="lora", quantization_bits=4)
+    plain = train_loop_per_worker(cfg)
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    forced = train_loop_per_worker(cfg)
+    for key in ("train_loss", "eval_f1", "eval_exact"):
+        assert forced[key] == pytest.approx(plain[key], rel=1e-6), key
