@@ -12,6 +12,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray 2.60's default for local clusters, made explicit before Ray is imported, so every process
 # of a test cluster and the tests' own Ray clients agree (token in ~/.ray/auth_token).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# `ray.init()` creates ~/.ray/auth_token when it is missing, but `ray start` does not: on a fresh
+# machine the cluster tests (the first to run) would start nodes with no token. Give the whole
+# session one token of its own, leaving ~/.ray alone.
+if not (
+    os.environ.get("RAY_AUTH_TOKEN")
+    or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    or Path("~/.ray/auth_token").expanduser().is_file()
+):
+    import secrets
+    import tempfile
+
+    _token = Path(tempfile.mkdtemp(prefix="qa-ray-tests-")) / "auth_token"
+    _token.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import make_tiny_model  # noqa: E402
