@@ -2,7 +2,7 @@
 
     qa-ray validate sweeps/quickstart.yaml
     qa-ray sweep sweeps/quickstart.yaml [key=value ...] [--dry-run] [--resume]
-    qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50
+    qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50 [--resume]
     qa-ray score dev-v2.0.json.gz predictions.json
     qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1]
     qa-ray submit SWEEP.yaml --address http://HEAD:8265 [key=value ...] [--no-follow]
@@ -65,13 +65,44 @@ def _cmd_score(args) -> int:
     return EXIT_OK
 
 
+# Unset in a config, decided by the loop from the data, saved decided in the checkpoint.
+_RESOLVED_BY_THE_LOOP = {"squad_v2"}
+
+
+def _check_resumable(cfg) -> str:
+    """The checkpoint ``qa-ray train --resume`` continues from; bad input when there is none,
+    or when it was written for another model or data."""
+    from qa_ray.train import latest_local_checkpoint
+
+    newest = latest_local_checkpoint(cfg.output_dir)
+    if newest is None:
+        raise ConfigError(
+            "--resume",
+            [f"`output_dir`: no checkpoint under {cfg.output_dir}/checkpoints to resume from"],
+        )
+    saved = json.loads((newest / "trial_config.json").read_text())
+    now = cfg.model_dump()
+    changed = [
+        f"`{block}.{k}`: the checkpoint has {saved[block].get(k)!r}, but got {v!r}"
+        for block in ("model", "data")
+        for k, v in now[block].items()
+        if saved[block].get(k) != v and not (v is None and k in _RESOLVED_BY_THE_LOOP)
+    ]
+    if changed:
+        raise ConfigError(f"--resume from {newest}", changed)
+    return str(newest)
+
+
 def _cmd_train(args) -> int:
     from qa_ray.config import load_trial_config
     from qa_ray.train import train_loop_per_worker
 
     cfg = load_trial_config(args.config, args.overrides)
+    if args.resume:
+        newest = _check_resumable(cfg)
+        print(f"[qa-ray] resuming from {newest}", flush=True)
     print(f"[qa-ray] training {cfg.model.name_or_path} -> {cfg.output_dir}", flush=True)
-    result = train_loop_per_worker(cfg.model_dump())
+    result = train_loop_per_worker(cfg.model_dump(), resume=args.resume)
     print(json.dumps(result, indent=2))
     print(f"[qa-ray] predictions, metrics.json and checkpoints in {cfg.output_dir}")
     return EXIT_OK
@@ -224,6 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("config", help="trial YAML (model, data, train, resources, output_dir)")
     sp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    sp.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from output_dir's newest checkpoint (weights, optimizer, schedule, "
+        "position, RNG)",
+    )
 
     sp = add(
         "validate",

@@ -147,6 +147,11 @@ class DataConfig(_Block):
         "(scored as the empty answer)",
     )
     n_best_size: int = Field(20, gt=0)
+    squad_v2: bool | None = Field(
+        None,
+        description="extractive: the empty answer may win (SQuAD 2.0 scoring); null decides "
+        "from the data: true when any train or eval question is unanswerable",
+    )
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 
 
@@ -176,10 +181,23 @@ class TrainConfig(_Block):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="autocast dtype on GPU (auto = bf16 where supported); CPU is fp32"
+        "auto",
+        description="autocast dtype on GPU (auto = bf16 where supported); on CPU only 16-bit "
+        "trials autocast (bf16), the rest compute in fp32. Trained weights are always fp32",
     )
-    checkpoints_to_keep: int = Field(1, ge=1)
-    save_checkpoints: bool = True
+    checkpoints_to_keep: int = Field(1, ge=1, description="the newest N checkpoints are kept")
+    save_checkpoints: bool = Field(
+        True,
+        description="checkpoint at every evaluation (and every checkpoint_steps / "
+        "checkpoint_seconds): weights or adapter, optimizer, schedule, RNG and loop position, "
+        "so a trial resumes where it stopped",
+    )
+    checkpoint_steps: int | None = Field(
+        None, gt=0, description="also checkpoint every N optimizer steps between evaluations"
+    )
+    checkpoint_seconds: float | None = Field(
+        None, gt=0.0, description="also checkpoint when this much wall time passed since the last"
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainConfig:
@@ -197,6 +215,12 @@ class ResourcesConfig(_Block):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="worker-group restarts per trial after a lost worker (preemption, OOM "
+        "kill); the trial resumes from its last checkpoint. -1: no limit",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> ResourcesConfig:
@@ -221,6 +245,16 @@ class TrialConfig(_Block):
     @model_validator(mode="after")
     def _windows_overlap(self) -> TrialConfig:
         check_windows(self.model, self.data)
+        return self
+
+    @model_validator(mode="after")
+    def _sixteen_bits_compute_in_sixteen(self) -> TrialConfig:
+        if self.model.quantization_bits == 16 and self.train.precision == "fp32":
+            raise ValueError(
+                "`train.precision`: 16-bit weights compute in 16 bits (bf16 autocast), so "
+                "precision fp32 cannot hold with them, but got (quantization_bits=16, "
+                "precision='fp32'); use quantization_bits 32 for fp32"
+            )
         return self
 
 

@@ -45,7 +45,6 @@ __all__ = [
     "load_train_eval",
     "read_json",
     "split_by_article",
-    "validate_local_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -442,15 +441,6 @@ def load_instruction_train_eval(
     return train, held_out
 
 
-def validate_local_data(cfg: DataConfig, task: str) -> None:
-    """Loads, validates and splits the data now when every source is a local file, so a bad
-    record or an unsplittable file is reported (exit code 2) before any cluster work; hub
-    datasets are checked where the trials load them."""
-    sources = [p for p in (cfg.path, cfg.eval_path) if p is not None]
-    if all(os.path.exists(p) for p in sources):
-        (load_instruction_train_eval if task == "instruction" else load_train_eval)(cfg)
-
-
 def gold_questions(examples: Sequence[QAExample]):
     """The examples as :class:`qa_ray.metrics.GoldQuestion` for scoring."""
     from qa_ray.metrics import GoldQuestion
@@ -465,15 +455,35 @@ def _fingerprint(examples: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
+_TOKENIZER_PROPERTIES = (
+    "padding_side",
+    "truncation_side",
+    "pad_token",
+    "pad_token_id",
+    "eos_token",
+    "eos_token_id",
+    "bos_token",
+    "bos_token_id",
+    "cls_token_id",
+    "sep_token_id",
+    "unk_token_id",
+    "add_bos_token",
+    "add_eos_token",
+    "model_max_length",
+)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A content hash of a fast tokenizer (vocab, normalizer, special tokens, padding side)."""
+    """A content hash of a fast tokenizer: its backend (vocab, normalizer, pre-tokenizer,
+    post-processor) and every Python-side property that changes the features it makes (special
+    tokens and their ids, padding and truncation sides, BOS/EOS flags)."""
     # Calling a tokenizer sets truncation/padding on its backend: not part of its identity.
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec.pop("truncation", None)
     spec.pop("padding", None)
-    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    h.update(f"{tokenizer.padding_side}|{tokenizer.pad_token}".encode())
-    return h.hexdigest()
+    props = {k: getattr(tokenizer, k, None) for k in _TOKENIZER_PROPERTIES}
+    payload = {"backend": spec, "properties": {k: repr(v) for k, v in props.items()}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _column_value(v: Any) -> Any:
@@ -524,6 +534,8 @@ def cached_features(
     features = raw.map(
         build, batched=True, remove_columns=raw.column_names, desc=f"tokenize {key.get('kind')}"
     )
+    if len(features) == 0:  # nothing to cache (datasets cannot load an empty saved table)
+        return features
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
     try:

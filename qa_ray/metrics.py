@@ -34,6 +34,13 @@ LEARNING_RATE = "lr"
 STEP = "step"
 EPOCH = "epoch"
 TRAIN_SECONDS = "train_seconds"
+EVAL_QUESTIONS = "eval_questions"
+
+
+def eval_key(score_name: str) -> str:
+    """The reported metric of a task's score: ``f1`` -> ``eval_f1``."""
+    return f"eval_{score_name}"
+
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)

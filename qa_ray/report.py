@@ -26,6 +26,7 @@ from qa_ray import metrics as m
 from qa_ray.config import ConfigError
 from qa_ray.pareto import front, hypervolume_history, nondominated_ranks, parse_constraint
 from qa_ray.plots import model_label
+from qa_ray.tasks import TASKS
 from qa_ray.tracking import (
     QUALITATIVE_TABLE,
     TAG_ROLE,
@@ -168,8 +169,10 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
             f.write(_csv(trials))
         with open(path("summary.md"), "w") as f:
             f.write(summary_markdown(summary))
-        instruction = client.get_run(parent_id).data.params.get("task") == "instruction"
-        answers = qualitative_by_trial(client, trials) if instruction else None
+        task = client.get_run(parent_id).data.params.get("task", "extractive")
+        answers = None
+        if task in TASKS and TASKS[task].QUALITATIVE_QUESTIONS:
+            answers = qualitative_by_trial(client, trials)
         if answers:
             with open(path("qualitative_answers.json"), "w") as f:
                 json.dump(answers, f, indent=2)

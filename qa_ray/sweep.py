@@ -153,7 +153,7 @@ def _run_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str) 
     """One Tune trial: a Ray Train run of the sampled configuration."""
     from pydantic import ValidationError
     from ray import tune
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -179,9 +179,13 @@ def _run_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str) 
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=trial_cfg.train.checkpoints_to_keep),
+            # A lost worker (preemption, dead node, OOM kill) restarts the worker group, which
+            # resumes from the trial's last checkpoint (ray.train.get_checkpoint in the loop).
+            failure_config=FailureConfig(max_failures=r.max_failures),
         ),
     )
-    trainer.fit()  # raises TrainingFailedError (e.g. OOM in a worker): the trial is FAILED
+    # Raises TrainingFailedError once the restarts are used up: the trial is FAILED.
+    trainer.fit()
 
 
 class _Progress:

@@ -27,8 +27,8 @@ from qa_ray.config import (
     load_yaml,
     validate_model,
 )
-from qa_ray.data import validate_local_data
 from qa_ray.search_space import SearchSpace
+from qa_ray.tasks import TASKS
 
 __all__ = ["Objective", "SearchConfig", "SweepConfig", "TrackingConfig", "load_sweep_config"]
 
@@ -159,7 +159,11 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         raise ConfigError(str(path), unknown)
     check_local_paths(cfg.trial_config(), str(path))
     trial = absolutize_paths(cfg.trial_config())
-    validate_local_data(trial.data, trial.model.task)
+    # Local data are loaded and validated now, so a bad record is reported (exit 2) before any
+    # cluster work; hub datasets are checked where the trials load them.
+    sources = [p for p in (trial.data.path, trial.data.eval_path) if p is not None]
+    if all(os.path.exists(p) for p in sources):
+        TASKS[trial.model.task].load_train_eval(trial.data)
     return cfg.model_copy(
         update={
             "search": cfg.search.model_copy(update={"space": space}),

@@ -1,14 +1,20 @@
 """Extractive QA (SQuAD v1.1 / v2.0): span labels from offsets, n-best post-processing, EM/F1.
 
-A task family is a module with the same few names, which the training loop looks up by
-``model.task``: ``AUTO_CLASS``, ``train_features``, ``eval_features``, ``collator`` and
-``evaluate``.
+A task family (see :class:`qa_ray.tasks.TaskFamily`): a span head on an encoder (BERT, ALBERT,
+MiniLM) or a decoder (Llama).
 
 Windows: a long context is cut into windows of ``max_seq_length`` tokens that overlap by
 ``doc_stride`` tokens (question first, then the context window). A training window whose
 context does not hold the whole answer, like every window of an unanswerable question, is
-labelled with the CLS position (index 0), unless ``data.drop_windows_missing_answer`` drops
-such windows of answerable questions from training.
+labelled with the no-answer position, unless ``data.drop_windows_missing_answer`` drops such
+windows of answerable questions from training.
+
+The no-answer position is the first token (CLS) when the tokenizer starts sequences with a CLS
+token (encoders, whose attention sees the whole window from there), else the window's last
+token: a decoder's causal attention lets only the last position see the question and context.
+Sequences are always right-padded, so positions index the same tokens in every batch.
+Whether the empty answer may win at evaluation (SQuAD 2.0) is ``data.squad_v2``, or, unset,
+whether the dataset (train or eval) has an unanswerable question.
 """
 
 from __future__ import annotations
@@ -16,27 +22,44 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features, gold_questions
+from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
+from qa_ray.tasks import EvalOutput
 
 __all__ = [
     "AUTO_CLASS",
-    "EvalOutput",
+    "FRESH_HEADS",
+    "PEFT_TASK_TYPE",
+    "QUALITATIVE_QUESTIONS",
     "collator",
     "eval_features",
     "evaluate",
+    "load_train_eval",
+    "loss",
+    "no_answer_last",
     "postprocess",
     "train_features",
 ]
 
 AUTO_CLASS = "AutoModelForQuestionAnswering"
-_NO_ANSWER_INDEX = 0  # CLS for BERT-style tokenizers; the first token otherwise
+PEFT_TASK_TYPE = "QUESTION_ANS"
+FRESH_HEADS = ("qa_outputs",)
+QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
+
+
+def no_answer_last(tokenizer) -> bool:
+    """True when the no-answer position is a window's last token (no leading CLS token)."""
+    return tokenizer.cls_token_id is None
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The span loss the model computes from ``start_positions`` / ``end_positions``."""
+    return model(**batch).loss
 
 
 def _tokenize(tokenizer, batch, cfg: DataConfig):
@@ -64,6 +87,7 @@ def _key(cfg: DataConfig, kind: str, **extra) -> dict:
 
 def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     """Training windows with ``start_positions``/``end_positions`` token labels (cached)."""
+    last = no_answer_last(tokenizer)
 
     def build(batch):
         enc = _tokenize(tokenizer, batch, cfg)
@@ -73,9 +97,10 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
             ex = sample_map[i]
             seq_ids = enc.sequence_ids(i)
             answers = batch["answers"][ex]
+            no_answer = len(offsets) - 1 if last else 0
             if not answers:  # unanswerable
-                starts.append(_NO_ANSWER_INDEX)
-                ends.append(_NO_ANSWER_INDEX)
+                starts.append(no_answer)
+                ends.append(no_answer)
                 keep.append(i)
                 continue
             start_char = batch["answer_starts"][ex][0]
@@ -84,8 +109,8 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
             ctx_last = len(seq_ids) - 1 - seq_ids[::-1].index(1)
             if offsets[ctx_first][0] > start_char or offsets[ctx_last][1] < end_char:
                 if not cfg.drop_windows_missing_answer:
-                    starts.append(_NO_ANSWER_INDEX)  # this window misses (part of) the answer
-                    ends.append(_NO_ANSWER_INDEX)
+                    starts.append(no_answer)  # this window misses (part of) the answer
+                    ends.append(no_answer)
                     keep.append(i)
                 continue
             s = ctx_first
@@ -127,17 +152,16 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def collator(tokenizer):
-    """Pads a batch of features to its longest window (dynamic padding)."""
-    from transformers import DataCollatorWithPadding
-
-    pad = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
+    """Right-pads a batch of features to its longest window (dynamic padding), whatever the
+    tokenizer's own padding side: the span labels and the no-answer position count from the
+    left."""
 
     def collate(rows):
         keep = [
             {k: v for k, v in r.items() if k in _MODEL_INPUTS or k.endswith("_positions")}
             for r in rows
         ]
-        return pad(keep)
+        return tokenizer.pad(keep, padding="longest", return_tensors="pt", padding_side="right")
 
     return collate
 
@@ -150,13 +174,15 @@ def postprocess(
     n_best_size: int = 20,
     max_answer_length: int = 30,
     allow_no_answer: bool = False,
+    null_last: bool = False,
 ) -> dict[str, str]:
     """Turns window logits into one answer text per question.
 
     For each question the best span over all of its windows wins (start + end logit, end not
     before start, at most ``max_answer_length`` tokens, inside the context). With
     ``allow_no_answer`` (SQuAD 2.0) the empty answer wins when the lowest no-answer score of
-    the question's windows (CLS start + end logit) beats the best span.
+    the question's windows (start + end logit at the no-answer position: the first token, or
+    the last with ``null_last``) beats the best span.
     """
     by_example = collections.defaultdict(list)
     for i, ex_id in enumerate(features["example_id"]):
@@ -168,7 +194,8 @@ def postprocess(
         null_score = np.inf
         for i in by_example.get(ex.id, ()):
             s_log, e_log, offsets = start_logits[i], end_logits[i], offsets_all[i]
-            null_score = min(null_score, float(s_log[0] + e_log[0]))
+            null = len(s_log) - 1 if null_last else 0
+            null_score = min(null_score, float(s_log[null] + e_log[null]))
             top_s = np.argsort(s_log)[::-1][:n_best_size]
             top_e = np.argsort(e_log)[::-1][:n_best_size]
             for s in top_s:
@@ -190,13 +217,6 @@ def postprocess(
             best_text = ""
         predictions[ex.id] = best_text
     return predictions
-
-
-@dataclass(frozen=True)
-class EvalOutput:
-    predictions: dict[str, str]
-    scores: dict[str, float | int]
-    latency_ms_per_example: float
 
 
 @torch.no_grad()
@@ -221,9 +241,18 @@ def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batc
         starts.extend(s[j, :n] for j, n in enumerate(lengths))
         ends.extend(e[j, :n] for j, n in enumerate(lengths))
     meta = features.select_columns(["example_id", "offset_mapping"])[:]
-    allow_no_answer = any(ex.is_impossible for ex in examples)
+    allow_no_answer = cfg.squad_v2
+    if allow_no_answer is None:  # not resolved by the loop: what these examples show
+        allow_no_answer = any(ex.is_impossible for ex in examples)
     preds = postprocess(
-        examples, meta, starts, ends, cfg.n_best_size, cfg.max_answer_length, allow_no_answer
+        examples,
+        meta,
+        starts,
+        ends,
+        cfg.n_best_size,
+        cfg.max_answer_length,
+        allow_no_answer,
+        null_last=no_answer_last(tokenizer),
     )
     report = score(gold_questions(examples), preds)
     if was_training:

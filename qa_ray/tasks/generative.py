@@ -1,7 +1,6 @@
 """Generative QA with a causal LM (SQuAD v1.1 / v2.0): prompt -> answer, greedy decoding, EM/F1.
 
-Same module shape as :mod:`qa_ray.tasks.extractive`: ``AUTO_CLASS``, ``train_features``,
-``eval_features``, ``collator`` and ``evaluate``.
+A task family (see :class:`qa_ray.tasks.TaskFamily`).
 
 A training sequence is the prompt (:data:`PROMPT`, labels masked with -100, so the loss is on
 the answer only) followed by the first gold answer and EOS. An unanswerable question (SQuAD 2.0)
@@ -22,25 +21,32 @@ from collections.abc import Sequence
 import torch
 
 from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features, gold_questions
+from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
-from qa_ray.tasks.extractive import EvalOutput
+from qa_ray.tasks import EvalOutput
 
 __all__ = [
     "AUTO_CLASS",
+    "FRESH_HEADS",
+    "PEFT_TASK_TYPE",
     "PROMPT",
+    "QUALITATIVE_QUESTIONS",
     "collator",
     "context_window",
     "eval_features",
     "evaluate",
     "extract_answer",
     "greedy_texts",
+    "load_train_eval",
     "loss",
     "pad_rows",
     "train_features",
 ]
 
 AUTO_CLASS = "AutoModelForCausalLM"
+PEFT_TASK_TYPE = "CAUSAL_LM"
+FRESH_HEADS: tuple[str, ...] = ()  # the LM head is the checkpoint's own
+QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
 PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 _IGNORE = -100
 _MARGIN = 4  # tokens lost or gained where the context meets the template when re-tokenized

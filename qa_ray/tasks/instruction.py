@@ -1,8 +1,7 @@
 """Instruction tuning (Alpaca) with a causal LM: held-out loss and perplexity, plus answers.
 
-Same module shape as :mod:`qa_ray.tasks.generative` (``AUTO_CLASS``, ``train_features``,
-``eval_features``, ``collator``, ``loss``, ``evaluate``), with its own ``load_train_eval``: the
-data are ``{instruction, input, output}`` records, not SQuAD questions.
+A task family (see :class:`qa_ray.tasks.TaskFamily`) with its own data: ``{instruction, input,
+output}`` records (Alpaca), not SQuAD questions, loaded and validated here.
 
 A sequence is the Alpaca prompt (:data:`PROMPT_WITH_INPUT` or :data:`PROMPT_NO_INPUT`; labels
 masked with -100) followed by the response and EOS, cut at ``data.max_seq_length`` tokens; a
@@ -25,11 +24,13 @@ import torch
 from qa_ray.config import DataConfig
 from qa_ray.data import InstructionExample, cached_features
 from qa_ray.data import load_instruction_train_eval as load_train_eval
-from qa_ray.tasks.extractive import EvalOutput
+from qa_ray.tasks import EvalOutput
 from qa_ray.tasks.generative import collator, greedy_texts, loss
 
 __all__ = [
     "AUTO_CLASS",
+    "FRESH_HEADS",
+    "PEFT_TASK_TYPE",
     "PROMPT_NO_INPUT",
     "PROMPT_WITH_INPUT",
     "QUALITATIVE_QUESTIONS",
@@ -46,6 +47,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AUTO_CLASS = "AutoModelForCausalLM"
+PEFT_TASK_TYPE = "CAUSAL_LM"
+FRESH_HEADS: tuple[str, ...] = ()
 # The Stanford Alpaca templates.
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "

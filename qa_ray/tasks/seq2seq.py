@@ -1,6 +1,6 @@
 """Seq2seq QA (T5 style) on SQuAD v1.1 / v2.0: ``question: ... context: ...`` -> answer.
 
-Same module shape as :mod:`qa_ray.tasks.extractive`. The encoder reads the question and a
+A task family (see :class:`qa_ray.tasks.TaskFamily`). The encoder reads the question and a
 context window (around the answer when training, the context's beginning when evaluating: see
 :func:`qa_ray.tasks.generative.context_window`); the decoder is trained on the first gold answer,
 or ``data.no_answer_text`` for an unanswerable question, which is scored as the empty answer.
@@ -11,18 +11,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features
+from qa_ray.data import QAExample, cached_features, load_train_eval
 
 # Same right-padded batches and the same greedy-decode-and-score evaluation as the causal task.
 from qa_ray.tasks.generative import collator, context_window, evaluate
 
-__all__ = ["AUTO_CLASS", "PROMPT", "collator", "eval_features", "evaluate", "train_features"]
+__all__ = [
+    "AUTO_CLASS",
+    "FRESH_HEADS",
+    "PEFT_TASK_TYPE",
+    "PROMPT",
+    "QUALITATIVE_QUESTIONS",
+    "collator",
+    "eval_features",
+    "evaluate",
+    "load_train_eval",
+    "loss",
+    "train_features",
+]
 
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
+PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+FRESH_HEADS: tuple[str, ...] = ()
+QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
 PROMPT = "question: {question} context: {context}"
-_IGNORE = -100
 _MARGIN = 4
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (the model shifts ``labels`` into decoder
+    inputs; padded label positions are -100)."""
+    return model(**batch).loss
 
 
 def _source(tokenizer, cfg: DataConfig, context: str, question: str, answer) -> list[int]:

@@ -1,5 +1,5 @@
 """Generative QA with causal LMs (Llama, Falcon, Bloom, GPT-2, Mamba) on tiny random-init models
-(CPU, no hub): every family trains (loss down on a fixed batch) in full / LoRA / 8-bit / 4-bit,
+(CPU, no hub; learning in full / LoRA / 8-bit / 4-bit is the task-contract test):
 generate -> extract -> score gives EM/F1, and a sweep of generative trials lands in MLflow with
 its Pareto artifacts."""
 
@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 import yaml
-from conftest import assert_learns_on_a_fixed_batch, tiny_sweep, trial_dict
+from conftest import tiny_sweep, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -20,29 +20,6 @@ from qa_ray.tracking import child_runs
 
 pytestmark = pytest.mark.integration
 
-VARIANTS = [
-    ("llama", "full", 32),
-    ("llama", "lora", 32),
-    ("llama", "lora", 8),
-    ("llama", "lora", 4),
-    ("falcon", "full", 32),
-    ("falcon", "lora", 32),
-    ("falcon", "lora", 8),
-    ("falcon", "lora", 4),
-    ("bloom", "full", 32),
-    ("bloom", "lora", 32),
-    ("bloom", "lora", 8),
-    ("bloom", "lora", 4),
-    ("gpt2", "full", 32),
-    ("gpt2", "lora", 32),
-    ("gpt2", "lora", 8),
-    ("gpt2", "lora", 4),
-    ("mamba", "full", 32),
-    ("mamba", "lora", 32),
-    ("mamba", "lora", 8),
-    ("mamba", "lora", 4),
-]
-
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
@@ -51,8 +28,6 @@ def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
     # Falcon's projections are FalconLinear, which transformers 5 does not swap for bnb layers;
     # qa-ray builds them as nn.Linear for k-bit. Without that, a "4-bit" trial would silently
     # train full-precision weights: that is an error.
-    from transformers import AutoModelForCausalLM
-
     from qa_ray import models
 
     mcfg = ModelConfig(
@@ -61,7 +36,7 @@ def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
         finetune="lora",
         quantization_bits=bits,
     )
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    model = build_model(mcfg, torch.device("cpu"))
     kbit = [m for m in model.modules() if type(m).__module__.startswith("bitsandbytes")]
     assert len(kbit) == 2 * 4  # 2 layers x (query_key_value, dense, dense_h_to_4h, dense_4h_to_h)
     from transformers.models.falcon import modeling_falcon
@@ -69,7 +44,7 @@ def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
     assert modeling_falcon.FalconLinear is not torch.nn.Linear  # restored after loading
     monkeypatch.setattr(models, "_PLAIN_LINEAR_SUBCLASSES", {})
     with pytest.raises(ValueError, match="quantized no layer.*falcon"):
-        build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+        build_model(mcfg, torch.device("cpu"))
 
 
 def _setup(tiny_model_dir, tmp_path, kind, finetune="full", bits=32, **over):
@@ -80,29 +55,14 @@ def _setup(tiny_model_dir, tmp_path, kind, finetune="full", bits=32, **over):
     return cfg, mcfg, build_tokenizer(mcfg)
 
 
-@pytest.mark.parametrize("kind, finetune, bits", VARIANTS)
-def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetune, bits):
-    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, finetune, bits)
-    train, _ = load_train_eval(cfg.data)
-    feats = generative.train_features(train[:8], tok, cfg.data)
-    batch = generative.collator(tok)([feats[i] for i in range(8)])
-    torch.manual_seed(0)
-    from transformers import AutoModelForCausalLM
-
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
-    assert_learns_on_a_fixed_batch(model, batch, finetune, bits)
-
-
 @pytest.mark.parametrize("kind, finetune", [("llama", "lora"), ("falcon", "full"), ("bloom", "full"),
                                             ("gpt2", "lora"), ("mamba", "lora")])  # fmt: skip
 def test_answer_only_logits_give_the_models_own_loss(tiny_model_dir, tmp_path, kind, finetune):
-    from transformers import AutoModelForCausalLM
-
     cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, finetune)
     train, _ = load_train_eval(cfg.data)
     feats = generative.train_features(train[:6], tok, cfg.data)
     batch = generative.collator(tok)([feats[i] for i in range(6)])  # right-padded, mixed lengths
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    model = build_model(mcfg, torch.device("cpu"))
     ours = generative.loss(model, batch)
     theirs = model(**batch).loss
     assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
@@ -148,9 +108,7 @@ def test_generate_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path, ki
     _, evals = load_train_eval(cfg.data)
     evals = evals[:6]
     feats = generative.eval_features(evals, tok, cfg.data)
-    from transformers import AutoModelForCausalLM
-
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    model = build_model(mcfg, torch.device("cpu"))
     cpu = torch.device("cpu")
     out = generative.evaluate(model, evals, feats, tok, cfg.data, cpu, 4, contextlib.nullcontext)
     assert set(out.predictions) == {ex.id for ex in evals}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ASSETS, losses_on_a_fixed_batch, tiny_sweep, trial_dict
+from conftest import ASSETS, tiny_sweep, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import TrialConfig
@@ -35,10 +35,8 @@ def _setup(tiny_model_dir, tmp_path, kind="llama", finetune="lora", bits=32, **o
 
 
 def _model(mcfg):
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(0)
-    return build_model(mcfg, torch.device("cpu"), AutoModelForCausalLM)
+    return build_model(mcfg, torch.device("cpu"))
 
 
 def test_sequences_are_the_alpaca_prompt_then_the_response(tiny_model_dir, tmp_path):
@@ -59,19 +57,6 @@ def test_sequences_are_the_alpaca_prompt_then_the_response(tiny_model_dir, tmp_p
     cut = instruction.train_features(train, tok, short)
     assert 0 < len(cut) < len(train)
     assert all(len(r["input_ids"]) <= 64 and r["labels"][-1] != -100 for r in cut)
-
-
-@pytest.mark.parametrize("kind, bits", [("llama", 4), ("falcon", 4), ("bloom", 8)])
-def test_kbit_lora_learns_the_responses(tiny_model_dir, tmp_path, kind, bits):
-    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, kind, bits=bits)
-    train, _ = instruction.load_train_eval(cfg.data)
-    feats = instruction.train_features(train[:8], tok, cfg.data)
-    batch = instruction.collator(tok)([feats[i] for i in range(8)])
-    model = _model(mcfg)
-    kbit = {"Linear4bit", "Linear8bitLt"}
-    assert any(type(m).__name__ in kbit for m in model.modules())  # Falcon too
-    losses = losses_on_a_fixed_batch(model, batch, lr=5e-2, steps=10)
-    assert losses[-1] < losses[0] - 0.05, losses
 
 
 def test_evaluate_gives_token_weighted_loss_perplexity_and_answers(tiny_model_dir, tmp_path):

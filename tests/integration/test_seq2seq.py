@@ -1,5 +1,5 @@
-"""Seq2seq QA (T5) on a tiny random-init T5 (CPU, no hub): full / LoRA / 8-bit / 4-bit training
-moves the loss on a fixed batch, decoder labels are the answer, and decode -> extract -> score
+"""Seq2seq QA (T5) on a tiny random-init T5 (CPU, no hub; learning in full / LoRA / 8-bit /
+4-bit is the task-contract test): decoder labels are the answer, and decode -> extract -> score
 gives EM/F1 through ``qa-ray train``."""
 
 import contextlib
@@ -7,8 +7,7 @@ import contextlib
 import pytest
 import torch
 import yaml
-from conftest import assert_learns_on_a_fixed_batch, trial_dict
-from transformers import AutoModelForSeq2SeqLM
+from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import TrialConfig
@@ -27,17 +26,6 @@ def _setup(tiny_model_dir, tmp_path, finetune="full", bits=32, **over):
     return cfg, mcfg, build_tokenizer(mcfg)
 
 
-@pytest.mark.parametrize("finetune, bits", [("full", 32), ("lora", 32), ("lora", 8), ("lora", 4)])
-def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, finetune, bits):
-    cfg, mcfg, tok = _setup(tiny_model_dir, tmp_path, finetune, bits)
-    train, _ = load_train_eval(cfg.data)
-    feats = seq2seq.train_features(train[:8], tok, cfg.data)
-    batch = seq2seq.collator(tok)([feats[i] for i in range(8)])
-    torch.manual_seed(0)
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForSeq2SeqLM)
-    assert_learns_on_a_fixed_batch(model, batch, finetune, bits)
-
-
 def test_decoder_labels_are_the_answer(tiny_model_dir, tmp_path):
     cfg, _, tok = _setup(tiny_model_dir, tmp_path)
     train, _ = load_train_eval(cfg.data)
@@ -54,7 +42,7 @@ def test_decode_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path):
     _, evals = load_train_eval(cfg.data)
     evals = evals[:6]
     feats = seq2seq.eval_features(evals, tok, cfg.data)
-    model = build_model(mcfg, torch.device("cpu"), AutoModelForSeq2SeqLM)
+    model = build_model(mcfg, torch.device("cpu"))
     cpu = torch.device("cpu")
     out = seq2seq.evaluate(model, evals, feats, tok, cfg.data, cpu, 4, contextlib.nullcontext)
     assert set(out.predictions) == {ex.id for ex in evals}

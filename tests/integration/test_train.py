@@ -4,53 +4,16 @@ import json
 
 import pytest
 import torch
-from conftest import losses_on_a_fixed_batch, trial_dict
+from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
 from qa_ray.data import load_train_eval
-from qa_ray.models import build_model, build_tokenizer, model_size
+from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import extractive
 from qa_ray.train import train_loop_per_worker
 
 pytestmark = pytest.mark.integration
-
-VARIANTS = [
-    ("bert", "full", 32),
-    ("bert", "lora", 32),
-    ("bert", "lora", 4),
-    ("bert", "lora", 8),
-    ("albert", "full", 32),
-    ("albert", "lora", 32),
-    ("albert", "lora", 4),
-    ("albert", "lora", 8),
-    ("llama", "full", 32),
-    ("llama", "lora", 32),
-    ("llama", "lora", 4),
-    ("llama", "lora", 8),
-]
-
-
-@pytest.mark.parametrize("kind, finetune, bits", VARIANTS)
-def test_loss_goes_down_on_a_fixed_batch(tiny_model_dir, tmp_path, kind, finetune, bits):
-    cfg = TrialConfig.model_validate(trial_dict(tiny_model_dir(kind), tmp_path))
-    mcfg = ModelConfig(
-        name_or_path=cfg.model.name_or_path, finetune=finetune, quantization_bits=bits
-    )
-    tok = build_tokenizer(mcfg)
-    train, _ = load_train_eval(cfg.data)
-    feats = extractive.train_features(train[:8], tok, cfg.data)
-    batch = extractive.collator(tok)([feats[i] for i in range(8)])
-    torch.manual_seed(0)
-    model = build_model(mcfg, torch.device("cpu"))
-    size = model_size(model)
-    if finetune == "lora":
-        assert size.trainable_params < size.total_params / 5
-        assert any("qa_outputs" in n and p.requires_grad for n, p in model.named_parameters())
-    if bits == 4:
-        assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
-    losses = losses_on_a_fixed_batch(model, batch, lr=1e-2, steps=8)
-    assert losses[-1] < losses[0] * 0.9, losses
 
 
 def test_train_cli_writes_predictions_metrics_and_checkpoints(tiny_model_dir, tmp_path, capsys):
@@ -90,18 +53,17 @@ def test_train_cli_writes_predictions_metrics_and_checkpoints(tiny_model_dir, tm
     assert "step 2 " in capsys.readouterr().out  # progress line per evaluation
 
 
-def test_seeded_tiny_run_is_reproducible(tiny_model_dir, tmp_path):
-    """A seeded tiny run gives the stored loss (tolerance covers BLAS differences)."""
+def test_seeded_tiny_run_is_reproducible_and_the_seed_matters(tiny_model_dir, tmp_path):
+    """Same seed, same run (data order, initialization of the fresh head, dropout); another
+    seed, another run."""
     cfg = trial_dict(
         tiny_model_dir("bert"), tmp_path, train__max_steps=3, train__save_checkpoints=False
     )
     a = train_loop_per_worker(cfg)
     b = train_loop_per_worker(cfg)
-    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    assert a["train_loss"] == pytest.approx(EXPECTED_SEEDED_LOSS, abs=0.05)
-
-
-EXPECTED_SEEDED_LOSS = 4.87
+    c = train_loop_per_worker(dict(cfg, train={**cfg["train"], "seed": 7}))
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    assert abs(a["train_loss"] - c["train_loss"]) > 1e-4
 
 
 def test_two_workers_gloo_ray_train(tiny_model_dir, tmp_path):

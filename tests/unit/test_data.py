@@ -210,3 +210,27 @@ def test_a_sweep_over_a_bad_local_data_file_exits_2_before_ray_starts(
         err = capsys.readouterr().err
         assert str(bad) in err and expected in err, err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_feature_cache_key_covers_tokenizer_properties_that_change_features():
+    """Two tokenizers that differ only in their EOS/BOS ids or truncation side make different
+    features, so they must not share a cache entry."""
+    from transformers import AutoTokenizer
+
+    from qa_ray.data import tokenizer_fingerprint
+
+    base = AutoTokenizer.from_pretrained(ASSETS / "bpe")
+    seen = {tokenizer_fingerprint(base)}
+    for change in (
+        {"eos_token": "<pad>"},
+        {"bos_token": "</s>"},
+        {"truncation_side": "left"},
+        {"padding_side": "left" if base.padding_side == "right" else "right"},
+    ):
+        tok = AutoTokenizer.from_pretrained(ASSETS / "bpe")
+        for k, v in change.items():
+            setattr(tok, k, v)
+        fp = tokenizer_fingerprint(tok)
+        assert fp not in seen, change
+        seen.add(fp)
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(ASSETS / "bpe")) in seen

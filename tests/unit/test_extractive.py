@@ -122,3 +122,75 @@ def test_postprocess_best_span_over_windows_and_no_answer():
     assert extractive.postprocess(
         [ex], _feats(offsets, ["q", "q"]), [s0, s1], [e0, e1], max_answer_length=1
     ) == {"q": "Denver"}
+
+
+def test_batches_are_right_padded_whatever_the_tokenizers_padding_side(tmp_path):
+    """Span labels count from the left: a left-padding tokenizer (decoders often ship one)
+    must not shift the labelled tokens."""
+    tok = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    tok.padding_side = "left"
+    ex = load_examples(str(ASSETS / "squad_v1_tiny.json"))[:6]
+    cfg = DataConfig(path="x", max_seq_length=128, doc_stride=32, cache_dir=str(tmp_path))
+    feats = extractive.train_features(ex, tok, cfg)
+    rows = [feats[i] for i in range(len(feats))]
+    batch = extractive.collator(tok)(rows)
+    assert (batch["attention_mask"][:, 0] == 1).all()  # nothing padded on the left
+    for row, ids, s, e in zip(
+        rows, batch["input_ids"], batch["start_positions"], batch["end_positions"], strict=True
+    ):
+        assert ids[: len(row["input_ids"])].tolist() == list(row["input_ids"])
+        assert ids[s : e + 1].tolist() == list(row["input_ids"])[s : e + 1]
+
+
+def test_no_answer_position_is_the_cls_token_or_a_decoders_last_token(tmp_path):
+    """A decoder's causal attention sees the window only from its last position: there its
+    no-answer label goes; encoders keep CLS (position 0)."""
+    ex = [e for e in load_examples(str(ASSETS / "squad_v2_tiny.json")) if not e.answers][:4]
+    cfg = DataConfig(path="x", max_seq_length=128, doc_stride=32, cache_dir=str(tmp_path))
+    wordpiece = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    bpe = AutoTokenizer.from_pretrained(ASSETS / "bpe")
+    assert not extractive.no_answer_last(wordpiece) and extractive.no_answer_last(bpe)
+    enc = extractive.train_features(ex, wordpiece, cfg)
+    assert set(enc["start_positions"]) == set(enc["end_positions"]) == {0}
+    dec = extractive.train_features(ex, bpe, cfg)
+    lengths = [len(ids) - 1 for ids in dec["input_ids"]]
+    assert dec["start_positions"] == dec["end_positions"] == lengths
+    # postprocess reads the no-answer score at the same place
+    q = ex[0]
+    offsets = [[None, (0, 3), (4, 8), None]]
+    s, e = np.array([0.0, 1.0, 0.0, 5.0]), np.array([0.0, 0.0, 1.0, 5.0])
+    feats = _feats(offsets, [q.id])
+    assert extractive.postprocess([q], feats, [s], [e], allow_no_answer=True) == {
+        q.id: q.context[0:8]
+    }
+    assert extractive.postprocess([q], feats, [s], [e], allow_no_answer=True, null_last=True) == {
+        q.id: ""
+    }
+
+
+def test_squad_v2_scoring_is_decided_by_the_dataset_not_the_eval_slice(tmp_path):
+    """An eval slice of a SQuAD 2.0 set that happens to hold only answerable questions still
+    lets the empty answer win; ``data.squad_v2`` overrides."""
+    from qa_ray.train import _setup_data
+
+    class _Session:
+        world_rank, world_size = 0, 1
+
+    from qa_ray.config import TrialConfig
+
+    cfg = TrialConfig.model_validate(
+        {
+            "model": {"name_or_path": str(ASSETS / "wordpiece")},
+            "data": {"path": str(ASSETS / "squad_v2_tiny.json"), "cache_dir": str(tmp_path),
+                     "max_seq_length": 128, "doc_stride": 32},
+        }
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    resolved, *_ = _setup_data(cfg, extractive, tok, _Session())
+    assert resolved.data.squad_v2 is True
+    v1 = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"path": str(ASSETS / "squad_v1_tiny.json")})}
+    )
+    assert _setup_data(v1, extractive, tok, _Session())[0].data.squad_v2 is False
+    forced = v1.model_copy(update={"data": v1.data.model_copy(update={"squad_v2": True})})
+    assert _setup_data(forced, extractive, tok, _Session())[0].data.squad_v2 is True

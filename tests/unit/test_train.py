@@ -1,26 +1,98 @@
 import pytest
+import torch
 
-from qa_ray.config import TrainConfig
-from qa_ray.train import lr_factor
+from qa_ray.config import TrainConfig, TrialConfig
+from qa_ray.train import Precision, ResumableSampler, TimeBudget, lr_factor, resolve_precision
 
 
 def test_warmup_then_linear_decay_to_zero():
     cfg = TrainConfig(warmup_steps=4)
-    h = {"total": 14}
-    assert [round(lr_factor(s, cfg, h), 3) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
-    assert lr_factor(4, cfg, h) == 1.0
-    assert lr_factor(9, cfg, h) == pytest.approx(0.5)
-    assert lr_factor(14, cfg, h) == 0.0 and lr_factor(20, cfg, h) == 0.0
+    assert [round(lr_factor(s, cfg, 14), 3) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
+    assert lr_factor(4, cfg, 14) == 1.0
+    assert lr_factor(9, cfg, 14) == pytest.approx(0.5)
+    assert lr_factor(14, cfg, 14) == 0.0 and lr_factor(20, cfg, 14) == 0.0
 
 
 def test_cosine_and_constant_and_replanned_horizon():
     cos = TrainConfig(lr_scheduler="cosine", warmup_ratio=0.0)
-    assert lr_factor(5, cos, {"total": 10}) == pytest.approx(0.5)
+    assert lr_factor(5, cos, 10) == pytest.approx(0.5)
     const = TrainConfig(lr_scheduler="constant_with_warmup", warmup_steps=2)
-    assert lr_factor(50, const, {"total": 10}) == 1.0
+    assert lr_factor(50, const, 10) == 1.0
     # a time budget shortens the horizon mid-run: the same step is later in the schedule
     lin = TrainConfig()
-    h = {"total": 100}
-    before = lr_factor(40, lin, h)
-    h["total"] = 50
-    assert lr_factor(40, lin, h) < before
+    assert lr_factor(40, lin, 50) < lr_factor(40, lin, 100)
+
+
+def test_time_budget_replans_from_the_running_step_time_and_resumes_its_clock(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("qa_ray.train.time.perf_counter", lambda: now[0])
+    budget = TimeBudget(seconds=60.0, planned_steps=1000)
+    budget.start()
+    now[0] += 6.0  # 3 steps of 2 s
+    budget.replan(3)
+    assert budget.horizon == 30 and not budget.expired()
+    state = budget.state_dict()
+    resumed = TimeBudget(seconds=60.0, planned_steps=1000)
+    resumed.load_state_dict(state)
+    now[0] += 1000.0  # a restart takes a while: not counted
+    resumed.start()
+    now[0] += 54.0
+    assert resumed.elapsed() == pytest.approx(60.0) and resumed.expired()
+    assert resumed.horizon == 30
+    unbudgeted = TimeBudget(seconds=None, planned_steps=7)
+    unbudgeted.replan(5)
+    assert unbudgeted.horizon == 7 and not unbudgeted.expired()
+
+
+def test_the_sampler_follows_train_seed_and_skips_where_a_resumed_trial_left_off():
+    data = list(range(40))
+    order = {s: list(ResumableSampler(data, num_replicas=1, rank=0, seed=s)) for s in (1, 2)}
+    assert order[1] != order[2] and sorted(order[1]) == data
+    again = ResumableSampler(data, num_replicas=1, rank=0, seed=1)
+    assert list(again) == order[1]
+    again.skip = 15
+    assert list(again) == order[1][15:]
+    assert list(again) == order[1]  # the skip applies once
+    ranks = [list(ResumableSampler(data, num_replicas=2, rank=r, seed=1)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == data
+
+
+def _trial(bits=32, finetune="full", precision="auto") -> TrialConfig:
+    return TrialConfig.model_validate(
+        {
+            "model": {"name_or_path": "m", "quantization_bits": bits, "finetune": finetune},
+            "data": {"path": "d.json"},
+            "train": {"precision": precision},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "bits, finetune, precision, bf16_ok, want",
+    [
+        (32, "full", "auto", True, torch.bfloat16),
+        (32, "full", "auto", False, torch.float16),
+        (32, "full", "fp32", True, None),
+        (16, "full", "auto", True, torch.bfloat16),
+        (4, "lora", "fp16", True, torch.float16),
+        (4, "lora", "bf16", True, torch.bfloat16),
+    ],
+)
+def test_precision_on_gpu(monkeypatch, bits, finetune, precision, bf16_ok, want):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    p = resolve_precision(_trial(bits, finetune, precision), torch.device("cuda"))
+    assert p == Precision("cuda", want)
+    assert p.compute_dtype == (want or torch.float32)
+    assert p.scales_loss == (want == torch.float16)  # GradScaler enabled only for fp16
+
+
+@pytest.mark.parametrize("bits, want", [(32, None), (4, None), (8, None), (16, torch.bfloat16)])
+def test_precision_on_cpu_autocasts_only_16_bit_trials(bits, want):
+    finetune = "lora" if bits in (4, 8) else "full"
+    p = resolve_precision(_trial(bits, finetune, "bf16"), torch.device("cpu"))
+    assert p.dtype == want and not p.scaler().is_enabled()
+
+
+def test_16_bit_weights_with_fp32_precision_is_a_validation_error():
+    with pytest.raises(ValueError, match="precision fp32 cannot hold"):
+        _trial(16, "lora", "fp32")

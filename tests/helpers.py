@@ -1,0 +1,135 @@
+"""Helpers shared by the tests (imported as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class RecordingSession:
+    """A :class:`qa_ray.train.Session` that keeps every report in memory (one worker, or one
+    rank of a process group the test set up), and can hand the loop a checkpoint to resume."""
+
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str = "cpu",
+        resume_from: str | None = None,
+        keep_checkpoints: str | None = None,
+    ):
+        self.world_rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.resume_from = resume_from
+        self.keep_checkpoints = keep_checkpoints  # a folder to copy every checkpoint into
+        self.reports: list[dict[str, Any]] = []
+        self.model: torch.nn.Module | None = None
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        self.model = model
+        return model
+
+    def latest_checkpoint(self) -> str | None:
+        return self.resume_from
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir and self.keep_checkpoints:
+            import shutil
+            from pathlib import Path
+
+            target = Path(self.keep_checkpoints) / f"step_{metrics['step']:06d}"
+            shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
+
+    def losses(self) -> list[float]:
+        return [r["train_loss"] for r in self.reports]
+
+
+def param_checksum(model: torch.nn.Module) -> float:
+    """A float that changes when any trained parameter changes."""
+    module = getattr(model, "module", model)
+    with torch.no_grad():
+        return float(
+            sum(
+                (p.double() * (i + 1)).sum()
+                for i, p in enumerate(q for q in module.parameters() if q.requires_grad)
+            )
+        )
+
+
+def count_gradient_syncs(model: torch.nn.Module, counter: list[int]) -> None:
+    """Counts DDP's gradient all-reduces (one per bucket per synchronizing backward)."""
+
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def hook(state, bucket):
+        counter[0] += 1
+        return allreduce_hook(None, bucket)
+
+    model.register_comm_hook(None, hook)
+
+
+def ddp_rank(rank: int, world_size: int, init_file: str, cfg: dict, out_dir: str) -> None:
+    """One rank of a gloo process group running the real loop (``torch.multiprocessing``)."""
+    import json
+
+    import torch.distributed as dist
+
+    from qa_ray.train import train_loop_per_worker
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    syncs = [0]
+
+    class Session(RecordingSession):
+        def prepare(self, model):
+            model = super().prepare(model)
+            count_gradient_syncs(model, syncs)
+            return model
+
+    session = Session(rank, world_size)
+    try:
+        train_loop_per_worker(cfg, session)
+        result = {
+            "reports": session.reports,
+            "checksum": param_checksum(session.model),
+            "syncs": syncs[0],
+        }
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def cuda_only_group_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """One rank of a process group whose only backend serves CUDA tensors, as NCCL's does
+    (here gloo mapped to ``cuda``): what a CPU tensor and :func:`collective_device` meet."""
+    import json
+
+    import torch.distributed as dist
+
+    from qa_ray.train import collective_device
+
+    dist.init_process_group(
+        "cuda:gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    out: dict[str, str] = {"backend": dist.get_backend_config()}
+    try:
+        dist.broadcast(torch.zeros(1), src=0)
+        out["cpu_tensor"] = "accepted"
+    except Exception as exc:  # what the loop's old CPU-tensor collectives met under NCCL
+        out["cpu_tensor"] = f"rejected: {exc}"
+    out["worker_on_cuda"] = str(collective_device(torch.device("cuda", rank)))
+    try:
+        collective_device(torch.device("cpu"))
+        out["worker_on_cpu"] = "accepted"
+    except RuntimeError as exc:
+        out["worker_on_cpu"] = f"rejected: {exc}"
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump(out, f)
+    dist.destroy_process_group()
