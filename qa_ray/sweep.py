@@ -149,13 +149,31 @@ def _sampler(cfg: SweepConfig):
     return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
 
 
-def _run_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str) -> None:
+def _evaluated_reports_to_tune(objectives: tuple[str, ...]):
+    """Ray Tune's ``TuneReportCallback`` for the reports that carry every objective.
+
+    The loop also reports between evaluations to hand Ray Train a checkpoint
+    (``train.checkpoint_steps``); those carry no scores, and Tune rejects a result without the
+    searcher's metrics. They stay with Ray Train (a restarted worker group resumes from them).
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EvaluatedReportsToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if all(k in metrics[0] for k in objectives):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EvaluatedReportsToTune()
+
+
+def _run_trial(
+    config: dict[str, Any], base: dict[str, Any], storage_path: str, objectives: tuple[str, ...]
+) -> None:
     """One Tune trial: a Ray Train run of the sampled configuration."""
     from pydantic import ValidationError
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from qa_ray.train import train_loop_per_worker
 
@@ -177,7 +195,7 @@ def _run_trial(config: dict[str, Any], base: dict[str, Any], storage_path: str) 
         run_config=RunConfig(
             name=f"{ctx.get_experiment_name()}-train-{ctx.get_trial_name()}",
             storage_path=storage_path,
-            callbacks=[TuneReportCallback()],
+            callbacks=[_evaluated_reports_to_tune(objectives)],
             checkpoint_config=CheckpointConfig(num_to_keep=trial_cfg.train.checkpoints_to_keep),
             # A lost worker (preemption, dead node, OOM kill) restarts the worker group, which
             # resumes from the trial's last checkpoint (ray.train.get_checkpoint in the loop).
@@ -397,7 +415,13 @@ def _fit(
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
     # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
     trainable = tune.with_resources(
-        partial(_run_trial, base=base, storage_path=f"{exp_path}/train"), {"memory": 1}
+        partial(
+            _run_trial,
+            base=base,
+            storage_path=f"{exp_path}/train",
+            objectives=tuple(o.metric for o in cfg.objectives),
+        ),
+        {"memory": 1},
     )
     callbacks = [
         MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS, base_config=base),

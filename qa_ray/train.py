@@ -91,6 +91,10 @@ class Session(Protocol):
         """Reports metrics (every rank) and a checkpoint (rank 0, or ``None``)."""
         ...
 
+    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
+        """Keeps the final metrics and predictions (rank 0) where the user reads them."""
+        ...
+
 
 class LocalSession:
     """Stands in for Ray Train when the loop runs in-process: one worker, files in ``output_dir``.
@@ -131,6 +135,12 @@ class LocalSession:
         shutil.copytree(checkpoint_dir, target)
         for old in _local_checkpoints(self.output_dir)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if predictions is not None:
+            (self.output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
 
 
 def _local_checkpoints(output_dir: Path) -> list[Path]:
@@ -180,6 +190,9 @@ class RaySession:
             worker_node_id=ray.get_runtime_context().get_node_id(),
         )
         ray.train.report(metrics, checkpoint=checkpoint)
+
+    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
+        pass  # the final report's checkpoint holds them (metrics.json, predictions.json)
 
 
 def _in_ray_worker() -> bool:
@@ -646,8 +659,7 @@ def report(
     trial: Trial, meters: Meters, *, evaluate: bool, checkpoint: bool, final: bool = False
 ) -> dict[str, Any]:
     """Reports the training meters (every rank), with an evaluation and a checkpoint from rank
-    0 when asked; writes ``metrics.json`` and ``predictions.json`` to ``output_dir`` at the
-    end of an in-process run."""
+    0 when asked; the final report's metrics and predictions are also the session's results."""
     session = trial.session
     result: dict[str, Any] = {}
     predictions: dict[str, str] | None = None
@@ -678,12 +690,8 @@ def report(
     if checkpoint and trial.cfg.train.save_checkpoints and trial.rank0:
         meters.last_checkpoint_time = trial.budget.elapsed()
         ckpt = save_checkpoint(trial, meters, result, predictions)
-    if final and trial.rank0 and isinstance(session, LocalSession):
-        out = Path(trial.cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        if predictions is not None:
-            (out / "predictions.json").write_text(json.dumps(predictions, indent=2))
+    if final and trial.rank0:
+        session.save_results(result, predictions)
     try:
         session.report(result, ckpt)  # [ray 3]
     finally:

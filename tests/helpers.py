@@ -44,6 +44,9 @@ class RecordingSession:
             target = Path(self.keep_checkpoints) / f"step_{metrics['step']:06d}"
             shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
 
+    def save_results(self, metrics, predictions) -> None:
+        self.results = (metrics, predictions)
+
     def losses(self) -> list[float]:
         return [r["train_loss"] for r in self.reports]
 

@@ -240,6 +240,9 @@ class _StopAfter:
     def latest_checkpoint(self):
         return None
 
+    def save_results(self, metrics, predictions):
+        self.inner.save_results(metrics, predictions)
+
     def report(self, metrics, checkpoint_dir):
         self.inner.report(metrics, checkpoint_dir)
         if metrics["step"] >= self.step:

@@ -1,0 +1,135 @@
+"""A trial survives losing its worker: SIGKILL the Ray Train worker process of a running trial
+(as a spot preemption or the OOM killer would) and the trial resumes from its last checkpoint,
+ends COMPLETE, keeps one MLflow history, and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+import yaml
+from conftest import ASSETS
+from mlflow.tracking import MlflowClient
+
+from qa_ray.tracking import child_runs
+from qa_ray.train import train_loop_per_worker
+
+pytestmark = pytest.mark.integration
+
+STEPS, EVERY, EVAL = 300, 15, 60
+
+
+def _sweep(tmp_path, model) -> tuple[dict, str]:
+    base = {
+        "name": "killed-worker",
+        "model": {"name_or_path": str(model), "dropout": 0.1},
+        "data": {
+            "path": str(ASSETS / "squad_v1_tiny.json"),
+            "max_seq_length": 128,
+            "doc_stride": 32,
+            "cache_dir": str(tmp_path / "cache"),
+            "max_eval_examples": 20,
+        },
+        "train": {
+            "max_steps": STEPS,
+            "per_device_batch_size": 8,
+            "learning_rate": 1e-3,
+            "checkpoint_steps": EVERY,
+            "eval_steps": EVAL,
+        },
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 2},
+        "search": {
+            "num_samples": 1,
+            "sampler": "random",
+            "space": {"params": {"warmup_ratio": {"type": "categorical", "choices": [0.1]}}},
+        },
+        "storage_path": str(tmp_path / "runs"),
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment_name": "t"},
+    }
+    return base, base["tracking"]["tracking_uri"]
+
+
+def _train_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "RayTrainWorker" in cmd:
+            found.append(p)
+    return found
+
+
+def _registered_steps(runs) -> list[int]:
+    """The steps of the checkpoints Ray Train's controller has registered (its snapshot)."""
+    steps = []
+    for snapshot in runs.rglob("checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(ValueError, OSError):  # being rewritten
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+            steps += [r["metrics"]["step"] for r in results]
+    return steps
+
+
+def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_dir, tmp_path):
+    base, uri = _sweep(tmp_path, tiny_model_dir("bert"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(base))
+    log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qa_ray.cli", "sweep", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            # Kill mid-training, once Ray Train has registered a checkpoint of the trial.
+            if _registered_steps(tmp_path / "runs"):
+                workers = _train_workers()
+                if workers:
+                    killed = workers[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.1)
+        assert killed, "the trial ended (or never checkpointed) before it could be killed"
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "sweep.log").read_text()
+    assert "resumed from" in out, out[-3000:]
+
+    client = MlflowClient(uri)
+    parent = client.search_runs(
+        [client.get_experiment_by_name("t").experiment_id], "tags.`qa_ray.role` = 'sweep'"
+    )[0]
+    (child,) = child_runs(uri, parent.info.run_id)
+    assert child.info.status == "FINISHED"
+    steps = [h.step for h in client.get_metric_history(child.info.run_id, "train_loss")]
+    # One history, one point per evaluation: each step once, in order, continuing after the
+    # kill (no second start from step 0 or from before the checkpoint).
+    assert steps == list(range(EVAL, STEPS + 1, EVAL)), steps
+
+    # The same trial run through, in one thread as the Ray worker (1 CPU) computes.
+    trial = dict(base, output_dir=str(tmp_path / "through"))
+    trial["train"] = {**base["train"], "warmup_ratio": 0.1, "save_checkpoints": False}
+    for key in ("search", "storage_path", "tracking"):
+        trial.pop(key)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        through = train_loop_per_worker(trial)
+    finally:
+        torch.set_num_threads(threads)
+    final = child.data.metrics
+    for key in ("train_loss", "eval_f1", "eval_exact"):
+        assert final[key] == pytest.approx(through[key], rel=1e-3, abs=1e-3), key
