@@ -8,8 +8,10 @@
     qa-ray submit SWEEP.yaml --address http://HEAD:8265 [key=value ...] [--no-follow]
     qa-ray job status|logs|stop JOB_ID --address http://HEAD:8265
 
-Exit codes: 0 ok, 1 the run itself failed, 2 bad input (config, data, predictions), with a
-message naming the file, the field and the value.
+Exit codes: 0 ok (a sweep: at least one trial completed; with --strict, none failed), 1 the run
+itself failed (a sweep: every trial failed), 2 bad input (config, data, predictions), with a
+message naming the file, the field and the value, 130 / 143 a sweep interrupted by SIGINT /
+SIGTERM (its state saved: the printed --resume command continues it).
 """
 
 from __future__ import annotations
@@ -116,48 +118,127 @@ def _cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def _resume_command(args) -> str:
+    import shlex
+
+    parts = ["qa-ray", "sweep", args.sweep, *args.overrides, "--resume"]
+    if args.address:
+        parts += ["--address", args.address]
+    if args.tracking_uri:
+        from qa_ray.tracking import redact_uri
+
+        parts += ["--tracking-uri", redact_uri(args.tracking_uri)]
+    return shlex.join(parts)
+
+
+def _failure_groups(trials) -> list[str]:
+    """Failed trials grouped by reason, most frequent first: ``3 x OSError: ...``."""
+    import collections
+
+    counts = collections.Counter(t["error"] for t in trials if t["status"] == "FAILED")
+    return [f"{n} x {reason}" for reason, n in counts.most_common()]
+
+
 def _cmd_sweep(args) -> int:
+    import signal
+
     import yaml
 
-    from qa_ray.sweep import plan, run_sweep
+    from qa_ray.sweep import check_resume, plan, run_sweep
     from qa_ray.sweep_config import load_sweep_config
-    from qa_ray.tracking import resolve_tracking_uri
+    from qa_ray.tracking import redact_uri, resolve_tracking_uri
 
     cfg = load_sweep_config(args.sweep, args.overrides)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     if args.dry_run:
         print("# resolved sweep config\n" + resolved)
-        print(f"# tracking: {uri} (experiment {cfg.tracking.experiment_name!r})")
+        print(f"# tracking: {redact_uri(uri)} (experiment {cfg.tracking.experiment_name!r})")
         print("# resource plan (this machine's resources are counted when the sweep starts)")
         print(json.dumps(plan(cfg), indent=2, default=str))
         return EXIT_OK
+    from qa_ray.config import check_hub_ids
+
+    for warning in check_hub_ids(cfg.trial_config(), args.sweep):
+        print(f"[qa-ray] note: {warning}; the trials will load it", flush=True)
+    if args.resume:
+        explicit = bool(
+            args.tracking_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        )
+        uri = check_resume(cfg, uri, explicit)
     result = run_sweep(cfg, uri, address=args.address, resume=args.resume, resolved_yaml=resolved)
+    trials = result.trials
+    complete = [t for t in trials if t["status"] == "COMPLETE"]
+    failed = [t for t in trials if t["status"] == "FAILED"]
+    groups = _failure_groups(trials)
+    if result.interrupted_by is not None:
+        name = signal.Signals(result.interrupted_by).name
+        print(
+            f"\n[qa-ray] interrupted ({name}): {len(complete)} trials complete, {len(failed)} "
+            f"failed, the trials in flight stopped; MLflow parent run {result.parent_run_id} "
+            "is KILLED and no Pareto report was published.\n"
+            f"[qa-ray] continue it with: {_resume_command(args)}",
+            flush=True,
+        )
+        return 128 + result.interrupted_by
+    if not complete:
+        print(
+            f"\n[qa-ray] every trial failed ({len(failed)} of {len(trials)}); MLflow parent run "
+            f"{result.parent_run_id} is FAILED. Reasons:",
+            flush=True,
+        )
+        for line in groups:
+            print(f"  {line}")
+        return EXIT_FAILED
     from qa_ray.report import publish_pareto, trials_table
 
     summary = publish_pareto(uri, result.parent_run_id, cfg.objectives)
     print(trials_table(summary))
-    failed = sum(1 for t in result.trials if t["status"] == "FAILED")
     print(
-        f"\n[qa-ray] {len(result.trials)} trials ({failed} failed). MLflow parent run "
-        f"{result.parent_run_id}\n[qa-ray] open it: mlflow ui --backend-store-uri {uri}  "
+        f"\n[qa-ray] {len(complete)} of {len(trials)} trials complete, {len(failed)} failed. "
+        f"MLflow parent run {result.parent_run_id}"
+    )
+    for line in groups:
+        print(f"  failed: {line}")
+    print(
+        f"[qa-ray] open it: mlflow ui --backend-store-uri {redact_uri(uri)}  "
         f"(experiment {cfg.tracking.experiment_name!r}, run {cfg.name!r}; filter trials on the "
         f'front with tags.pareto_optimal = "true")'
     )
+    if failed and args.strict:
+        print(f"[qa-ray] --strict: {len(failed)} failed trial(s) make the sweep fail")
+        return EXIT_FAILED
     return EXIT_OK
 
 
 def _cmd_pareto(args) -> int:
+    from pydantic import ValidationError
+
+    from qa_ray.pareto import parse_constraint
     from qa_ray.report import find_parent_run, publish_pareto, trials_table
-    from qa_ray.sweep_config import Objective
+    from qa_ray.sweep_config import OBJECTIVE_METRICS, Objective
     from qa_ray.tracking import resolve_tracking_uri
 
+    # Checked before reading MLflow: every error at once, exit 2.
+    errors, objectives = [], []
+    for flag, metric, mode in (("--y", args.y, args.y_mode), ("--x", args.x, args.x_mode)):
+        try:
+            objectives.append(Objective(metric=metric, mode=mode))
+        except ValidationError:
+            errors.append(f"`{flag}`: unknown metric {metric!r}, expected one of "
+                          f"{list(OBJECTIVE_METRICS)}")  # fmt: skip
+    for text in args.constraint or []:
+        try:
+            c = parse_constraint(text)
+        except ValueError as exc:
+            errors.append(f"`--constraint`: {exc}")
+            continue
+        if c.metric not in OBJECTIVE_METRICS:
+            errors.append(f"`--constraint`: unknown metric {c.metric!r} in {text!r}")
+    if errors:
+        raise ConfigError("command line", errors)
     uri = resolve_tracking_uri(None, args.tracking_uri)
     parent = find_parent_run(uri, args.sweep_or_run)
-    objectives = [
-        Objective(metric=args.y, mode=args.y_mode),
-        Objective(metric=args.x, mode=args.x_mode),
-    ]
     summary = publish_pareto(uri, parent, objectives, constraints=args.constraint)
     print(trials_table(summary))
     return EXIT_OK
@@ -283,6 +364,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sp.add_argument("--address", help="join this Ray cluster (default: start Ray locally)")
     sp.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
+    sp.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when any trial failed (default: exit 0 when at least one trial completed)",
+    )
 
     sp = add(
         "pareto",

@@ -249,13 +249,18 @@ class TrialConfig(_Block):
 
     @model_validator(mode="after")
     def _sixteen_bits_compute_in_sixteen(self) -> TrialConfig:
-        if self.model.quantization_bits == 16 and self.train.precision == "fp32":
-            raise ValueError(
-                "`train.precision`: 16-bit weights compute in 16 bits (bf16 autocast), so "
-                "precision fp32 cannot hold with them, but got (quantization_bits=16, "
-                "precision='fp32'); use quantization_bits 32 for fp32"
-            )
+        check_precision(self.model, self.train)
         return self
+
+
+def check_precision(model: ModelConfig, train: TrainConfig) -> None:
+    """16-bit weights need 16-bit compute: ``precision: fp32`` cannot hold with them."""
+    if model.quantization_bits == 16 and train.precision == "fp32":
+        raise ValueError(
+            "`train.precision`: 16-bit weights compute in 16 bits (bf16 autocast), so "
+            "precision fp32 cannot hold with them, but got (quantization_bits=16, "
+            "precision='fp32'); use quantization_bits 32 for fp32"
+        )
 
 
 def check_windows(model: ModelConfig, data: DataConfig) -> None:
@@ -380,13 +385,65 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
     ):
         if value is None or os.path.exists(os.path.expanduser(value)):
             continue
-        if value.startswith(("/", "./", "../", "~")) or value.endswith(_LOCAL_SUFFIXES):
+        first = Path(os.path.expanduser(value)).parts[0] if value else ""
+        if (
+            value.startswith(("/", ".", "~"))
+            or value.endswith(_LOCAL_SUFFIXES)
+            or (first != value and os.path.isdir(first))  # models/x with a models/ folder here
+        ):
             errors.append(
                 f"`{field}`: no such file or folder, but got {value!r} (relative paths "
                 f"are resolved from the current directory, {os.getcwd()})"
             )
     if errors:
         raise ConfigError(source, errors)
+
+
+def check_hub_ids(cfg: TrialConfig, source: str, timeout: float = 5.0) -> list[str]:
+    """Checks that the hub ids among the model and data sources exist, before any Ray work.
+
+    Offline (``HF_HUB_OFFLINE=1``) an id must be in the local hub cache; online the hub is asked
+    (``timeout`` seconds). A hub that cannot be reached is not an error: its warning is returned
+    and the trials find out.
+
+    Raises:
+        ConfigError: naming the field, the value and what was looked at.
+    """
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    errors, warnings = [], []
+    for field, value, repo_type, probe in (
+        ("model.name_or_path", cfg.model.name_or_path, "model", "config.json"),
+        ("data.path", cfg.data.path, "dataset", "README.md"),
+        ("data.eval_path", cfg.data.eval_path, "dataset", "README.md"),
+    ):
+        if value is None or os.path.exists(os.path.expanduser(value)):
+            continue
+        if offline:
+            cached = huggingface_hub.try_to_load_from_cache(value, probe, repo_type=repo_type)
+            if not isinstance(cached, str):
+                errors.append(
+                    f"`{field}`: {value!r} is not a local path, and HF_HUB_OFFLINE is set but "
+                    f"the local hub cache ({huggingface_hub.constants.HF_HUB_CACHE}) has no "
+                    f"{repo_type} by that id"
+                )
+            continue
+        try:
+            huggingface_hub.repo_info(value, repo_type=repo_type, timeout=timeout)
+        except RepositoryNotFoundError:
+            errors.append(
+                f"`{field}`: {value!r} is not a local path (from {os.getcwd()}) and the hub has "
+                f"no {repo_type} by that id (or it is gated/private: log in with `hf auth login`)"
+            )
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            warnings.append(
+                f"`{field}`: could not check {value!r} on the hub ({type(exc).__name__})"
+            )
+    if errors:
+        raise ConfigError(source, errors)
+    return warnings
 
 
 def absolutize_paths(cfg: TrialConfig) -> TrialConfig:

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -91,8 +92,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         with opener(p, "rt", encoding="utf-8") as f:
             text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(str(p), [f"cannot read the file: {exc}"]) from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        # EOFError: a truncated .gz (an interrupted download or copy)
+        raise DataError(str(p), [f"cannot read the file: {exc or type(exc).__name__}"]) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -27,14 +27,27 @@ _FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def _client(address: str):
+    from urllib.parse import urlsplit
+
     from ray.job_submission import JobSubmissionClient
 
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https", "ray") or not parts.hostname:
+        raise ConfigError(
+            "--address",
+            [f"`--address`: expected the dashboard URL, e.g. http://127.0.0.1:8265, but got "
+             f"{address!r}"],
+        )  # fmt: skip
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConnectionError(
-            f"no Ray cluster answers at {address} ({exc}). Is the dashboard port forwarded? "
-            "`ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265"
+        raise ConfigError(
+            "--address",
+            [
+                f"`--address`: no Ray cluster answers at {address!r} ({exc}). Is the "
+                "dashboard port forwarded? `ray dashboard cluster.yaml` forwards it to "
+                "http://127.0.0.1:8265"
+            ],
         ) from None
 
 

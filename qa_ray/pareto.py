@@ -45,9 +45,15 @@ class Constraint:
 def parse_constraint(text: str) -> Constraint:
     """Parses ``"peak_memory_mb <= 16000"``."""
     match = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*", text)
-    if not match:
-        raise ValueError(f"constraint must look like 'metric <= number', but got {text!r}")
-    return Constraint(match[1], match[2], float(match[3]))
+    try:
+        bound = float(match[3]) if match else math.nan
+    except ValueError:
+        bound = math.nan
+    if not match or not math.isfinite(bound):
+        raise ValueError(
+            f"a constraint must look like 'metric <= number' (a finite number), but got {text!r}"
+        )
+    return Constraint(match[1], match[2], bound)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -23,17 +25,20 @@ import yaml
 from ray.tune import Callback
 
 from qa_ray import metrics as m
-from qa_ray.config import ConfigError, TrialConfig
+from qa_ray.config import ConfigError, TrialConfig, validate_model
 from qa_ray.search_space import apply_params, grid_size, suggest
 from qa_ray.sweep_config import SweepConfig
 from qa_ray.tracking import (
     MLflowSweepCallback,
+    failure_reason,
     finish_parent_run,
+    kill_running_children,
+    redact_uri,
     start_parent_run,
     trial_error_text,
 )
 
-__all__ = ["SweepResult", "plan", "run_sweep"]
+__all__ = ["SweepResult", "check_resume", "plan", "run_sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +69,14 @@ CURVE_METRICS = (
 
 @dataclass(frozen=True)
 class SweepResult:
+    """How a sweep ended: its trials (status COMPLETE, FAILED or STOPPED, the failure reason,
+    the sampled config, the final metrics) and the signal that interrupted it, if any."""
+
     experiment_path: str
     parent_run_id: str
     tracking_uri: str
-    trials: list[dict[str, Any]]  # status, params, final metrics, trial id/name
+    trials: list[dict[str, Any]]
+    interrupted_by: int | None = None
 
 
 def is_uri(path: str) -> bool:
@@ -170,7 +179,6 @@ def _run_trial(
     config: dict[str, Any], base: dict[str, Any], storage_path: str, objectives: tuple[str, ...]
 ) -> None:
     """One Tune trial: a Ray Train run of the sampled configuration."""
-    from pydantic import ValidationError
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -180,9 +188,9 @@ def _run_trial(
     ctx = tune.get_context()
     merged = apply_params(base, config)
     try:
-        trial_cfg = TrialConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ValueError(f"sampled configuration is invalid: {exc}") from None
+        trial_cfg = validate_model(TrialConfig, merged, "sampled configuration")
+    except ConfigError as exc:  # one line, so it is the failure's printed reason
+        raise ValueError(f"sampled configuration is invalid: {'; '.join(exc.errors)}") from None
     r = trial_cfg.resources
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -249,8 +257,8 @@ class ProgressCallback(Callback):
         print(self.progress.line(trials, finished=trial), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = trial_error_text(trial).strip().splitlines()
-        print(f"[qa-ray] trial {trial} FAILED: {reason[-1][:300] if reason else '?'}", flush=True)
+        reason = failure_reason(trial_error_text(trial))
+        print(f"[qa-ray] trial {trial} FAILED: {reason}", flush=True)
         print(self.progress.line(trials, finished=trial, failed_now=True), flush=True)
 
 
@@ -308,6 +316,126 @@ def _cluster_notes(cfg: SweepConfig, exp_path: str) -> list[str]:
     return notes
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM stop a sweep the same way: the trials in flight are stopped and the
+    state saved (Ray Tune's own graceful stop, reached through SIGUSR1, which Tune always
+    handles), and the signal is remembered so the caller can say how the sweep ended. A second
+    signal exits at once. Tune's own SIGINT handler is switched off (it cannot tell SIGINT from
+    the end of a sweep, and leaves SIGTERM, what ``ray job stop`` and a preempted head send, to
+    kill the driver outright)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, sig: int, frame) -> None:
+        name = signal.Signals(sig).name
+        if self.signal is not None:
+            print(f"[qa-ray] {name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + sig)
+        self.signal = sig
+        print(
+            f"[qa-ray] {name}: stopping the trials in flight and saving the sweep's state "
+            "(send it again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's run loop is listening
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:  # not inside Tune's loop yet
+            raise KeyboardInterrupt
+
+
+def _stages(cfg: SweepConfig, state: dict, exp_path: str, resume: bool) -> list[dict]:
+    """The Tune experiments that make up the sweep: the first, then one per extension
+    (``--resume search.num_samples=N`` with N above what was planned)."""
+    first = {"storage_path": cfg.storage_path, "name": cfg.name}
+    if not resume:
+        return [{**first, "num_samples": cfg.search.num_samples}]
+    stages = state.get("stages") or [{**first, "num_samples": cfg.search.num_samples}]
+    planned = sum(s["num_samples"] for s in stages)
+    if cfg.search.num_samples > planned:
+        stages.append(
+            {
+                "storage_path": exp_path,
+                "name": f"extend-{len(stages)}",
+                "num_samples": cfg.search.num_samples - planned,
+            }
+        )
+    return stages
+
+
+def _stage_path(stage: dict) -> str:
+    if is_uri(stage["storage_path"]):
+        return f"{stage['storage_path'].rstrip('/')}/{stage['name']}"
+    return str(Path(stage["storage_path"]) / stage["name"])
+
+
+# Settings a resumed sweep may change: more trials, and where it reads and writes.
+_RESUME_MAY_CHANGE = {"search.num_samples", "tracking.tracking_uri"}
+
+
+def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(before) | set(now)):
+            out += _differences(before.get(k), now.get(k), f"{prefix}{k}.")
+        return out
+    key = prefix.rstrip(".")
+    if before != now and key not in _RESUME_MAY_CHANGE:
+        return [f"`{key}`: the sweep ran with {before!r}, but got {now!r}"]
+    return []
+
+
+def check_resume(cfg: SweepConfig, tracking_uri: str, explicit_uri: bool) -> str:
+    """Checks that ``--resume`` continues the sweep as it was started; returns the tracking
+    URI to use (the sweep's own).
+
+    Raises:
+        ConfigError: no sweep state to resume, another tracking URI, fewer trials than planned,
+            or changed trial or search settings (each named, with both values).
+    """
+    state_path = state_dir(cfg) / STATE_FILE
+    if not state_path.is_file():
+        raise ConfigError(
+            "--resume", [f"no sweep state at {state_path}: run the sweep without --resume"]
+        )
+    state = json.loads(state_path.read_text())
+    stored_uri = state.get("tracking_uri")
+    if explicit_uri and stored_uri and tracking_uri != stored_uri:
+        raise ConfigError(
+            "--resume",
+            [
+                f"`tracking.tracking_uri`: the sweep is tracked at {redact_uri(stored_uri)!r}, "
+                f"but got {redact_uri(tracking_uri)!r} (a resumed sweep keeps its store: drop "
+                "the option or pass the same URI)"
+            ],
+        )
+    errors = []
+    if "config" in state:
+        errors = _differences(state["config"], cfg.model_dump(mode="json"))
+    planned = sum(s["num_samples"] for s in state.get("stages", [])) or None
+    if planned and cfg.search.num_samples < planned:
+        errors.append(
+            f"`search.num_samples`: the sweep planned {planned} trials, but got "
+            f"{cfg.search.num_samples} (it can be raised to extend the sweep, not lowered)"
+        )
+    if errors:
+        raise ConfigError("--resume", errors)
+    return stored_uri or tracking_uri
+
+
 def run_sweep(
     cfg: SweepConfig,
     tracking_uri: str,
@@ -316,15 +444,19 @@ def run_sweep(
     resume: bool = False,
     resolved_yaml: str = "",
 ) -> SweepResult:
-    """Runs (or resumes) a sweep and records it in MLflow; returns every trial's outcome.
+    """Runs (or resumes, or extends) a sweep and records it in MLflow.
 
     Args:
         cfg: the validated sweep config (see :func:`qa_ray.sweep_config.load_sweep_config`).
-        tracking_uri: the MLflow tracking URI.
+        tracking_uri: the MLflow tracking URI (on resume: see :func:`check_resume`).
         address: an existing Ray cluster; ``None`` starts Ray embedded.
         resume: continue the sweep stored under ``storage_path/name``; finished trials are
-            not rerun and their MLflow runs are reused.
+            not rerun and their MLflow runs are reused; a larger ``search.num_samples`` runs
+            the extra trials on the same Optuna study and parent run.
         resolved_yaml: the resolved sweep config text, logged on the parent run.
+
+    Returns:
+        Every trial's outcome, and the signal that interrupted the sweep, if one did.
     """
     from ray import tune
 
@@ -345,10 +477,11 @@ def run_sweep(
                 "continue it, or choose another `name` (nothing there was touched)"
             ],
         )
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    stages = _stages(cfg, state, exp_path, resume)
     cluster = init_ray(address)
     p = plan(cfg, cluster, elastic=address is not None)
     local.mkdir(parents=True, exist_ok=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     objectives = [(o.metric, o.mode) for o in cfg.objectives]
     parent_id = start_parent_run(
         tracking_uri,
@@ -360,7 +493,7 @@ def run_sweep(
             "data": cfg.data.path,
             "objectives": objectives,
             "sampler": cfg.search.sampler,
-            "num_samples": cfg.search.num_samples,
+            "num_samples": stages[0]["num_samples"],
             "max_concurrent_trials": p["max_concurrent_trials"],
             "workers_per_trial": cfg.resources.num_workers,
             "storage_path": exp_path,
@@ -371,46 +504,97 @@ def run_sweep(
         },
         run_id=state.get("parent_run_id"),
     )
-    state.update({"parent_run_id": parent_id, "tracking_uri": tracking_uri, "name": cfg.name})
+    state.update(
+        {
+            "parent_run_id": parent_id,
+            "tracking_uri": tracking_uri,
+            "name": cfg.name,
+            "stages": stages,
+            "config": cfg.model_dump(mode="json"),
+        }
+    )
     state_path.write_text(json.dumps(state, indent=2))
-    print(f"[qa-ray] sweep {cfg.name}: MLflow parent run {parent_id} at {tracking_uri}", flush=True)
+    print(
+        f"[qa-ray] sweep {cfg.name}: MLflow parent run {parent_id} at {redact_uri(tracking_uri)}",
+        flush=True,
+    )
     print(f"[qa-ray] plan: {json.dumps(p)}", flush=True)
+    if len(stages) > 1 and not tune.Tuner.can_restore(_stage_path(stages[-1])):
+        print(
+            f"[qa-ray] extending the sweep by {stages[-1]['num_samples']} trials "
+            f"(same Optuna study, same parent run)",
+            flush=True,
+        )
     if address:
         for note in _cluster_notes(cfg, exp_path):
             print(f"[qa-ray] note: {note}", flush=True)
 
-    status = "FAILED"
+    status, results = "FAILED", []
+    with _Interrupts() as interrupts:
+        try:
+            for i, stage in enumerate(stages):
+                grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p)
+                results += list(grid)
+                if interrupts.signal is not None:
+                    break
+            status = "KILLED" if interrupts.signal is not None else "FINISHED"
+        finally:
+            if status == "KILLED":
+                kill_running_children(tracking_uri, parent_id)
+    trials = [_outcome(r) for r in results]
+    if status == "FINISHED":
+        _close_study(local, cfg.name)
+        if not any(t["status"] == "COMPLETE" for t in trials):
+            status = "FAILED"  # every trial failed: the sweep found nothing
+    finish_parent_run(tracking_uri, parent_id, status)
+    return SweepResult(exp_path, parent_id, tracking_uri, trials, interrupts.signal)
+
+
+def _outcome(r) -> dict[str, Any]:
+    error = None
+    if r.error:
+        status, error = "FAILED", failure_reason(str(r.error))
+    elif (r.metrics or {}).get("done"):
+        status = "COMPLETE"
+    else:
+        status = "STOPPED"  # interrupted in flight
+    return {
+        "status": status,
+        "error": error,
+        "config": dict(r.config or {}),
+        **({k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float)}),
+    }
+
+
+def _close_study(local: Path, name: str) -> None:
+    """Marks FAIL the Optuna trials a sweep leaves RUNNING (a driver killed mid-trial whose
+    trial Tune did not rerun): the samplers skip them instead of waiting on them forever."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}")
     try:
-        grid = _fit(cfg, exp_path, local, tracking_uri, parent_id, p, resume)
-        status = "FINISHED"
-    finally:
-        finish_parent_run(tracking_uri, parent_id, status)
-    trials = []
-    for r in grid:
-        trials.append(
-            {
-                "status": "FAILED" if r.error else "COMPLETE",
-                "error": str(r.error)[:500] if r.error else None,
-                "config": dict(r.config or {}),
-                **({k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float)}),
-            }
-        )
-    return SweepResult(exp_path, parent_id, tracking_uri, trials)
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        logger.info("optuna trial %d was left RUNNING: marked FAIL", t.number)
 
 
 def _fit(
     cfg: SweepConfig,
-    exp_path: str,
+    stage: dict,
+    index: int,
     local: Path,
     tracking_uri: str,
     parent_id: str,
     p: dict,
-    resume: bool,
 ):
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
     # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
@@ -423,38 +607,44 @@ def _fit(
         ),
         {"memory": 1},
     )
+    path = _stage_path(stage)
+    if tune.Tuner.can_restore(path):
+        # Tune restores the callbacks and searcher it pickled: the same MLflow store and
+        # parent run (check_resume refuses another), the same study.
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+        return tuner.fit()
     callbacks = [
         MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS, base_config=base),
-        ProgressCallback(cfg.objectives, cfg.search.num_samples),
+        ProgressCallback(cfg.objectives, stage["num_samples"]),
     ]
-    if resume:
-        tuner = tune.Tuner.restore(
-            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
-    else:
-        searcher = OptunaSearch(
-            space=DefineByRun(cfg.space, cfg.trial_config()),
-            metric=[o.metric for o in cfg.objectives],
-            mode=[o.mode for o in cfg.objectives],
-            sampler=_sampler(cfg),
-            points_to_evaluate=[dict(pt) for pt in cfg.search.initial_points] or None,
-            study_name=cfg.name,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}"),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                num_samples=cfg.search.num_samples,
-                max_concurrent_trials=p["max_concurrent_trials"],
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=cfg.storage_path,
-                callbacks=callbacks,
-                verbose=0,
-            ),
-        )
+    searcher = OptunaSearch(
+        space=DefineByRun(cfg.space, cfg.trial_config()),
+        metric=[o.metric for o in cfg.objectives],
+        mode=[o.mode for o in cfg.objectives],
+        sampler=_sampler(cfg),
+        # The first stage evaluates the initial points; an extension continues the study.
+        points_to_evaluate=(
+            [dict(pt) for pt in cfg.search.initial_points] or None if index == 0 else None
+        ),
+        study_name=cfg.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}"),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=stage["num_samples"],
+            max_concurrent_trials=p["max_concurrent_trials"],
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=stage["name"],
+            storage_path=stage["storage_path"],
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
     return tuner.fit()

@@ -23,6 +23,7 @@ from qa_ray.config import (
     absolutize_paths,
     apply_overrides,
     check_local_paths,
+    check_precision,
     check_windows,
     load_yaml,
     validate_model,
@@ -112,7 +113,16 @@ class SweepConfig(_Block):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"`objectives` must name distinct metrics, but got {names}")
+        scores = {m.eval_key(s) for s in TASKS[self.model.task].SCORES}
+        never = [n for n in names if n.startswith("eval_") and n != m.EVAL_LATENCY_MS]
+        never = [n for n in never if n not in scores]
+        if never:
+            raise ValueError(
+                f"`objectives`: task {self.model.task!r} never reports {never} (its scores: "
+                f"{sorted(scores)}), but got {names}"
+            )
         check_windows(self.model, self.data)
+        check_precision(self.model, self.train)
         return self
 
     def trial_config(self) -> TrialConfig:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 from importlib import metadata
 from typing import Any
@@ -25,6 +26,9 @@ from qa_ray.search_space import axis_values
 
 __all__ = [
     "MLflowSweepCallback",
+    "failure_reason",
+    "kill_running_children",
+    "redact_uri",
     "QUALITATIVE_TABLE",
     "TAG_PARENT",
     "TAG_SWEEP",
@@ -121,7 +125,32 @@ def start_parent_run(
 
 
 def finish_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Ends the sweep's parent run: FINISHED, FAILED (every trial failed, or the sweep raised)
+    or KILLED (interrupted)."""
     _client(uri).set_terminated(run_id, status=status)
+
+
+def kill_running_children(uri: str, parent_run_id: str) -> int:
+    """Marks KILLED the trial runs of an interrupted sweep that are still RUNNING; returns how
+    many. ``--resume`` reopens them (RUNNING again) when it reruns their trials."""
+    client = _client(uri)
+    n = 0
+    for run in child_runs(uri, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            n += 1
+    return n
+
+
+def redact_uri(uri: str) -> str:
+    """``http://user:secret@host/x`` -> ``http://user:***@host/x``: never print a password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
@@ -258,6 +287,24 @@ class MLflowSweepCallback(Callback):
         self.client.set_tag(rid, "error", message[:4000])
         self.client.log_text(rid, message, "error.txt")
         self.client.set_terminated(rid, status="FAILED")
+
+
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?:\([\w.]*\))?: (.+)$"
+)
+
+
+def failure_reason(text: str) -> str:
+    """The reason a trial failed, from its error text (a traceback, Ray's wrapping included):
+    the last exception's type and the first line of its message, e.g. ``OSError: ... is not
+    a local folder and is not a valid model identifier ...``. Later lines of a message (hints
+    such as "Check your internet connection ...") and traceback frames are left out."""
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}"[:400]
+    return (lines[-1] if lines else "unknown error")[:400]
 
 
 def trial_error_text(trial) -> str:

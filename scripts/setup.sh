@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "${QA_RAY_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# The tested versions of everything else (constraints.txt; refresh: bash scripts/lock.sh).
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 echo "qa-ray installed in $(pwd)/.venv"

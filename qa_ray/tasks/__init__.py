@@ -52,6 +52,8 @@ class TaskFamily(Protocol):
     FRESH_HEADS: tuple[str, ...]
     #: Questions every evaluation answers for a side-by-side read (empty: none).
     QUALITATIVE_QUESTIONS: tuple[str, ...]
+    #: The scores ``evaluate`` returns, reported as ``eval_<score>`` (what objectives may use).
+    SCORES: tuple[str, ...]
 
     def load_train_eval(self, cfg: DataConfig) -> tuple[Sequence[Any], Sequence[Any]]:
         """Train and held-out examples as ``cfg`` says (raises ``DataError`` on bad data)."""

@@ -36,6 +36,7 @@ __all__ = [
     "FRESH_HEADS",
     "PEFT_TASK_TYPE",
     "QUALITATIVE_QUESTIONS",
+    "SCORES",
     "collator",
     "eval_features",
     "evaluate",
@@ -50,6 +51,7 @@ AUTO_CLASS = "AutoModelForQuestionAnswering"
 PEFT_TASK_TYPE = "QUESTION_ANS"
 FRESH_HEADS = ("qa_outputs",)
 QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
+SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 
 
 def no_answer_last(tokenizer) -> bool:

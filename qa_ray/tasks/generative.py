@@ -31,6 +31,7 @@ __all__ = [
     "PEFT_TASK_TYPE",
     "PROMPT",
     "QUALITATIVE_QUESTIONS",
+    "SCORES",
     "collator",
     "context_window",
     "eval_features",
@@ -47,6 +48,7 @@ AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 FRESH_HEADS: tuple[str, ...] = ()  # the LM head is the checkpoint's own
 QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
+SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 _IGNORE = -100
 _MARGIN = 4  # tokens lost or gained where the context meets the template when re-tokenized

@@ -34,6 +34,7 @@ __all__ = [
     "PROMPT_NO_INPUT",
     "PROMPT_WITH_INPUT",
     "QUALITATIVE_QUESTIONS",
+    "SCORES",
     "answer",
     "collator",
     "eval_features",
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 FRESH_HEADS: tuple[str, ...] = ()
+SCORES = ("loss", "perplexity")
 # The Stanford Alpaca templates.
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "

@@ -25,6 +25,7 @@ __all__ = [
     "PEFT_TASK_TYPE",
     "PROMPT",
     "QUALITATIVE_QUESTIONS",
+    "SCORES",
     "collator",
     "eval_features",
     "evaluate",
@@ -37,6 +38,7 @@ AUTO_CLASS = "AutoModelForSeq2SeqLM"
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
 FRESH_HEADS: tuple[str, ...] = ()
 QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
+SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 PROMPT = "question: {question} context: {context}"
 _MARGIN = 4
 

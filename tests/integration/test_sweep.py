@@ -93,6 +93,44 @@ def test_sweep_records_parent_children_study_and_failure(
     # resuming a finished sweep reruns nothing and adds no child runs
     assert main(["sweep", str(path), "--resume"]) == 0
     assert len(child_runs(uri, parent.info.run_id)) == 4
+    out = capsys.readouterr().out
+    assert f"{len(finished)} of 4 trials complete, {len(failed)} failed" in out
+    assert f"failed: {len(failed)} x " in out and "no-such-architecture" in out
+    # a resumed sweep keeps its settings and its store: anything else is refused, named
+    assert main(["sweep", str(path), "train.max_steps=3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "`train.max_steps`: the sweep ran with 2, but got 3" in err
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["sweep", str(path), "--resume", "--tracking-uri", other]) == 2
+    assert "a resumed sweep keeps its store" in capsys.readouterr().err
+    assert main(["sweep", str(path), "search.num_samples=3", "--resume"]) == 2
+    assert "can be raised to extend the sweep, not lowered" in capsys.readouterr().err
+    # extending it: one more trial, same parent, same study; --strict fails on the failures
+    assert main(["sweep", str(path), "search.num_samples=5", "--resume", "--strict"]) == 1
+    assert "extending the sweep by 1 trials" in capsys.readouterr().out
+    assert len(child_runs(uri, parent.info.run_id)) == 5
+    study = optuna.load_study(
+        study_name="tiny-sweep",
+        storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}",
+    )
+    assert len(study.trials) == 5
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_sweep_whose_every_trial_fails_exits_1_with_its_reasons(
+    tiny_model_dir, tmp_path, ray_2cpu, capsys
+):
+    broken = _broken_model(tmp_path, tiny_model_dir("bert"))
+    path, uri = tiny_sweep(tmp_path, [broken], num_samples=2)
+    assert main(["sweep", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "every trial failed (2 of 2)" in out
+    assert "2 x ValueError:" in out and "no-such-architecture" in out
+    assert "For further information" not in out and "Traceback" not in out.split("Reasons:")[1]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`qa_ray.role` = 'sweep'")
+    assert parent.info.status == "FAILED"
 
 
 def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
@@ -143,44 +181,98 @@ def test_every_shipped_sweep_validates_and_dry_runs(tiny_model_dir, capsys, monk
         validate_model(SearchSpace, load_yaml(sp), str(sp))
 
 
-def test_resume_after_interrupt_adds_no_duplicate_runs(tiny_model_dir, tmp_path):
-    """Ctrl-C a running sweep after its first trial, then --resume: 3 children, one per trial."""
+def _sweep_process(path, *extra):
     import os
-    import signal
     import subprocess
     import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", str(path), *extra]
+    return (
+        cmd,
+        env,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env),
+    )
+
+
+def _read_until(proc, marker: str, timeout: float = 300) -> list[str]:
     import time
+
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    assert any(marker in ln for ln in lines), "".join(lines[-30:])
+    return lines
+
+
+def test_ctrl_c_stops_the_sweep_honestly_and_resume_finishes_it(tiny_model_dir, tmp_path):
+    """Ctrl-C after the first trial: exit 130, the trial in flight stopped and its run KILLED,
+    the parent KILLED, no Pareto report, the --resume command printed; --resume then runs the
+    rest with one child run per trial, and the parent ends FINISHED."""
+    import signal
+    import subprocess
 
     good = tiny_model_dir("bert")
     path, uri = tiny_sweep(tmp_path, [good, tiny_model_dir("albert")], num_samples=3)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", str(path), "search.max_concurrent_trials=1"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    lines = []
-    deadline = time.monotonic() + 300
-    for line in proc.stdout:
-        lines.append(line)
-        if "[qa-ray] 1/3 done" in line or time.monotonic() > deadline:
-            break
+    cmd, env, proc = _sweep_process(path, "search.max_concurrent_trials=1")
+    _read_until(proc, "[qa-ray] 1/3 done")
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert any("1/3 done" in ln for ln in lines), "".join(lines[-30:])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted (SIGINT)" in out
+    assert f"qa-ray sweep {path} search.max_concurrent_trials=1 --resume" in out
 
+    client = MlflowClient(uri)
     parent = json.loads((tmp_path / "runs" / "tiny-sweep" / "qa_ray_sweep.json").read_text())[
         "parent_run_id"
     ]
-    before = child_runs(uri, parent)
-    assert 1 <= len(before) < 3 or any(r.info.status != "FINISHED" for r in before)
+    assert client.get_run(parent).info.status == "KILLED"
+    assert not client.list_artifacts(parent, "pareto")  # nothing published as if final
+    before = {r.info.run_id: r.info.status for r in child_runs(uri, parent)}
+    assert "FINISHED" in before.values() and "RUNNING" not in before.values()
 
     resumed = subprocess.run(
-        cmd[:-1] + ["--resume"], capture_output=True, text=True, env=env, timeout=600
+        cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = child_runs(uri, parent)
     trial_ids = [r.data.tags["qa_ray.trial_id"] for r in after]
     assert len(after) == 3 and len(set(trial_ids)) == 3
     assert all(r.info.status == "FINISHED" for r in after)
-    finished_first = [r.info.run_id for r in before if r.info.status == "FINISHED"]
-    assert set(finished_first) <= {r.info.run_id for r in after}
+    assert {k for k, v in before.items() if v == "FINISHED"} <= {r.info.run_id for r in after}
+    assert client.get_run(parent).info.status == "FINISHED"
+    study = optuna.load_study(
+        study_name="tiny-sweep",
+        storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}",
+    )
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_sigterm_stops_the_sweep_with_exit_143(tiny_model_dir, tmp_path):
+    """`qa-ray job stop` and a preempted head send SIGTERM: the same honest stop, exit 143."""
+    import signal
+
+    path, uri = tiny_sweep(tmp_path, [tiny_model_dir("bert")], num_samples=2)
+    _, _, proc = _sweep_process(
+        path, "search.max_concurrent_trials=1", "train.max_steps=100000",
+        "train.max_train_seconds=120",
+    )  # fmt: skip
+    _read_until(proc, "MLflow parent run")
+    parent = json.loads((tmp_path / "runs" / "tiny-sweep" / "qa_ray_sweep.json").read_text())[
+        "parent_run_id"
+    ]
+    import time
+
+    deadline = time.monotonic() + 120
+    while not child_runs(uri, parent) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # the trial is training
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert "interrupted (SIGTERM)" in out and "--resume" in out
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.status == "KILLED"
+    assert [r.info.status for r in child_runs(uri, parent)] == ["KILLED"]

@@ -202,6 +202,9 @@ def test_a_sweep_over_a_bad_local_data_file_exits_2_before_ray_starts(
                     }
                 },
                 "storage_path": str(tmp_path / "runs"),
+                "objectives": [
+                    {"metric": "eval_loss" if task == "instruction" else "eval_f1", "mode": "max"}
+                ],
             }
         )
     )
