@@ -534,14 +534,17 @@ def run_sweep(
         try:
             for i, stage in enumerate(stages):
                 grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p)
-                results += list(grid)
+                # Each result with its trial's status (ResultGrid lists results in the order
+                # of its analysis' trials; the status is not public on a Result in Ray 2.60).
+                trials_of = grid._experiment_analysis.trials
+                results += list(zip(grid, [t.status for t in trials_of], strict=True))
                 if interrupts.signal is not None:
                     break
             status = "KILLED" if interrupts.signal is not None else "FINISHED"
         finally:
             if status == "KILLED":
                 kill_running_children(tracking_uri, parent_id)
-    trials = [_outcome(r) for r in results]
+    trials = [_outcome(r, tune_status) for r, tune_status in results]
     if status == "FINISHED":
         _close_study(local, cfg.name)
         if not any(t["status"] == "COMPLETE" for t in trials):
@@ -550,14 +553,14 @@ def run_sweep(
     return SweepResult(exp_path, parent_id, tracking_uri, trials, interrupts.signal)
 
 
-def _outcome(r) -> dict[str, Any]:
+def _outcome(r, tune_status: str) -> dict[str, Any]:
     error = None
-    if r.error:
+    if r.error or tune_status == "ERROR":
         status, error = "FAILED", failure_reason(str(r.error))
-    elif (r.metrics or {}).get("done"):
+    elif tune_status == "TERMINATED":
         status = "COMPLETE"
     else:
-        status = "STOPPED"  # interrupted in flight
+        status = "STOPPED"  # interrupted in flight (PENDING, RUNNING, PAUSED)
     return {
         "status": status,
         "error": error,

@@ -125,8 +125,9 @@ def test_a_sweep_whose_every_trial_fails_exits_1_with_its_reasons(
     assert main(["sweep", str(path)]) == 1
     out = capsys.readouterr().out
     assert "every trial failed (2 of 2)" in out
-    assert "2 x ValueError:" in out and "no-such-architecture" in out
-    assert "For further information" not in out and "Traceback" not in out.split("Reasons:")[1]
+    reasons = out.split("Reasons:")[1]
+    assert "2 x " in reasons and "Error: " in reasons and "no-such-architecture" in reasons
+    assert "Traceback" not in reasons and "File " not in reasons
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("t")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`qa_ray.role` = 'sweep'")
