@@ -124,10 +124,10 @@ def _resume_command(args) -> str:
     parts = ["qa-ray", "sweep", args.sweep, *args.overrides, "--resume"]
     if args.address:
         parts += ["--address", args.address]
-    if args.tracking_uri:
-        from qa_ray.tracking import redact_uri
+    if args.tracking_uri:  # its credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD
+        from qa_ray.tracking import split_credentials
 
-        parts += ["--tracking-uri", redact_uri(args.tracking_uri)]
+        parts += ["--tracking-uri", split_credentials(args.tracking_uri)[0]]
     return shlex.join(parts)
 
 
@@ -146,10 +146,17 @@ def _cmd_sweep(args) -> int:
 
     from qa_ray.sweep import check_resume, plan, run_sweep
     from qa_ray.sweep_config import load_sweep_config
-    from qa_ray.tracking import redact_uri, resolve_tracking_uri
+    from qa_ray.tracking import credentials_to_environment, redact_uri, resolve_tracking_uri
 
     cfg = load_sweep_config(args.sweep, args.overrides)
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
+    uri = credentials_to_environment(
+        resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
+    )
+    if cfg.tracking.tracking_uri:  # what is logged and saved holds no credentials
+        tracking = cfg.tracking.model_copy(
+            update={"tracking_uri": credentials_to_environment(cfg.tracking.tracking_uri)}
+        )
+        cfg = cfg.model_copy(update={"tracking": tracking})
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     if args.dry_run:
         print("# resolved sweep config\n" + resolved)

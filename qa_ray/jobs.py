@@ -52,7 +52,9 @@ def _client(address: str):
 
 
 def entrypoint(sweep_rel: str, overrides: Sequence[str], tracking_uri: str | None) -> str:
-    """The job's command line: this checkout's CLI, joining the cluster the job runs on."""
+    """The job's command line: this checkout's CLI, joining the cluster the job runs on.
+
+    ``tracking_uri`` holds no credentials: :func:`submit` passes them in the environment."""
     cmd = ["python", "-m", "qa_ray.cli", "sweep", sweep_rel, *overrides, "--address", "auto"]
     if tracking_uri:
         cmd += ["--tracking-uri", tracking_uri]
@@ -84,6 +86,10 @@ def submit(
             sweep,
             [f"the sweep file must lie inside the uploaded working dir {root} (run from there)"],
         ) from None
+    from qa_ray.tracking import split_credentials
+
+    # Credentials travel in the job's environment, never on its command line (Ray shows it).
+    tracking_uri, secret_env = split_credentials(tracking_uri) if tracking_uri else (None, {})
     client = _client(address)
     job_id = submission_id or f"qa-ray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client.submit_job(
@@ -92,7 +98,7 @@ def submit(
         runtime_env={
             "working_dir": str(root),
             "excludes": EXCLUDES,
-            "env_vars": {"PYTHONUNBUFFERED": "1"},
+            "env_vars": {"PYTHONUNBUFFERED": "1", **secret_env},
         },
         metadata={"qa_ray.sweep": cfg.name, "qa_ray.sweep_file": rel.as_posix()},
     )

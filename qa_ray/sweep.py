@@ -10,6 +10,7 @@ in sqlite next to the Ray results, so it outlives the driver and optuna-dashboar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -357,6 +358,28 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
+# Ray Tune 2.60 copies these from the driver's environment into every trial actor's
+# runtime_env (tune/execution/class_cache.py), and Ray's runtime_env_agent logs each runtime_env
+# at INFO: the secret key ends up in the session logs of every node. Trial actors of a local
+# sweep inherit the driver's environment anyway (Ray's processes start from it); on a cluster,
+# nodes use their own credentials (cluster.yaml: the instance profile).
+_CREDENTIALS = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+)
+
+
+@contextlib.contextmanager
+def _credentials_stay_in_the_driver():
+    from ray.tune.execution import class_cache
+
+    saved = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = set(saved) - _CREDENTIALS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = saved
+
+
 def _stages(cfg: SweepConfig, state: dict, exp_path: str, resume: bool) -> list[dict]:
     """The Tune experiments that make up the sweep: the first, then one per extension
     (``--resume search.num_samples=N`` with N above what was planned)."""
@@ -530,7 +553,7 @@ def run_sweep(
             print(f"[qa-ray] note: {note}", flush=True)
 
     status, results = "FAILED", []
-    with _Interrupts() as interrupts:
+    with _Interrupts() as interrupts, _credentials_stay_in_the_driver():
         try:
             for i, stage in enumerate(stages):
                 grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p)

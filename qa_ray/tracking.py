@@ -28,6 +28,8 @@ __all__ = [
     "MLflowSweepCallback",
     "failure_reason",
     "kill_running_children",
+    "credentials_to_environment",
+    "split_credentials",
     "redact_uri",
     "QUALITATIVE_TABLE",
     "TAG_PARENT",
@@ -140,6 +142,30 @@ def kill_running_children(uri: str, parent_run_id: str) -> int:
             client.set_terminated(run.info.run_id, status="KILLED")
             n += 1
     return n
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """``http://user:secret@host`` -> (``http://host``, the MLflow environment variables that
+    carry the credentials: ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri, {}
+    env = {"MLFLOW_TRACKING_USERNAME": parts.username or ""}
+    if parts.password is not None:
+        env["MLFLOW_TRACKING_PASSWORD"] = parts.password
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), env
+
+
+def credentials_to_environment(uri: str) -> str:
+    """Moves credentials out of a tracking URI into MLflow's environment variables (read by
+    its HTTP client) and returns the URI without them, so no file, run, log line or pickled
+    callback holds them."""
+    clean, env = split_credentials(uri)
+    os.environ.update(env)
+    return clean
 
 
 def redact_uri(uri: str) -> str:
