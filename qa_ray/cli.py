@@ -173,7 +173,14 @@ def _cmd_sweep(args) -> int:
             args.tracking_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         )
         uri = check_resume(cfg, uri, explicit)
-    result = run_sweep(cfg, uri, address=args.address, resume=args.resume, resolved_yaml=resolved)
+    result = run_sweep(
+        cfg,
+        uri,
+        address=args.address,
+        resume=args.resume,
+        resolved_yaml=resolved,
+        verbose=args.verbose,
+    )
     trials = result.trials
     complete = [t for t in trials if t["status"] == "COMPLETE"]
     failed = [t for t in trials if t["status"] == "FAILED"]

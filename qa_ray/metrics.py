@@ -35,6 +35,8 @@ STEP = "step"
 EPOCH = "epoch"
 TRAIN_SECONDS = "train_seconds"
 EVAL_QUESTIONS = "eval_questions"
+PLANNED_STEPS = "planned_steps"  # the trial's step budget (max_steps or its epochs)
+TIME_BUDGET_SECONDS = "time_budget_seconds"  # train.max_train_seconds, when set
 
 
 def eval_key(score_name: str) -> str:

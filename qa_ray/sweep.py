@@ -249,10 +249,15 @@ class _Progress:
 
 
 class ProgressCallback(Callback):
-    """Prints a progress line whenever a trial finishes or fails."""
+    """Prints a line per evaluation of a running trial (step, losses, scores, peak memory,
+    elapsed and the time left by its step or time budget), and one whenever a trial finishes
+    or fails."""
 
     def __init__(self, objectives, total: int):
         self.progress = _Progress(objectives, total)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        print(trial_line(str(trial), result), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         print(self.progress.line(trials, finished=trial), flush=True)
@@ -261,6 +266,34 @@ class ProgressCallback(Callback):
         reason = failure_reason(trial_error_text(trial))
         print(f"[qa-ray] trial {trial} FAILED: {reason}", flush=True)
         print(self.progress.line(trials, finished=trial, failed_now=True), flush=True)
+
+
+def trial_line(name: str, r: dict[str, Any]) -> str:
+    """``[qa-ray] trial-1a2b step 60/300 | loss 1.23 | F1 12.3 EM 8.0 | peak 620 MB | 0.8 min,
+    about 3.1 min left``: the left time from the step budget, or the time budget if sooner."""
+    step, seconds = r.get(m.STEP, 0), r.get(m.TRAIN_SECONDS, 0.0)
+    total = r.get(m.PLANNED_STEPS)
+    parts = [f"step {step}" + (f"/{total}" if total else "")]
+    if isinstance(r.get(m.TRAIN_LOSS), float):
+        parts.append(f"loss {r[m.TRAIN_LOSS]:.3f}")
+    scores = [
+        f"{label} {r[k]:.2f}"
+        for label, k in (("F1", m.EVAL_F1), ("EM", m.EVAL_EXACT), ("eval loss", m.EVAL_LOSS))
+        if isinstance(r.get(k), float)
+    ]
+    if scores:
+        parts.append(" ".join(scores))
+    if isinstance(r.get(m.PEAK_MEMORY_MB), float):
+        parts.append(f"peak {r[m.PEAK_MEMORY_MB]:.0f} MB")
+    left = []
+    if total and step:
+        left.append(seconds * (total - step) / step)
+    if r.get(m.TIME_BUDGET_SECONDS):
+        left.append(max(0.0, r[m.TIME_BUDGET_SECONDS] - seconds))
+    timing = f"{seconds / 60:.1f} min trained"
+    if left:
+        timing += f", about {min(left) / 60:.1f} min left"
+    return f"[qa-ray] {name} " + " | ".join(parts + [timing])
 
 
 class DefineByRun:
@@ -277,25 +310,32 @@ def _trial_name(trial) -> str:
     return f"trial-{trial.trial_id.split('_')[-1]}"
 
 
-def init_ray(address: str | None) -> dict[str, float]:
-    """Joins ``address`` or starts Ray embedded with what this machine has; returns resources."""
+def init_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
+    """Joins ``address`` or starts Ray embedded with what this machine has; returns resources.
+
+    Workers' own output (weight-loading reports, library warnings, per-step logs) goes to
+    Ray's session logs, and to this console only when ``verbose``.
+    """
     import ray
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ctx = ray.init(address=address, log_to_driver=verbose)
         else:
             import torch
 
             # With the dashboard (on 127.0.0.1): Ray Train's placement-group cleaner polls the
             # State API it serves, and warns every few seconds without it.
-            ray.init(
+            ctx = ray.init(
                 num_cpus=os.cpu_count(),
                 num_gpus=torch.cuda.device_count(),
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
-                log_to_driver=True,
+                log_to_driver=verbose,
             )
+        if not verbose:
+            logs = Path(ctx.address_info["session_dir"]) / "logs"
+            print(f"[qa-ray] worker logs: {logs} (`qa-ray -v sweep ...` shows them)", flush=True)
     return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
 
 
@@ -466,6 +506,7 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     resolved_yaml: str = "",
+    verbose: bool = False,
 ) -> SweepResult:
     """Runs (or resumes, or extends) a sweep and records it in MLflow.
 
@@ -477,6 +518,7 @@ def run_sweep(
             not rerun and their MLflow runs are reused; a larger ``search.num_samples`` runs
             the extra trials on the same Optuna study and parent run.
         resolved_yaml: the resolved sweep config text, logged on the parent run.
+        verbose: also show the Ray workers' output on this console.
 
     Returns:
         Every trial's outcome, and the signal that interrupted the sweep, if one did.
@@ -502,7 +544,7 @@ def run_sweep(
         )
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stages = _stages(cfg, state, exp_path, resume)
-    cluster = init_ray(address)
+    cluster = init_ray(address, verbose)
     p = plan(cfg, cluster, elastic=address is not None)
     local.mkdir(parents=True, exist_ok=True)
     objectives = [(o.metric, o.mode) for o in cfg.objectives]

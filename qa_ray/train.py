@@ -684,8 +684,11 @@ def report(
             if seconds
             else 0.0,
             m.TRAIN_SECONDS: seconds,
+            m.PLANNED_STEPS: trial.max_steps,
         }
     )
+    if trial.budget.seconds is not None:
+        result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
     ckpt = None
     if checkpoint and trial.cfg.train.save_checkpoints and trial.rank0:
         meters.last_checkpoint_time = trial.budget.elapsed()

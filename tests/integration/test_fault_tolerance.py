@@ -82,7 +82,8 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_d
     path.write_text(yaml.safe_dump(base))
     log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qa_ray.cli", "sweep", str(path)],
+        # -v: the workers' own output too ("resumed from ...")
+        [sys.executable, "-m", "qa_ray.cli", "-v", "sweep", str(path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,

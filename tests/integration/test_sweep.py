@@ -218,10 +218,14 @@ def test_ctrl_c_stops_the_sweep_honestly_and_resume_finishes_it(tiny_model_dir, 
     good = tiny_model_dir("bert")
     path, uri = tiny_sweep(tmp_path, [good, tiny_model_dir("albert")], num_samples=3)
     cmd, env, proc = _sweep_process(path, "search.max_concurrent_trials=1")
-    _read_until(proc, "[qa-ray] 1/3 done")
+    first = _read_until(proc, "[qa-ray] 1/3 done")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
+    # A quiet console: a line per trial evaluation, the workers' own output in Ray's logs.
+    first = "".join(first)
+    assert "step 2/2 | loss" in first and "[qa-ray] worker logs:" in first
+    assert "RayTrainWorker pid=" not in first + out
     assert "interrupted (SIGINT)" in out
     assert f"qa-ray sweep {path} search.max_concurrent_trials=1 --resume" in out
 

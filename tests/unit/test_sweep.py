@@ -50,3 +50,23 @@ def test_an_autoscaling_cluster_is_not_judged_by_the_nodes_up_now():
         plan(_cfg("search.max_concurrent_trials=null"), {}, elastic=True)["max_concurrent_trials"]
         == 1
     )
+
+
+def test_trial_line_shows_progress_scores_memory_and_time_left():
+    from qa_ray.sweep import trial_line
+
+    line = trial_line(
+        "trial-1",
+        {"step": 60, "planned_steps": 300, "train_loss": 1.2345, "eval_f1": 12.3,
+         "eval_exact": 8.0, "peak_memory_mb": 620.4, "train_seconds": 120.0},
+    )  # fmt: skip
+    assert line == (
+        "[qa-ray] trial-1 step 60/300 | loss 1.234 | F1 12.30 EM 8.00 | peak 620 MB | "
+        "2.0 min trained, about 8.0 min left"
+    )
+    # a time budget that ends sooner wins
+    budgeted = trial_line(
+        "trial-2", {"step": 10, "planned_steps": 1000, "train_seconds": 60.0,
+                    "time_budget_seconds": 180.0},
+    )  # fmt: skip
+    assert budgeted.endswith("1.0 min trained, about 2.0 min left")
