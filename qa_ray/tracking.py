@@ -228,7 +228,12 @@ class MLflowSweepCallback(Callback):
         self.metric_keys = tuple(metric_keys)
         self.base_config = base_config or {}
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}  # run id -> newest step logged
         self._client = None
+
+    def __setstate__(self, state):  # callbacks pickled by an earlier qa-ray lack newer fields
+        state.setdefault("_last_step", {})
+        self.__dict__.update(state)
 
     def __getstate__(self):  # pickled into Tune's experiment state; the client is not
         state = self.__dict__.copy()
@@ -252,6 +257,8 @@ class MLflowSweepCallback(Callback):
         if existing:  # resumed sweep: keep logging into the trial's run
             rid = existing[0].info.run_id
             self.client.update_run(rid, status="RUNNING")
+            logged = self.client.get_metric_history(rid, m.STEP)
+            self._last_step[rid] = max((int(h.value) for h in logged), default=-1)
         else:
             parent = self.client.get_run(self.parent_run_id)
             run = self.client.create_run(
@@ -281,6 +288,11 @@ class MLflowSweepCallback(Callback):
 
         rid = self._run_for(trial)
         step = int(result.get("step", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(rid, -1):
+            # A resumed trial with no checkpoint to resume from starts over: its history is
+            # already logged up to here, and is not written a second time.
+            return
+        self._last_step[rid] = step
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [
             Metric(k, v, ts, step) for k, v in _numeric(result).items() if k in self.metric_keys

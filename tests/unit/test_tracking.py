@@ -27,3 +27,28 @@ def test_credentials_are_redacted_from_uris():
     assert redact_uri("http://alice:s3cret@mlflow:5000/x") == "http://alice:***@mlflow:5000/x"
     assert redact_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
     assert "s3cret" not in redact_uri("https://bob:s3cret@host")
+
+
+def test_a_trial_that_starts_over_on_resume_writes_no_second_history(tmp_path):
+    """The resumed sweep's callback (a new one, as Tune unpickles it) finds the child run and
+    skips the steps it already holds."""
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from qa_ray.tracking import MLflowSweepCallback, child_runs, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "t", "s", params={}, artifacts={})
+    trial = SimpleNamespace(trial_id="abc_00001", trial_name="trial-1", config={"lr": 0.1})
+    first = MLflowSweepCallback(uri, parent, ("step", "train_loss"))
+    resumed = pickle.loads(pickle.dumps(first))
+    for step in (60, 120):
+        first.on_trial_result(0, [], trial, {"step": step, "train_loss": 1.0 / step})
+    resumed = pickle.loads(pickle.dumps(resumed))
+    for step in (60, 120, 180):  # started over without a checkpoint
+        resumed.on_trial_result(0, [], trial, {"step": step, "train_loss": 2.0 / step})
+    (run,) = child_runs(uri, parent)
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [(h.step, h.value) for h in history] == [(60, 1 / 60), (120, 1 / 120), (180, 2 / 180)]
