@@ -67,13 +67,10 @@ def _cmd_score(args) -> int:
     return EXIT_OK
 
 
-# Unset in a config, decided by the loop from the data, saved decided in the checkpoint.
-_RESOLVED_BY_THE_LOOP = {"squad_v2"}
-
-
 def _check_resumable(cfg) -> str:
     """The checkpoint ``qa-ray train --resume`` continues from; bad input when there is none,
     or when it was written for another model or data."""
+    from qa_ray.config import config_differences
     from qa_ray.train import latest_local_checkpoint
 
     newest = latest_local_checkpoint(cfg.output_dir)
@@ -84,12 +81,13 @@ def _check_resumable(cfg) -> str:
         )
     saved = json.loads((newest / "trial_config.json").read_text())
     now = cfg.model_dump()
-    changed = [
-        f"`{block}.{k}`: the checkpoint has {saved[block].get(k)!r}, but got {v!r}"
-        for block in ("model", "data")
-        for k, v in now[block].items()
-        if saved[block].get(k) != v and not (v is None and k in _RESOLVED_BY_THE_LOOP)
-    ]
+    if now["data"]["squad_v2"] is None:  # unset: the loop decided it, and saved its decision
+        now["data"]["squad_v2"] = saved["data"].get("squad_v2")
+    changed = config_differences(
+        {b: saved[b] for b in ("model", "data")},
+        {b: now[b] for b in ("model", "data")},
+        was="the checkpoint has",
+    )
     if changed:
         raise ConfigError(f"--resume from {newest}", changed)
     return str(newest)

@@ -24,6 +24,7 @@ __all__ = [
     "TrialConfig",
     "apply_overrides",
     "check_windows",
+    "config_differences",
     "load_trial_config",
     "load_yaml",
     "validate_model",
@@ -353,6 +354,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     if errors:
         raise ConfigError("command line", errors)
     return out
+
+
+def config_differences(
+    before: Any, now: Any, *, was: str, may_change: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """One message per setting (dotted key) whose value differs between two config dumps:
+    "`train.max_steps`: {was} 2, but got 3"; keys in ``may_change`` are left out."""
+
+    def walk(a: Any, b: Any, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [
+                d
+                for k in sorted(set(a) | set(b))
+                for d in walk(a.get(k), b.get(k), f"{prefix}{k}.")
+            ]
+        key = prefix.rstrip(".")
+        if a != b and key not in may_change:
+            return [f"`{key}`: {was} {a!r}, but got {b!r}"]
+        return []
+
+    return walk(before, now, "")
 
 
 def _deepcopy(data: Any) -> Any:

@@ -26,7 +26,7 @@ import yaml
 from ray.tune import Callback
 
 from qa_ray import metrics as m
-from qa_ray.config import ConfigError, TrialConfig, validate_model
+from qa_ray.config import ConfigError, TrialConfig, config_differences, validate_model
 from qa_ray.search_space import apply_params, grid_size, suggest
 from qa_ray.sweep_config import SweepConfig
 from qa_ray.tracking import (
@@ -85,11 +85,16 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def _under(storage_path: str, name: str) -> str:
+    """``storage_path/name`` for a folder or a URI."""
+    if is_uri(storage_path):
+        return f"{storage_path.rstrip('/')}/{name}"
+    return str(Path(storage_path) / name)
+
+
 def experiment_path(cfg: SweepConfig) -> str:
     """Where Ray Tune keeps this sweep's results: ``storage_path/name`` (a folder or a URI)."""
-    if is_uri(cfg.storage_path):
-        return f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-    return str(Path(cfg.storage_path) / cfg.name)
+    return _under(cfg.storage_path, cfg.name)
 
 
 def state_dir(cfg: SweepConfig) -> Path:
@@ -440,25 +445,11 @@ def _stages(cfg: SweepConfig, state: dict, exp_path: str, resume: bool) -> list[
 
 
 def _stage_path(stage: dict) -> str:
-    if is_uri(stage["storage_path"]):
-        return f"{stage['storage_path'].rstrip('/')}/{stage['name']}"
-    return str(Path(stage["storage_path"]) / stage["name"])
+    return _under(stage["storage_path"], stage["name"])
 
 
 # Settings a resumed sweep may change: more trials, and where it reads and writes.
 _RESUME_MAY_CHANGE = {"search.num_samples", "tracking.tracking_uri"}
-
-
-def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
-    if isinstance(before, dict) and isinstance(now, dict):
-        out = []
-        for k in sorted(set(before) | set(now)):
-            out += _differences(before.get(k), now.get(k), f"{prefix}{k}.")
-        return out
-    key = prefix.rstrip(".")
-    if before != now and key not in _RESUME_MAY_CHANGE:
-        return [f"`{key}`: the sweep ran with {before!r}, but got {now!r}"]
-    return []
 
 
 def check_resume(cfg: SweepConfig, tracking_uri: str, explicit_uri: bool) -> str:
@@ -487,7 +478,12 @@ def check_resume(cfg: SweepConfig, tracking_uri: str, explicit_uri: bool) -> str
         )
     errors = []
     if "config" in state:
-        errors = _differences(state["config"], cfg.model_dump(mode="json"))
+        errors = config_differences(
+            state["config"],
+            cfg.model_dump(mode="json"),
+            was="the sweep ran with",
+            may_change=_RESUME_MAY_CHANGE,
+        )
     planned = sum(s["num_samples"] for s in state.get("stages", [])) or None
     if planned and cfg.search.num_samples < planned:
         errors.append(
@@ -634,12 +630,19 @@ def _outcome(r, tune_status: str) -> dict[str, Any]:
     }
 
 
+def _study_storage(local: Path):
+    """The sweep's Optuna study storage: sqlite in its state folder."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}")
+
+
 def _close_study(local: Path, name: str) -> None:
     """Marks FAIL the Optuna trials a sweep leaves RUNNING (a driver killed mid-trial whose
     trial Tune did not rerun): the samplers skip them instead of waiting on them forever."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}")
+    storage = _study_storage(local)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -658,7 +661,6 @@ def _fit(
     parent_id: str,
     p: dict,
 ):
-    import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -697,7 +699,7 @@ def _fit(
             [dict(pt) for pt in cfg.search.initial_points] or None if index == 0 else None
         ),
         study_name=cfg.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}"),
+        storage=_study_storage(local),
     )
     tuner = tune.Tuner(
         trainable,
