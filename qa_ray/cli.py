@@ -102,8 +102,13 @@ def _cmd_train(args) -> int:
         newest = _check_resumable(cfg)
         print(f"[qa-ray] resuming from {newest}", flush=True)
     print(f"[qa-ray] training {cfg.model.name_or_path} -> {cfg.output_dir}", flush=True)
+    from qa_ray import metrics as m
+
     result = train_loop_per_worker(cfg.model_dump(), resume=args.resume)
     print(json.dumps(result, indent=2))
+    if result.get(m.INFEASIBLE):
+        print(f"[qa-ray] stopped, infeasible: {result[m.INFEASIBLE_REASON]}", flush=True)
+        return EXIT_FAILED
     print(f"[qa-ray] predictions, metrics.json and checkpoints in {cfg.output_dir}")
     return EXIT_OK
 

@@ -14,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from qa_ray import metrics as m
+from qa_ray.pareto import Constraint, parse_constraint
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "config_differences",
     "load_trial_config",
     "load_yaml",
+    "parse_constraints",
     "validate_model",
 ]
 
@@ -242,6 +246,17 @@ class TrialConfig(_Block):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output_dir: str = Field("outputs", description="where `qa-ray train` writes its results")
+    constraints: list[str] = Field(
+        default_factory=list,
+        description="budgets, e.g. 'peak_memory_mb <= 22000': a trial that breaks one on a "
+        "metric that only grows (peak memory, footprint, parameters) stops at that "
+        "measurement, reported infeasible",
+    )
+
+    @model_validator(mode="after")
+    def _known_constraints(self) -> TrialConfig:
+        parse_constraints(self.constraints, self.model.task)
+        return self
 
     @model_validator(mode="after")
     def _windows_overlap(self) -> TrialConfig:
@@ -252,6 +267,33 @@ class TrialConfig(_Block):
     def _sixteen_bits_compute_in_sixteen(self) -> TrialConfig:
         check_precision(self.model, self.train)
         return self
+
+
+def parse_constraints(texts: list[str], task: str) -> list[Constraint]:
+    """Parses ``metric <= number`` budgets on metrics the task reports.
+
+    Raises:
+        ValueError: every malformed constraint and every metric the task never reports.
+    """
+    from qa_ray.tasks import TASKS
+
+    reported = [k for k in m.OBJECTIVES if not k.startswith("eval_") or k == m.EVAL_LATENCY_MS]
+    reported += [m.eval_key(s) for s in TASKS[task].SCORES]
+    out, errors = [], []
+    for text in texts:
+        try:
+            c = parse_constraint(text)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if c.metric not in reported:
+            errors.append(
+                f"{text!r}: task {task!r} never reports {c.metric!r} (it reports {reported})"
+            )
+        out.append(c)
+    if errors:
+        raise ValueError("; ".join(errors))
+    return out
 
 
 def check_precision(model: ModelConfig, train: TrainConfig) -> None:

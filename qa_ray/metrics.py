@@ -37,6 +37,32 @@ TRAIN_SECONDS = "train_seconds"
 EVAL_QUESTIONS = "eval_questions"
 PLANNED_STEPS = "planned_steps"  # the trial's step budget (max_steps or its epochs)
 TIME_BUDGET_SECONDS = "time_budget_seconds"  # train.max_train_seconds, when set
+# A trial that broke a budget (a constraint on one of BUDGET_METRICS, or out of memory): 1.0,
+# with the reason as text. Its final report may lack the scores (None): it stopped unscored.
+INFEASIBLE = "infeasible"
+INFEASIBLE_REASON = "infeasible_reason"
+# A trial the early-stopping scheduler stopped: the value of its time attribute at that point.
+STOPPED_EARLY_AT = "stopped_early_at"
+
+# Metrics that never decrease during a trial: a budget on one of them (``peak_memory_mb <=
+# 22000``) broken once is broken for good, so the loop stops the trial at that measurement.
+BUDGET_METRICS = (PEAK_MEMORY_MB, MODEL_FOOTPRINT_MB, TRAINABLE_PARAMS, TOTAL_PARAMS)
+
+# Metrics a sweep may optimize or constrain: what the training loop reports as numbers.
+OBJECTIVES = (
+    EVAL_F1,
+    EVAL_EXACT,
+    EVAL_HAS_ANS_F1,
+    EVAL_NO_ANS_F1,
+    EVAL_LOSS,
+    EVAL_PERPLEXITY,
+    PEAK_MEMORY_MB,
+    MODEL_FOOTPRINT_MB,
+    TRAINABLE_PARAMS,
+    EVAL_LATENCY_MS,
+    TRAIN_LOSS,
+    TRAIN_SAMPLES_PER_SECOND,
+)
 
 
 def eval_key(score_name: str) -> str:

@@ -38,6 +38,11 @@ class Constraint:
     def holds(self, trial: Mapping[str, Any]) -> bool:
         return _OPS[self.op](float(trial[self.metric]), self.bound)
 
+    def violation(self, value: float) -> float:
+        """How far ``value`` is past the bound, Optuna's way: ``<= 0`` is feasible (a value on
+        the bound of a strict ``<`` counts as feasible there)."""
+        return value - self.bound if self.op in ("<=", "<") else self.bound - value
+
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.bound:g}"
 

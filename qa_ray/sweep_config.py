@@ -26,28 +26,22 @@ from qa_ray.config import (
     check_precision,
     check_windows,
     load_yaml,
+    parse_constraints,
     validate_model,
 )
 from qa_ray.search_space import SearchSpace
 from qa_ray.tasks import TASKS
 
-__all__ = ["Objective", "SearchConfig", "SweepConfig", "TrackingConfig", "load_sweep_config"]
+__all__ = [
+    "Objective",
+    "SchedulerConfig",
+    "SearchConfig",
+    "SweepConfig",
+    "TrackingConfig",
+    "load_sweep_config",
+]
 
-# Metrics a sweep may optimize: what the training loop reports.
-OBJECTIVE_METRICS = (
-    m.EVAL_F1,
-    m.EVAL_EXACT,
-    m.EVAL_HAS_ANS_F1,
-    m.EVAL_NO_ANS_F1,
-    m.EVAL_LOSS,
-    m.EVAL_PERPLEXITY,
-    m.PEAK_MEMORY_MB,
-    m.MODEL_FOOTPRINT_MB,
-    m.TRAINABLE_PARAMS,
-    m.EVAL_LATENCY_MS,
-    m.TRAIN_LOSS,
-    m.TRAIN_SAMPLES_PER_SECOND,
-)
+OBJECTIVE_METRICS = m.OBJECTIVES
 
 
 class Objective(_Block):
@@ -60,6 +54,24 @@ class Objective(_Block):
         if v not in OBJECTIVE_METRICS:
             raise ValueError(f"unknown metric {v!r}, expected one of {list(OBJECTIVE_METRICS)}")
         return v
+
+
+class SchedulerConfig(_Block):
+    """Multi-objective early stopping (MO-ASHA): successive halving on Pareto rank."""
+
+    type: Literal["mo_asha"] = "mo_asha"
+    time_attr: Literal["step", "train_seconds"] = Field(
+        "step", description="what the rungs count: optimizer steps or seconds of training"
+    )
+    grace: float = Field(
+        gt=0, description="the first rung: no trial is stopped before it (in time_attr units)"
+    )
+    reduction_factor: float = Field(
+        3.0,
+        gt=1,
+        description="rungs at grace x rf^k; a trial goes on past a rung if it is in "
+        "the best 1/rf of the trials that reached it",
+    )
 
 
 class SearchConfig(_Block):
@@ -75,6 +87,9 @@ class SearchConfig(_Block):
     initial_points: list[dict[str, Any]] = Field(
         default_factory=list,
         description="configurations to try first (axis: value), e.g. a known-good baseline",
+    )
+    scheduler: SchedulerConfig | None = Field(
+        None, description="early stopping of trials that trail the others at a rung"
     )
 
 
@@ -101,6 +116,11 @@ class SweepConfig(_Block):
         ],
         min_length=1,
     )
+    constraints: list[str] = Field(
+        default_factory=list,
+        description="budgets the search knows, e.g. ['peak_memory_mb <= 22000']: the sampler "
+        "learns them, and a trial that breaks one stops at that measurement",
+    )
     tracking: TrackingConfig = TrackingConfig()
     storage_path: str = Field(
         "runs",
@@ -121,6 +141,10 @@ class SweepConfig(_Block):
                 f"`objectives`: task {self.model.task!r} never reports {never} (its scores: "
                 f"{sorted(scores)}), but got {names}"
             )
+        try:
+            parse_constraints(self.constraints, self.model.task)
+        except ValueError as exc:
+            raise ValueError(f"`constraints`: {exc}") from None
         check_windows(self.model, self.data)
         check_precision(self.model, self.train)
         return self
@@ -133,6 +157,7 @@ class SweepConfig(_Block):
             data=self.data,
             train=self.train,
             resources=self.resources,
+            constraints=self.constraints,
         )
 
     @property

@@ -21,6 +21,7 @@ loop never asks which one it has.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -41,12 +42,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from qa_ray import metrics as m
-from qa_ray.config import TrainConfig, TrialConfig
+from qa_ray.config import TrainConfig, TrialConfig, parse_constraints
 from qa_ray.models import ModelSize, build_model, build_tokenizer, model_size
 from qa_ray.tasks import TASKS, TaskFamily
 
 if TYPE_CHECKING:
     from datasets import Dataset
+
+    from qa_ray.pareto import Constraint
 
 __all__ = [
     "LocalSession",
@@ -56,6 +59,8 @@ __all__ = [
     "Session",
     "TimeBudget",
     "Trial",
+    "TrialOutOfMemory",
+    "is_out_of_memory",
     "latest_local_checkpoint",
     "lr_factor",
     "setup",
@@ -410,6 +415,7 @@ class Trial:
     steps_per_epoch: int
     max_steps: int
     budget: TimeBudget
+    budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -490,6 +496,11 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         steps_per_epoch=steps_per_epoch,
         max_steps=max_steps,
         budget=budget,
+        budgets=[
+            c
+            for c in parse_constraints(cfg.constraints, cfg.model.task)
+            if c.metric in m.BUDGET_METRICS and c.op in ("<=", "<")
+        ],
     )
     meters = Meters()
     resume_from = session.latest_checkpoint()  # [ray 1]
@@ -570,6 +581,11 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
     cfg = trial.cfg.train
     accum = cfg.gradient_accumulation_steps
     batches = len(trial.loader)
+    breach = over_budget(trial)  # the model alone may break a budget: no step is taken then
+    if breach:
+        return report(
+            trial, meters, evaluate=False, checkpoint=False, final=True, infeasible=breach
+        )
     if cfg.eval_on_start and meters.step == 0:  # the untrained baseline, at step 0
         report(trial, meters, evaluate=True, checkpoint=False)
     last: dict[str, Any] = {}
@@ -621,6 +637,12 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             trial.scheduler.step()  # the learning rate of the next step, on the agreed horizon
             done = meters.step >= trial.max_steps or bool(out_of_time)
             evaluate = done or bool(cfg.eval_steps and meters.step % cfg.eval_steps == 0)
+            breach = over_budget(trial, memory_only=True)
+            if breach:  # stopped at this measurement: a broken budget stays broken
+                meters.train_seconds += time.perf_counter() - t0
+                return report(
+                    trial, meters, evaluate=False, checkpoint=False, final=True, infeasible=breach
+                )
 
             # -- evaluate, checkpoint, report
             if evaluate or checkpoint_due:
@@ -633,6 +655,32 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             meters.epoch += 1
             meters.batches_in_epoch = 0
     return last
+
+
+def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
+    """The first budget the trial breaks, as text (``peak_memory_mb 23456 > 22000``), or None.
+
+    Every rank calls it (the peak memory is the largest over ranks). The size budgets only
+    need checking once, before training: ``memory_only`` skips them.
+    """
+    budgets = trial.budgets
+    if memory_only:
+        budgets = [c for c in budgets if c.metric == m.PEAK_MEMORY_MB]
+    if not budgets:
+        return None
+    values = {
+        m.MODEL_FOOTPRINT_MB: trial.size.footprint_mb,
+        m.TRAINABLE_PARAMS: trial.size.trainable_params,
+        m.TOTAL_PARAMS: trial.size.total_params,
+    }
+    if any(c.metric == m.PEAK_MEMORY_MB for c in budgets):
+        values[m.PEAK_MEMORY_MB] = _reduce(
+            [_peak_memory_mb(trial.session.device)], dist.ReduceOp.MAX, trial.session
+        )[0]
+    for c in budgets:
+        if not c.holds(values):
+            return f"{c.metric} {values[c.metric]:.0f} breaks the budget {c}"
+    return None
 
 
 def _no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -656,10 +704,17 @@ def _checkpoint_due(trial: Trial, meters: Meters) -> bool:
 
 
 def report(
-    trial: Trial, meters: Meters, *, evaluate: bool, checkpoint: bool, final: bool = False
+    trial: Trial,
+    meters: Meters,
+    *,
+    evaluate: bool,
+    checkpoint: bool,
+    final: bool = False,
+    infeasible: str | None = None,
 ) -> dict[str, Any]:
     """Reports the training meters (every rank), with an evaluation and a checkpoint from rank
-    0 when asked; the final report's metrics and predictions are also the session's results."""
+    0 when asked; the final report's metrics and predictions are also the session's results.
+    ``infeasible`` (the budget broken, or the memory error) marks a trial's last report."""
     session = trial.session
     result: dict[str, Any] = {}
     predictions: dict[str, str] | None = None
@@ -689,6 +744,10 @@ def report(
     )
     if trial.budget.seconds is not None:
         result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
+    if infeasible:
+        result.update({m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: infeasible})
+        if trial.rank0:
+            logger.warning("infeasible at step %d: %s", meters.step, infeasible)
     ckpt = None
     if checkpoint and trial.cfg.train.save_checkpoints and trial.rank0:
         meters.last_checkpoint_time = trial.budget.elapsed()
@@ -875,5 +934,46 @@ def train_loop_per_worker(
     """
     cfg = TrialConfig.model_validate(config)
     session = session or open_session(cfg, resume=resume)  # [ray 1]
-    trial, meters = setup(cfg, session)
-    return train(trial, meters)
+    trial = None
+    try:
+        trial, meters = setup(cfg, session)
+        return train(trial, meters)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        peak = _peak_memory_mb(session.device)
+        reason = f"out of memory at {peak:.0f} MB peak ({type(exc).__name__}: {exc})".splitlines()
+        if trial is None or session.world_size > 1:
+            # Other ranks may wait in a collective this rank will never join: fail the worker
+            # group (Ray Train stops it); the sweep records the trial infeasible.
+            raise TrialOutOfMemory(peak, reason[0]) from exc
+        _free_memory(trial)
+        return report(
+            trial, meters, evaluate=False, checkpoint=False, final=True, infeasible=reason[0]
+        )
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of memory; ``peak_memory_mb`` is the most it held before."""
+
+    def __init__(self, peak_memory_mb: float, reason: str):
+        super().__init__(reason)
+        self.peak_memory_mb = peak_memory_mb
+
+    def __reduce__(self):  # crosses Ray process boundaries
+        return (type(self), (self.peak_memory_mb, str(self)))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's ``OutOfMemoryError``, the CPU allocator's ``can't allocate
+    memory``, Python's ``MemoryError``, or :class:`TrialOutOfMemory`."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError | TrialOutOfMemory):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def _free_memory(trial: Trial) -> None:
+    trial.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if trial.session.device.type == "cuda":
+        torch.cuda.empty_cache()
