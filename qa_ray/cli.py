@@ -17,8 +17,10 @@ SIGTERM (its state saved: the printed --resume command continues it).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -152,6 +154,12 @@ def _cmd_sweep(args) -> int:
     from qa_ray.tracking import credentials_to_environment, redact_uri, resolve_tracking_uri
 
     cfg = load_sweep_config(args.sweep, args.overrides)
+    if args.constraint:  # validated as the file's own `constraints`
+        args.overrides = [
+            *args.overrides,
+            "constraints=" + json.dumps([*cfg.constraints, *args.constraint]),
+        ]
+        cfg = load_sweep_config(args.sweep, args.overrides)
     uri = credentials_to_environment(
         resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
     )
@@ -207,13 +215,24 @@ def _cmd_sweep(args) -> int:
         for line in groups:
             print(f"  {line}")
         return EXIT_FAILED
-    from qa_ray.report import publish_pareto, trials_table
+    from qa_ray.report import budget_lines, publish_pareto, trials_table
 
-    summary = publish_pareto(uri, result.parent_run_id, cfg.objectives)
+    summary = publish_pareto(
+        uri, result.parent_run_id, cfg.objectives, cfg.constraints, budgets=args.budgets
+    )
     print(trials_table(summary))
+    for line in budget_lines(summary):
+        print(f"[qa-ray] {line}")
+    ended = collections.Counter(t["status"] for t in trials)
+    others = [
+        f"{ended[k]} {label}"
+        for k, label in (("PRUNED", "stopped early"), ("INFEASIBLE", "infeasible"))
+        if ended[k]
+    ]
     print(
-        f"\n[qa-ray] {len(complete)} of {len(trials)} trials complete, {len(failed)} failed. "
-        f"MLflow parent run {result.parent_run_id}"
+        f"\n[qa-ray] {len(complete)} of {len(trials)} trials complete, {len(failed)} failed"
+        + "".join(f", {o}" for o in others)
+        + f". MLflow parent run {result.parent_run_id}"
     )
     for line in groups:
         print(f"  failed: {line}")
@@ -232,7 +251,13 @@ def _cmd_pareto(args) -> int:
     from pydantic import ValidationError
 
     from qa_ray.pareto import parse_constraint
-    from qa_ray.report import find_parent_run, publish_pareto, trials_table
+    from qa_ray.report import (
+        budget_lines,
+        find_parent_run,
+        publish_pareto,
+        sweep_constraints,
+        trials_table,
+    )
     from qa_ray.sweep_config import OBJECTIVE_METRICS, Objective
     from qa_ray.tracking import resolve_tracking_uri
 
@@ -256,8 +281,11 @@ def _cmd_pareto(args) -> int:
         raise ConfigError("command line", errors)
     uri = resolve_tracking_uri(None, args.tracking_uri)
     parent = find_parent_run(uri, args.sweep_or_run)
-    summary = publish_pareto(uri, parent, objectives, constraints=args.constraint)
+    constraints = args.constraint or sweep_constraints(uri, parent)
+    summary = publish_pareto(uri, parent, objectives, constraints, budgets=args.budgets)
     print(trials_table(summary))
+    for line in budget_lines(summary):
+        print(f"[qa-ray] {line}")
     return EXIT_OK
 
 
@@ -314,6 +342,24 @@ def _cmd_job(args) -> int:
     stopped = jobs.stop_job(args.address, args.job_id)
     print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
     return EXIT_OK
+
+
+_BUDGETS_HELP = (
+    "bounds on the x metric (peak_memory_mb), e.g. 8000,16000,24000: the best trial under "
+    "each, printed and written as a runnable `qa-ray train` YAML on the parent run"
+)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected positive numbers separated by commas (8000,16000), but got {text!r}"
+        )
+    return values
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -386,6 +432,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 when any trial failed (default: exit 0 when at least one trial completed)",
     )
+    sp.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        help="a budget the search knows, added to the file's `constraints`, e.g. "
+        "'peak_memory_mb <= 22000' (repeatable)",
+    )
+    sp.add_argument("--budgets", type=_budgets, default=(), help=_BUDGETS_HELP)
 
     sp = add(
         "pareto",
@@ -402,8 +456,9 @@ def _parser() -> argparse.ArgumentParser:
         "--constraint",
         action="append",
         default=[],
-        help="e.g. 'peak_memory_mb <= 16000' (repeatable)",
+        help="e.g. 'peak_memory_mb <= 16000' (repeatable; default: the sweep's constraints)",
     )
+    sp.add_argument("--budgets", type=_budgets, default=(), help=_BUDGETS_HELP)
     sp.add_argument("--tracking-uri")
 
     address_help = "Ray dashboard address of the cluster (default: $RAY_ADDRESS)"

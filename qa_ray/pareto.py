@@ -18,12 +18,14 @@ from typing import Any
 __all__ = [
     "Constraint",
     "ParetoFront",
+    "crowding_distances",
     "dominates",
     "front",
     "hypervolume_2d",
     "hypervolume_history",
     "nondominated_ranks",
     "parse_constraint",
+    "pareto_order",
 ]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -154,6 +156,40 @@ def nondominated_ranks(
             del remaining[i]
         r += 1
     return ranks
+
+
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point among ``points``: the sum over objectives of
+    the gap between its two neighbours, each objective scaled to its range; the extremes of
+    every objective get ``inf``. Larger means more alone, so keeping it spreads the set."""
+    n = len(points)
+    if n <= 2:
+        return [math.inf] * n
+    dist = [0.0] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][k])
+        lo, hi = points[order[0]][k], points[order[-1]][k]
+        dist[order[0]] = dist[order[-1]] = math.inf
+        if hi == lo:
+            continue
+        for a, i, b in zip(order, order[1:], order[2:], strict=False):
+            dist[i] += (points[b][k] - points[a][k]) / (hi - lo)
+    return dist
+
+
+def pareto_order(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``points`` (minimization) best first: by non-dominated rank, and within a
+    rank by crowding distance, largest first (ties: the earlier index first)."""
+    remaining = list(range(len(points)))
+    order: list[int] = []
+    while remaining:
+        layer = [
+            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)
+        ]
+        crowd = crowding_distances([points[i] for i in layer])
+        order += [i for _, i in sorted(zip(crowd, layer, strict=True), key=lambda c: (-c[0], c[1]))]
+        remaining = [i for i in remaining if i not in set(layer)]
+    return order
 
 
 def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:

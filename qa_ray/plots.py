@@ -41,12 +41,39 @@ def _step_line(points: Sequence[tuple[float, float]], y_mode: str) -> tuple[list
     return xs, ys
 
 
+def _off_front(others: Sequence[Mapping[str, Any]], y: str, floor: float):
+    """Trials kept off the front, by outcome: ``(label, symbol, [(x, y, trial)])``; a trial
+    stopped before it was scored is drawn at ``floor`` (the lowest y plotted)."""
+    groups = [
+        ("stopped early (partial)", "circle-open", "PRUNED"),
+        ("over budget / out of memory", "x", "INFEASIBLE"),
+        ("outside the constraints", "x-open", "COMPLETE"),
+    ]
+    for label, symbol, status in groups:
+        rows = [t for t in others if t.get("status") == status]
+        if rows:
+            yield (
+                label,
+                symbol,
+                [(t, t[y] if isinstance(t.get(y), int | float) else floor) for t in rows],
+            )
+
+
 def pareto_html(
-    trials: Sequence[Mapping[str, Any]], optimal: set[int], x: str, y: str, y_mode: str, title: str
+    trials: Sequence[Mapping[str, Any]],
+    optimal: set[int],
+    x: str,
+    y: str,
+    y_mode: str,
+    title: str,
+    *,
+    others: Sequence[Mapping[str, Any]] = (),
+    budgets: Sequence[float] = (),
 ) -> str:
     """A self-contained HTML page: one trace per (fine-tune method, bits), coloured by bits with
     a marker symbol per method (per model, when the sweep searches the model too); dominated
-    trials faded; the front as steps."""
+    trials faded; the front as steps; trials stopped early or over a budget (``others``) in
+    grey, and each budget on x as a dashed vertical line."""
     go = _require("plotly.graph_objects")
     fig = go.Figure()
     models = sorted({str(t["model"]) for t in trials if t.get("model")})
@@ -100,6 +127,25 @@ def pareto_html(
             hoverinfo="skip",
         )
     )
+    floor = min((float(t[y]) for t in trials if isinstance(t.get(y), int | float)), default=0.0)
+    for label, symbol, rows in _off_front(others, y, floor):
+        fig.add_trace(
+            go.Scatter(
+                x=[t[x] for t, _ in rows],
+                y=[v for _, v in rows],
+                mode="markers",
+                name=label,
+                text=[
+                    f"<b>{t.get('name')}</b><br>{t.get('status')}<br>{x}: {t[x]:.1f}"
+                    + (f"<br>{y}: {t[y]:.2f}" if isinstance(t.get(y), int | float) else "")
+                    for t, _ in rows
+                ],
+                hoverinfo="text",
+                marker=dict(size=9, color="#7f7f7f", symbol=symbol),
+            )
+        )
+    for b in budgets:
+        fig.add_vline(x=b, line=dict(color="#d62728", dash="dash"), annotation_text=f"budget {b:g}")
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
     return fig.to_html(include_plotlyjs="inline", full_html=True, div_id="qa-ray-pareto")
 
@@ -116,7 +162,16 @@ def _plt():
 
 
 def pareto_png(
-    path: str, trials, optimal: set[int], x: str, y: str, y_mode: str, title: str
+    path: str,
+    trials,
+    optimal: set[int],
+    x: str,
+    y: str,
+    y_mode: str,
+    title: str,
+    *,
+    others=(),
+    budgets: Sequence[float] = (),
 ) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -135,6 +190,23 @@ def pareto_png(
     ax.plot(xs, ys, "k:", label="Pareto front")
     for bits, c in palette.items():
         ax.scatter([], [], color=c, label=f"{bits}-bit")
+    floor = min((float(t[y]) for t in trials if isinstance(t.get(y), int | float)), default=0.0)
+    for label, symbol, rows in _off_front(others, y, floor):
+        marker = {"circle-open": "o", "x": "x", "x-open": "+"}[symbol]
+        ax.scatter(
+            [t[x] for t, _ in rows],
+            [v for _, v in rows],
+            marker=marker,
+            label=label,
+            **(
+                {"facecolors": "none", "edgecolors": "#7f7f7f"}
+                if marker == "o"
+                else {"color": "#7f7f7f"}
+            ),
+        )
+    for b in budgets:
+        ax.axvline(b, color="#d62728", linestyle="--", linewidth=1)
+        ax.annotate(f"budget {b:g}", (b, 1), xycoords=("data", "axes fraction"), fontsize=7)
     ax.set(xlabel=x, ylabel=y, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,6 +29,7 @@ from qa_ray.plots import model_label
 from qa_ray.tasks import TASKS
 from qa_ray.tracking import (
     QUALITATIVE_TABLE,
+    TAG_OUTCOME,
     TAG_ROLE,
     TAG_SWEEP,
     TAG_TRIAL_NAME,
@@ -36,7 +37,16 @@ from qa_ray.tracking import (
     child_runs,
 )
 
-__all__ = ["ParetoSummary", "find_parent_run", "publish_pareto", "trials_table"]
+__all__ = [
+    "ParetoSummary",
+    "best_under",
+    "budget_lines",
+    "find_parent_run",
+    "publish_pareto",
+    "reference_point",
+    "runnable_trial_yaml",
+    "trials_table",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class ParetoSummary:
     optimal: tuple[int, ...]
     excluded: int
     hypervolume: list[float]
+    reference: tuple[float, ...] = ()  # the hypervolume's reference point (objective units)
+    best_under: tuple[dict[str, Any], ...] = ()  # per budget: metric, bound, trial index or None
 
 
 def find_parent_run(uri: str, sweep_or_run: str) -> str:
@@ -74,13 +86,22 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
     return runs[0].info.run_id
 
 
+def sweep_constraints(uri: str, parent_id: str) -> list[str]:
+    """The constraints a sweep ran with (its parent run's ``constraints`` param)."""
+    raw = _client(uri).get_run(parent_id).data.params.get("constraints")
+    return json.loads(raw) if raw else []
+
+
 def _records(uri: str, parent_id: str) -> list[dict[str, Any]]:
     out = []
     for r in child_runs(uri, parent_id):
+        status = {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status)
+        if status == "COMPLETE" and r.data.tags.get(TAG_OUTCOME) in ("pruned", "infeasible"):
+            status = r.data.tags[TAG_OUTCOME].upper()  # PRUNED, INFEASIBLE: off the front
         rec: dict[str, Any] = {
             "name": r.data.tags.get(TAG_TRIAL_NAME) or r.info.run_name,
             "run_id": r.info.run_id,
-            "status": {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status),
+            "status": status,
         }
         for k, v in r.data.params.items():
             rec[k] = _number(v)
@@ -98,21 +119,65 @@ def _number(v: str) -> Any:
     return v
 
 
-def _reference(trials, objectives) -> list[float]:
-    """A reference point worse than every trial: 0 for a max metric, 1.1 x the worst for min."""
+def reference_point(trials, objectives, budgets: dict[str, float] | None = None) -> list[float]:
+    """The hypervolume's reference point, in the objectives' units.
+
+    A metric with a budget (``peak_memory_mb <= 22000``) takes the budget: the hypervolume is
+    then the area of the feasible region a sweep covers, comparable across sweeps of the same
+    task and budget. Otherwise: 0 for a maximized score (F1, EM: the untrained baseline's
+    floor), and for a minimized metric a value worse than every trial's (the worst plus 10 %
+    of its size, or plus 1 when it is 0), which moves with the trials.
+    """
+    budgets = budgets or {}
     ref = []
     for k, mode in objectives:
+        if k in budgets:
+            ref.append(float(budgets[k]))
+            continue
         vals = [
             float(t[k])
             for t in trials
-            if isinstance(t.get(k), int | float) and not math.isnan(t[k])
+            if isinstance(t.get(k), int | float) and math.isfinite(float(t[k]))
         ]
-        ref.append(0.0 if mode == "max" else (max(vals) * 1.1 if vals else 1.0))
+        if mode == "max":
+            ref.append(min(0.0, *vals) if vals else 0.0)
+        else:
+            worst = max(vals) if vals else 0.0
+            ref.append(worst + (abs(worst) * 0.1 or 1.0))
     return ref
 
 
-def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> ParetoSummary:
-    """Computes the front over the parent's child runs and writes every artifact and tag."""
+def _upper_budgets(constraints, budgets, metric: str) -> list[float]:
+    """The budgets on ``metric``: the sweep's ``<=`` / ``<`` constraints, then ``--budgets``."""
+    bounds = [c.bound for c in constraints if c.metric == metric and c.op in ("<=", "<")]
+    return sorted(set(bounds) | {float(b) for b in budgets})
+
+
+def best_under(trials, feasible, metric: str, bound: float, objective) -> int | None:
+    """The feasible trial with the best first objective among those with ``metric <= bound``."""
+    y, mode = objective
+    inside = [
+        i
+        for i in feasible
+        if isinstance(trials[i].get(metric), int | float) and trials[i][metric] <= bound
+    ]
+    if not inside:
+        return None
+    sign = -1.0 if mode == "max" else 1.0
+    return min(inside, key=lambda i: (sign * float(trials[i][y]), float(trials[i][metric])))
+
+
+def publish_pareto(
+    uri: str, parent_id: str, objectives, constraints=(), budgets=()
+) -> ParetoSummary:
+    """Computes the front over the parent's child runs and writes every artifact and tag.
+
+    Args:
+        constraints: feasibility filters (``peak_memory_mb <= 22000``); budgets on the x axis
+            are drawn and set the hypervolume's reference point.
+        budgets: more bounds on the x metric (``--budgets``): for each, the best trial under
+            it, named in the summary and written as a runnable ``qa-ray train`` YAML.
+    """
     from qa_ray import plots
 
     objs = tuple((o.metric, o.mode) for o in objectives)
@@ -129,12 +194,32 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
         client.set_tag(t["run_id"], "pareto_optimal", "true" if t["pareto_optimal"] else "false")
         if t["pareto_rank"] is not None:
             client.set_tag(t["run_id"], "pareto_rank", str(t["pareto_rank"]))
-    hv = hypervolume_history([trials[i] for i in feasible], objs, _reference(trials, objs))
-    summary = ParetoSummary(parent_id, objs, trials, pf.optimal, len(pf.excluded), hv)
-
     (y, y_mode), (x, _) = objs[0], objs[1] if len(objs) > 1 else (m.PEAK_MEMORY_MB, "min")
+    x_budgets = _upper_budgets(cons, budgets, x)
+    hv_budgets = {
+        k: min(_upper_budgets(cons, budgets if k == x else (), k))
+        for k, mode in objs
+        if mode == "min" and _upper_budgets(cons, budgets if k == x else (), k)
+    }
+    ref = reference_point([trials[i] for i in feasible], objs, hv_budgets)
+    hv = hypervolume_history([trials[i] for i in feasible], objs, ref)
+    bests = tuple(
+        {"metric": x, "bound": b, "trial": best_under(trials, feasible, x, b, objs[0])}
+        for b in x_budgets
+    )
+    summary = ParetoSummary(
+        parent_id, objs, trials, pf.optimal, len(pf.excluded), hv, tuple(ref), bests
+    )
+
     plotted = [trials[i] for i in feasible]
     on_front = {position[i] for i in pf.optimal}
+    others = [
+        t
+        for i, t in enumerate(trials)
+        if i not in position
+        and t["status"] in ("PRUNED", "INFEASIBLE", "COMPLETE")
+        and isinstance(t.get(x), int | float)
+    ]
     title = f"Pareto front: {y} vs {x} ({len(pf.optimal)} of {len(trials)} trials)"
     with tempfile.TemporaryDirectory() as d:
 
@@ -142,8 +227,27 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
             return os.path.join(d, name)
 
         with open(path("pareto.html"), "w") as f:
-            f.write(plots.pareto_html(plotted, on_front, x, y, y_mode, title))
-        plots.pareto_png(path("pareto.png"), plotted, on_front, x, y, y_mode, title)
+            f.write(
+                plots.pareto_html(
+                    plotted, on_front, x, y, y_mode, title, others=others, budgets=x_budgets
+                )
+            )
+        plots.pareto_png(
+            path("pareto.png"),
+            plotted,
+            on_front,
+            x,
+            y,
+            y_mode,
+            title,
+            others=others,
+            budgets=x_budgets,
+        )
+        for best in bests:
+            if best["trial"] is not None:
+                name = f"best_under_{best['bound']:g}_{x}.yaml"
+                with open(path(name), "w") as f:
+                    f.write(runnable_trial_yaml(client, parent_id, trials[best["trial"]]))
         for ym, xm in (
             (m.EVAL_EXACT, m.PEAK_MEMORY_MB),
             (m.EVAL_F1, m.PEAK_MEMORY_MB),
@@ -183,6 +287,33 @@ def publish_pareto(uri: str, parent_id: str, objectives, constraints=()) -> Pare
     for step, v in enumerate(hv, start=1):
         client.log_metric(parent_id, "hypervolume", v, step=step)
     return summary
+
+
+def runnable_trial_yaml(client, parent_id: str, trial: dict[str, Any]) -> str:
+    """The trial's full configuration as a ``qa-ray train`` YAML: the sweep's trial blocks
+    (the parent's ``sweep_config.yaml``) with the trial's sampled values set."""
+    import yaml
+
+    from qa_ray.config import TrialConfig
+    from qa_ray.search_space import apply_params
+
+    with tempfile.TemporaryDirectory() as d:
+        local = client.download_artifacts(parent_id, "sweep_config.yaml", d)
+        with open(local) as f:
+            sweep = yaml.safe_load(f)
+    base = {
+        k: sweep[k] for k in ("model", "data", "train", "resources", "constraints") if k in sweep
+    }
+    params = client.get_run(trial["run_id"]).data.params
+    cfg = apply_params(base, {k: _number(v) for k, v in params.items()})
+    cfg["name"] = f"{sweep['name']}-{trial['name']}"
+    cfg["output_dir"] = f"outputs/{cfg['name']}"
+    cfg = TrialConfig.model_validate(cfg).model_dump(mode="json")
+    head = (
+        f"# {trial['name']} of sweep {sweep['name']} (MLflow run {trial['run_id']}), "
+        "retrained alone:\n#   qa-ray train THIS_FILE\n"
+    )
+    return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
 def qualitative_by_trial(client, trials) -> dict[str, list] | None:
@@ -309,13 +440,38 @@ def summary_markdown(summary: ParetoSummary) -> str:
         f"# Pareto summary ({', '.join(f'{k} {mo}' for k, mo in summary.objectives)})",
         "",
         f"{len(summary.optimal)} trials on the front (*), {summary.excluded} excluded "
-        "(failed or missing an objective).",
+        "(failed, stopped early, over a budget, or missing an objective).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(summary)]
+    if summary.best_under:
+        lines += ["", "## Best under each budget", ""]
+        lines += [f"- {line}" for line in budget_lines(summary)]
+    if summary.reference:
+        ref = ", ".join(
+            f"{k} {v:g}" for (k, _), v in zip(summary.objectives, summary.reference, strict=True)
+        )
+        lines += ["", f"Hypervolume reference point: {ref}."]
     return "\n".join(lines) + "\n"
+
+
+def budget_lines(summary: ParetoSummary) -> list[str]:
+    """``best under 22000 MB peak_memory_mb: trial-x (config), eval_f1 42.10 at 20312``."""
+    (y, _), out = summary.objectives[0], []
+    for b in summary.best_under:
+        head = f"best under {b['metric']} <= {b['bound']:g}"
+        if b["trial"] is None:
+            out.append(f"{head}: no completed trial fits")
+            continue
+        t = summary.trials[b["trial"]]
+        out.append(
+            f"{head}: {t['name']} ({_config_label(t, _several_models(summary.trials))}), "
+            f"{y} {float(t[y]):.2f} at {float(t[b['metric']]):.0f}"
+            f" (pareto/best_under_{b['bound']:g}_{b['metric']}.yaml)"
+        )
+    return out
 
 
 def trials_table(summary: ParetoSummary) -> str:

@@ -26,7 +26,13 @@ import yaml
 from ray.tune import Callback
 
 from qa_ray import metrics as m
-from qa_ray.config import ConfigError, TrialConfig, config_differences, validate_model
+from qa_ray.config import (
+    ConfigError,
+    TrialConfig,
+    config_differences,
+    parse_constraints,
+    validate_model,
+)
 from qa_ray.search_space import apply_params, grid_size, suggest
 from qa_ray.sweep_config import SweepConfig
 from qa_ray.tracking import (
@@ -70,8 +76,10 @@ CURVE_METRICS = (
 
 @dataclass(frozen=True)
 class SweepResult:
-    """How a sweep ended: its trials (status COMPLETE, FAILED or STOPPED, the failure reason,
-    the sampled config, the final metrics) and the signal that interrupted it, if any."""
+    """How a sweep ended: its trials (status COMPLETE; PRUNED, stopped early by the scheduler;
+    INFEASIBLE, over a budget or out of memory; FAILED; or STOPPED, in flight when the sweep
+    was interrupted; the failure or infeasibility reason, the sampled config, the final
+    metrics) and the signal that interrupted it, if any."""
 
     experiment_path: str
     parent_run_id: str
@@ -154,6 +162,8 @@ def plan(
 
 
 def _sampler(cfg: SweepConfig):
+    """The Optuna sampler; TPE and NSGA-II learn the budgets (and out-of-memory regions)
+    from the constraint values :class:`~qa_ray.searcher.BudgetAwareOptunaSearch` sets."""
     import optuna
 
     s = cfg.search
@@ -165,20 +175,49 @@ def _sampler(cfg: SweepConfig):
 
 
 def _evaluated_reports_to_tune(objectives: tuple[str, ...]):
-    """Ray Tune's ``TuneReportCallback`` for the reports that carry every objective.
+    """Ray Tune's ``TuneReportCallback`` for the reports that carry every objective, and for
+    an infeasible trial's last report.
 
     The loop also reports between evaluations to hand Ray Train a checkpoint
     (``train.checkpoint_steps``); those carry no scores, and Tune rejects a result without the
     searcher's metrics. They stay with Ray Train (a restarted worker group resumes from them).
+    A trial stopped for breaking a budget may never have been scored: its objectives go to
+    Tune as None (present, so Tune accepts the result; the searcher fills them in).
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EvaluatedReportsToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
+            if metrics[0].get(m.INFEASIBLE):
+                metrics = [{**{k: None for k in objectives}, **metrics[0]}, *metrics[1:]]
             if all(k in metrics[0] for k in objectives):
                 super().after_report(run_context, metrics, checkpoint)
 
     return EvaluatedReportsToTune()
+
+
+def out_of_memory(exc: BaseException) -> tuple[float | None, str] | None:
+    """``(peak MB or None, reason)`` when a failed Ray Train run ran out of memory: a worker's
+    :class:`~qa_ray.train.TrialOutOfMemory` (CUDA or the CPU allocator, with the memory it
+    held), or Ray's memory monitor killing a worker (``ray.exceptions.OutOfMemoryError``).
+    Anything else: None."""
+    import ray.exceptions
+
+    from qa_ray.train import TrialOutOfMemory
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TrialOutOfMemory):
+            return e.peak_memory_mb, str(e)
+        if isinstance(e, ray.exceptions.OutOfMemoryError):
+            return None, f"out of memory: {str(e).strip().splitlines()[0]}"
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None
 
 
 def _run_trial(
@@ -198,6 +237,8 @@ def _run_trial(
     except ConfigError as exc:  # one line, so it is the failure's printed reason
         raise ValueError(f"sampled configuration is invalid: {'; '.join(exc.errors)}") from None
     r = trial_cfg.resources
+    from ray.train import TrainingFailedError
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=trial_cfg.model_dump(),
@@ -216,8 +257,23 @@ def _run_trial(
             failure_config=FailureConfig(max_failures=r.max_failures),
         ),
     )
-    # Raises TrainingFailedError once the restarts are used up: the trial is FAILED.
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise  # once the restarts are used up: the trial is FAILED
+        # Out of memory is an answer, not an error: the trial is infeasible with what it
+        # held, so the sampler learns the region (a FAILED trial teaches it nothing).
+        peak, reason = oom
+        tune.report(
+            {
+                **{k: None for k in objectives},
+                m.INFEASIBLE: 1.0,
+                m.INFEASIBLE_REASON: reason,
+                **({m.PEAK_MEMORY_MB: peak} if peak is not None else {}),
+            }
+        )
 
 
 class _Progress:
@@ -235,7 +291,14 @@ class _Progress:
                 return "ERROR" if failed_now else "TERMINATED"
             return t.status
 
-        done = [t for t in trials if status(t) == "TERMINATED"]
+        ended = [t for t in trials if status(t) == "TERMINATED"]
+        infeasible = [t for t in ended if (t.last_result or {}).get(m.INFEASIBLE)]
+        pruned = [
+            t
+            for t in ended
+            if t not in infeasible and (t.last_result or {}).get(m.STOPPED_EARLY_AT) is not None
+        ]
+        done = [t for t in ended if t not in infeasible and t not in pruned]
         failed = [t for t in trials if status(t) == "ERROR"]
         running = [t for t in trials if status(t) == "RUNNING"]
         best = []
@@ -249,7 +312,9 @@ class _Progress:
         mins = (time.monotonic() - self.started) / 60
         return (
             f"[qa-ray] {len(done)}/{self.total} done, {len(running)} running, {len(failed)} failed"
-            f" | best: {', '.join(best) or '-'} | {mins:.1f} min"
+            + (f", {len(pruned)} stopped early" if pruned else "")
+            + (f", {len(infeasible)} infeasible" if infeasible else "")
+            + f" | best: {', '.join(best) or '-'} | {mins:.1f} min"
         )
 
 
@@ -265,6 +330,15 @@ class ProgressCallback(Callback):
         print(trial_line(str(trial), result), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get(m.INFEASIBLE):
+            print(f"[qa-ray] trial {trial} INFEASIBLE: {last.get(m.INFEASIBLE_REASON)}", flush=True)
+        elif last.get(m.STOPPED_EARLY_AT) is not None:
+            print(
+                f"[qa-ray] trial {trial} stopped early at {last[m.STOPPED_EARLY_AT]:g} "
+                "(MO-ASHA: not among the best at its rung)",
+                flush=True,
+            )
         print(self.progress.line(trials, finished=trial), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -553,6 +627,10 @@ def run_sweep(
             "task": cfg.model.task,
             "data": cfg.data.path,
             "objectives": objectives,
+            "constraints": json.dumps(cfg.constraints),
+            "scheduler": json.dumps(
+                cfg.search.scheduler.model_dump() if cfg.search.scheduler else None
+            ),
             "sampler": cfg.search.sampler,
             "num_samples": stages[0]["num_samples"],
             "max_concurrent_trials": p["max_concurrent_trials"],
@@ -616,8 +694,13 @@ def run_sweep(
 
 def _outcome(r, tune_status: str) -> dict[str, Any]:
     error = None
+    metrics = r.metrics or {}
     if r.error or tune_status == "ERROR":
         status, error = "FAILED", failure_reason(str(r.error))
+    elif tune_status == "TERMINATED" and metrics.get(m.INFEASIBLE):
+        status, error = "INFEASIBLE", metrics.get(m.INFEASIBLE_REASON)
+    elif tune_status == "TERMINATED" and metrics.get(m.STOPPED_EARLY_AT) is not None:
+        status = "PRUNED"
     elif tune_status == "TERMINATED":
         status = "COMPLETE"
     else:
@@ -626,8 +709,26 @@ def _outcome(r, tune_status: str) -> dict[str, Any]:
         "status": status,
         "error": error,
         "config": dict(r.config or {}),
-        **({k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float)}),
+        **({k: v for k, v in metrics.items() if isinstance(v, int | float)}),
     }
+
+
+def early_stopping(cfg: SweepConfig, local: Path):
+    """The sweep's ``search.scheduler`` as a Ray Tune scheduler, or None (every trial runs
+    to its end)."""
+    from qa_ray.scheduler import MOASHA
+
+    sc = cfg.search.scheduler
+    if sc is None:
+        return None
+    return MOASHA(
+        [(o.metric, o.mode) for o in cfg.objectives],
+        time_attr=sc.time_attr,
+        grace=sc.grace,
+        reduction_factor=sc.reduction_factor,
+        constraints=parse_constraints(cfg.constraints, cfg.model.task),
+        state_file=str(local / "mo_asha.json"),
+    )
 
 
 def _study_storage(local: Path):
@@ -662,7 +763,9 @@ def _fit(
     p: dict,
 ):
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+
+    from qa_ray.scheduler import EarlyStopMarks
+    from qa_ray.searcher import BudgetAwareOptunaSearch
 
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
@@ -685,11 +788,15 @@ def _fit(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
         return tuner.fit()
+    constraints = parse_constraints(cfg.constraints, cfg.model.task)
+    scheduler = early_stopping(cfg, local)
     callbacks = [
+        *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
         MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS, base_config=base),
         ProgressCallback(cfg.objectives, stage["num_samples"]),
     ]
-    searcher = OptunaSearch(
+    searcher = BudgetAwareOptunaSearch(
+        constraints=constraints,
         space=DefineByRun(cfg.space, cfg.trial_config()),
         metric=[o.metric for o in cfg.objectives],
         mode=[o.mode for o in cfg.objectives],
@@ -705,6 +812,7 @@ def _fit(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=stage["num_samples"],
             max_concurrent_trials=p["max_concurrent_trials"],
             trial_name_creator=_trial_name,

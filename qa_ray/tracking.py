@@ -49,6 +49,12 @@ TAG_TRIAL_NAME = "qa_ray.trial_name"
 TAG_NODE = "qa_ray.node_ip"
 TAG_NODE_ID = "qa_ray.node_id"  # several Ray nodes can share one IP (and do, in the tests)
 TAG_ROLE = "qa_ray.role"
+# How a trial ended: complete | pruned (stopped early by the scheduler) | infeasible (over a
+# budget, or out of memory: the reason is in TAG_INFEASIBLE); pruned trials carry the value of
+# the scheduler's time attribute where they stopped in TAG_STOPPED_EARLY_AT.
+TAG_OUTCOME = "qa_ray.outcome"
+TAG_INFEASIBLE = "qa_ray.infeasible"
+TAG_STOPPED_EARLY_AT = "qa_ray.stopped_early_at"
 # Instruction tuning: each child's answers to the qualitative questions, one row per question
 # and evaluation step, as an MLflow table (the UI's artifact compare view lines trials up).
 QUALITATIVE_TABLE = "qualitative_answers.json"
@@ -317,6 +323,14 @@ class MLflowSweepCallback(Callback):
         rid = self._run_for(trial)
         final = trial.last_result or {}
         self.client.log_text(rid, json.dumps(final, indent=2, default=str), "final_result.json")
+        if final.get(m.INFEASIBLE):
+            tags = {TAG_OUTCOME: "infeasible", TAG_INFEASIBLE: str(final.get(m.INFEASIBLE_REASON))}
+        elif final.get(m.STOPPED_EARLY_AT) is not None:
+            tags = {TAG_OUTCOME: "pruned", TAG_STOPPED_EARLY_AT: f"{final[m.STOPPED_EARLY_AT]:g}"}
+        else:
+            tags = {TAG_OUTCOME: "complete"}
+        for tag, value in tags.items():
+            self.client.set_tag(rid, tag, value[:4000])
         self.client.set_terminated(rid, status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
