@@ -37,6 +37,7 @@ TRAIN_SECONDS = "train_seconds"
 EVAL_QUESTIONS = "eval_questions"
 PLANNED_STEPS = "planned_steps"  # the trial's step budget (max_steps or its epochs)
 TIME_BUDGET_SECONDS = "time_budget_seconds"  # train.max_train_seconds, when set
+FINAL_REPORT = "final_report"  # 1.0 on a trial's last report: it ends whatever is decided
 # A trial that broke a budget (a constraint on one of BUDGET_METRICS, or out of memory): 1.0,
 # with the reason as text. Its final report may lack the scores (None): it stopped unscored.
 INFEASIBLE = "infeasible"

@@ -6,7 +6,8 @@ by Pareto rank instead, so a trial goes on while it is in the best ``1/reduction
 the trials that reached its rung *on the front*, not on one objective. Within a non-dominated
 rank, ties are broken by crowding distance (NSGA-II's): the trials kept spread along the front
 rather than bunching at one end of it. This is the stopping variant (no pausing, no
-promotion), as Ray's ``ASHAScheduler`` is.
+promotion), as Ray's ``ASHAScheduler`` is. A trial's final result (the loop marks it) is
+recorded at its rung but never stopped: the trial has already run its course.
 
 Rungs are at ``grace * reduction_factor**k`` of ``time_attr`` (optimizer steps, or seconds of
 training). A trial is judged at its first result at or past a rung; results come at the
@@ -116,7 +117,9 @@ class MOASHA(FIFOScheduler):
         for j in range(self.judged.get(trial_id, -1) + 1, k + 1):  # rungs it passed at once
             self.rungs.setdefault(j, {})[trial_id] = key
         self.judged[trial_id] = k
-        decision = TrialScheduler.CONTINUE if self.keeps(k, trial_id) else TrialScheduler.STOP
+        # A trial's last result is recorded for the others, but it has run its course.
+        keep = result.get(m.FINAL_REPORT) or self.keeps(k, trial_id)
+        decision = TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
         if decision == TrialScheduler.STOP:
             self.stopped[trial_id] = k
         self._save()

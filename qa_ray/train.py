@@ -744,6 +744,8 @@ def report(
     )
     if trial.budget.seconds is not None:
         result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
+    if final:
+        result[m.FINAL_REPORT] = 1.0
     if infeasible:
         result.update({m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: infeasible})
         if trial.rank0:

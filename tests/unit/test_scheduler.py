@@ -81,6 +81,14 @@ def test_a_trial_is_judged_once_per_rung_and_again_at_the_next():
     assert s.stopped == {"a": 1}
 
 
+def test_a_final_result_is_recorded_but_never_stopped():
+    s = sched()
+    assert s.decide("a", r(10, 50.0, 100)) == GO
+    assert s.decide("b", r(10, 40.0, 200, **{m.FINAL_REPORT: 1.0})) == GO  # would be stopped
+    assert "b" in s.rungs[0] and s.stopped == {}
+    assert s.decide("c", r(10, 45.0, 150)) == STOP  # b still counts: 1 of 3 kept
+
+
 def test_a_trial_past_several_rungs_is_recorded_at_each():
     s = sched()
     assert s.decide("a", r(95, 50.0, 100)) == GO
