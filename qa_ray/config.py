@@ -180,6 +180,11 @@ class TrainConfig(_Block):
     eval_steps: int | None = Field(
         None, gt=0, description="evaluate every N optimizer steps (always at the end)"
     )
+    eval_at_steps: list[int] = Field(
+        default_factory=list,
+        description="also evaluate at these optimizer steps (a sweep with MO-ASHA on steps "
+        "sets its rungs here when eval_steps is unset)",
+    )
     eval_on_start: bool = Field(
         False, description="also evaluate before the first step: the untrained baseline (step 0)"
     )

@@ -5,6 +5,7 @@ qa-ray validate sweeps/quickstart.yaml
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -150,12 +151,23 @@ class SweepConfig(_Block):
         return self
 
     def trial_config(self) -> TrialConfig:
-        """The trial blocks as a :class:`TrialConfig` (what every trial starts from)."""
+        """The trial blocks as a :class:`TrialConfig` (what every trial starts from).
+
+        With MO-ASHA on steps and neither ``train.eval_steps`` nor ``train.eval_at_steps``
+        set, trials evaluate at the rungs (up to ``train.max_steps``, or the first 12), so
+        each is judged where it reaches one and no evaluation is spent in between.
+        """
+        train = self.train
+        sc = self.search.scheduler
+        if sc and sc.time_attr == m.STEP and not train.eval_steps and not train.eval_at_steps:
+            rungs = [sc.grace * sc.reduction_factor**k for k in range(12)]
+            steps = sorted({math.ceil(r) for r in rungs if r <= (train.max_steps or math.inf)})
+            train = train.model_copy(update={"eval_at_steps": steps})
         return TrialConfig(
             name=self.name,
             model=self.model,
             data=self.data,
-            train=self.train,
+            train=train,
             resources=self.resources,
             constraints=self.constraints,
         )

@@ -636,7 +636,11 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             trial.budget.horizon = int(horizon)
             trial.scheduler.step()  # the learning rate of the next step, on the agreed horizon
             done = meters.step >= trial.max_steps or bool(out_of_time)
-            evaluate = done or bool(cfg.eval_steps and meters.step % cfg.eval_steps == 0)
+            evaluate = (
+                done
+                or bool(cfg.eval_steps and meters.step % cfg.eval_steps == 0)
+                or meters.step in cfg.eval_at_steps
+            )
             breach = over_budget(trial, memory_only=True)
             if breach:  # stopped at this measurement: a broken budget stays broken
                 meters.train_seconds += time.perf_counter() - t0

@@ -137,6 +137,14 @@ ROWS = [
     ("submit to nobody", lambda t: ["submit", _sweep(t), "--address", "http://127.0.0.1:9"], ["`--address`", "no Ray cluster answers"]),
     ("train with a bad trial file", lambda t: ["train", _sweep(t, train__max_steps=0)], ["`train.max_steps`", "0"]),
     ("train --resume without checkpoints", lambda t: ["train", _file(t, "trial.yaml", yaml.safe_dump({k: v for k, v in _base().items() if k in ("model", "data", "train")} | {"output_dir": "out"})), "--resume"], ["--resume", "no checkpoint"]),
+    ("constraint malformed", lambda t: ["sweep", _sweep(t, constraints=["memory < lots"])], ["`constraints`", "memory < lots"]),
+    ("constraint on a metric the task never reports", lambda t: ["sweep", _sweep(t, constraints=["eval_loss <= 2"])], ["`constraints`", "never reports 'eval_loss'"]),
+    ("constraint flag malformed", lambda t: ["sweep", _sweep(t), "--constraint", "peak_memory_mb = 8000"], ["`constraints`", "peak_memory_mb = 8000"]),
+    ("constraint flag unknown metric", lambda t: ["sweep", _sweep(t), "--constraint", "vram <= 8000"], ["`constraints`", "'vram'"]),
+    ("scheduler grace not positive", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "mo_asha", "grace": 0})], ["`search.scheduler.grace`", "0"]),
+    ("scheduler unknown type", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "hyperband", "grace": 3})], ["`search.scheduler.type`", "hyperband"]),
+    ("scheduler reduction factor 1", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "reduction_factor": 1})], ["`search.scheduler.reduction_factor`", "1"]),
+    ("scheduler on an unknown time attribute", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "time_attr": "epochs"})], ["`search.scheduler.time_attr`", "epochs"]),
     ("score with bad predictions", lambda t: ["score", str(ASSETS / "squad_v1_tiny.json"), _file(t, "p.json", "[1, 2]")], ["p.json"]),
 ]  # fmt: skip
 
@@ -160,6 +168,19 @@ def test_bad_input_exits_2_naming_it_and_creates_nothing(
     created = {p.name for p in set(Path(".").iterdir()) - before}
     assert not created & {"mlflow.db", "runs", "mlruns", "out"}, created
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("flag", ["--budgets"])
+@pytest.mark.parametrize("value", ["8000,lots", "0", "-1,8000", "nan"])
+def test_bad_budgets_exit_2_naming_the_value(flag, value, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for command in (["sweep", _sweep(tmp_path)], ["pareto", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main([*command, f"{flag}={value}"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and repr(value) in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_the_table_covers_at_least_40_bad_inputs():

@@ -70,3 +70,67 @@ def test_trial_line_shows_progress_scores_memory_and_time_left():
                     "time_budget_seconds": 180.0},
     )  # fmt: skip
     assert budgeted.endswith("1.0 min trained, about 2.0 min left")
+
+
+# ---- out of memory is infeasible, other failures stay failures ---------------------------------
+
+
+def _worker_group_error(failure: Exception):
+    from ray.train import WorkerGroupError
+
+    return WorkerGroupError("rank 0 failed", {0: failure})
+
+
+def test_out_of_memory_is_found_in_a_failed_training_run():
+    import ray.exceptions
+
+    from qa_ray.sweep import out_of_memory
+    from qa_ray.train import TrialOutOfMemory
+
+    oom = TrialOutOfMemory(23456.0, "out of memory at 23456 MB peak (OutOfMemoryError: CUDA)")
+    assert out_of_memory(_worker_group_error(oom)) == (23456.0, str(oom))
+    # as Ray hands a worker's exception over: a RayTaskError that is also the original type
+    wrapped = ray.exceptions.RayTaskError("train_fn", "Traceback ...", oom).as_instanceof_cause()
+    assert out_of_memory(_worker_group_error(wrapped))[0] == 23456.0
+    killed = ray.exceptions.OutOfMemoryError(
+        "Task was killed due to the node running low on memory.\nMemory on the node was 30.1GB / 31.0GB"
+    )
+    assert out_of_memory(_worker_group_error(killed)) == (
+        None,
+        "out of memory: Task was killed due to the node running low on memory.",
+    )
+    chained = RuntimeError("step failed")
+    chained.__cause__ = oom
+    assert out_of_memory(_worker_group_error(chained))[0] == 23456.0
+
+
+def test_other_failures_are_not_out_of_memory():
+    from qa_ray.sweep import out_of_memory
+
+    assert out_of_memory(_worker_group_error(ValueError("shape mismatch"))) is None
+    assert out_of_memory(_worker_group_error(RuntimeError("NCCL timeout"))) is None
+
+
+def test_infeasible_reports_reach_tune_with_every_objective_key(monkeypatch):
+    """A trial stopped over budget before its first evaluation has no scores: its report
+    reaches Tune with them as None (Tune refuses a result without the searcher's metrics);
+    reports without scores that are not infeasible (checkpoints) stay with Ray Train."""
+    from ray.tune.integration import ray_train
+
+    from qa_ray import metrics as m
+    from qa_ray.sweep import _evaluated_reports_to_tune
+
+    sent = []
+    monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
+    monkeypatch.setattr(ray_train.TuneReportCallback, "__init__", lambda self: None)
+    monkeypatch.setattr(
+        ray_train.TuneReportCallback,
+        "after_report",
+        lambda self, ctx, metrics, ckpt: sent.append(metrics[0]),
+    )
+    cb = _evaluated_reports_to_tune((m.EVAL_F1, m.PEAK_MEMORY_MB))
+    cb.after_report(None, [{m.STEP: 3, m.PEAK_MEMORY_MB: 900.0}], None)  # a checkpoint report
+    cb.after_report(None, [{m.STEP: 4, m.EVAL_F1: 1.0, m.PEAK_MEMORY_MB: 900.0}], None)
+    cb.after_report(None, [{m.STEP: 0, m.PEAK_MEMORY_MB: 9e9, m.INFEASIBLE: 1.0}], None)
+    assert [r[m.STEP] for r in sent] == [4, 0]
+    assert sent[1][m.EVAL_F1] is None and sent[1][m.PEAK_MEMORY_MB] == 9e9
