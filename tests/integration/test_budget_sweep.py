@@ -90,3 +90,11 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     trial = load_trial_config(local, [f"output_dir={tmp_path / 'retrain'}"])
     assert trial.constraints == [BUDGET] and trial.model.lora.r <= 5
     assert main(["train", local, f"output_dir={tmp_path / 'retrain'}"]) == 0
+
+    # `qa-ray pareto` later: the sweep's own constraints by default, the budgets again
+    capsys.readouterr()
+    assert main(["pareto", "tiny-sweep", "--tracking-uri", uri, "--budgets", "1e9"]) == 0
+    out = capsys.readouterr().out
+    assert "best under peak_memory_mb <= 1e+09: trial-" in out
+    assert out.count("INFEASIBLE") == len(by_outcome["infeasible"])
+    assert out.count("PRUNED") == len(by_outcome["pruned"])
