@@ -9,7 +9,7 @@
     qa-ray job status|logs|stop JOB_ID --address http://HEAD:8265
 
 Exit codes: 0 ok (a sweep: at least one trial completed; with --strict, none failed), 1 the run
-itself failed (a sweep: every trial failed), 2 bad input (config, data, predictions), with a
+itself failed (a sweep: no trial completed), 2 bad input (config, data, predictions), with a
 message naming the file, the field and the value, 130 / 143 a sweep interrupted by SIGINT /
 SIGTERM (its state saved: the printed --resume command continues it).
 """
@@ -207,12 +207,15 @@ def _cmd_sweep(args) -> int:
         )
         return 128 + result.interrupted_by
     if not complete:
+        infeasible = [t for t in trials if t["status"] == "INFEASIBLE"]
         print(
-            f"\n[qa-ray] every trial failed ({len(failed)} of {len(trials)}); MLflow parent run "
+            f"\n[qa-ray] no trial completed: {len(failed)} failed, {len(infeasible)} over a "
+            f"budget or out of memory, of {len(trials)}; MLflow parent run "
             f"{result.parent_run_id} is FAILED. Reasons:",
             flush=True,
         )
-        for line in groups:
+        counts = collections.Counter(t["error"] for t in infeasible)
+        for line in groups + [f"{n} x infeasible: {r}" for r, n in counts.most_common()]:
             print(f"  {line}")
         return EXIT_FAILED
     from qa_ray.report import budget_lines, publish_pareto, trials_table

@@ -188,6 +188,12 @@ class TrainConfig(_Block):
     eval_on_start: bool = Field(
         False, description="also evaluate before the first step: the untrained baseline (step 0)"
     )
+    progress_seconds: float = Field(
+        15.0,
+        ge=0.0,
+        description="between evaluations, report step, loss and peak memory this often (the "
+        "sweep's live line, the MLflow curves); 0: only at evaluations and checkpoints",
+    )
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

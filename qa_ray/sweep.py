@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -174,26 +175,23 @@ def _sampler(cfg: SweepConfig):
     return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
 
 
-def _evaluated_reports_to_tune(objectives: tuple[str, ...]):
-    """Ray Tune's ``TuneReportCallback`` for the reports that carry every objective, and for
-    an infeasible trial's last report.
+def _reports_to_tune(objectives: tuple[str, ...]):
+    """Ray Tune's ``TuneReportCallback``, for every report of the loop.
 
-    The loop also reports between evaluations to hand Ray Train a checkpoint
-    (``train.checkpoint_steps``); those carry no scores, and Tune rejects a result without the
-    searcher's metrics. They stay with Ray Train (a restarted worker group resumes from them).
-    A trial stopped for breaking a budget may never have been scored: its objectives go to
-    Tune as None (present, so Tune accepts the result; the searcher fills them in).
+    Only evaluations carry the scores; the reports between them (progress every
+    ``train.progress_seconds``, checkpoints, a trial stopped over budget before it was ever
+    scored) go to Tune with the objectives they lack as None: Tune refuses a result without
+    the searcher's metrics, and None tells everyone downstream "not measured here" (MO-ASHA
+    does not rank it, the searcher and MLflow skip it, the console shows it on the live line).
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    class EvaluatedReportsToTune(TuneReportCallback):
+    class ReportsToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            if metrics[0].get(m.INFEASIBLE):
-                metrics = [{**{k: None for k in objectives}, **metrics[0]}, *metrics[1:]]
-            if all(k in metrics[0] for k in objectives):
-                super().after_report(run_context, metrics, checkpoint)
+            metrics = [{**{k: None for k in objectives}, **metrics[0]}, *metrics[1:]]
+            super().after_report(run_context, metrics, checkpoint)
 
-    return EvaluatedReportsToTune()
+    return ReportsToTune()
 
 
 def out_of_memory(exc: BaseException) -> tuple[float | None, str] | None:
@@ -250,7 +248,7 @@ def _run_trial(
         run_config=RunConfig(
             name=f"{ctx.get_experiment_name()}-train-{ctx.get_trial_name()}",
             storage_path=storage_path,
-            callbacks=[_evaluated_reports_to_tune(objectives)],
+            callbacks=[_reports_to_tune(objectives)],
             checkpoint_config=CheckpointConfig(num_to_keep=trial_cfg.train.checkpoints_to_keep),
             # A lost worker (preemption, dead node, OOM kill) restarts the worker group, which
             # resumes from the trial's last checkpoint (ray.train.get_checkpoint in the loop).
@@ -319,37 +317,70 @@ class _Progress:
 
 
 class ProgressCallback(Callback):
-    """Prints a line per evaluation of a running trial (step, losses, scores, peak memory,
-    elapsed and the time left by its step or time budget), and one whenever a trial finishes
-    or fails."""
+    """The sweep's console: a line per evaluation of a running trial (step, losses, scores,
+    peak memory, elapsed and the time left by its step or time budget), one whenever a trial
+    ends (complete, stopped early, infeasible or failed), and on a terminal one live line
+    that the reports between evaluations keep current (every running trial's step, loss, peak
+    memory and time left), rewritten in place and cleared before any other line."""
 
-    def __init__(self, objectives, total: int):
+    def __init__(self, objectives, total: int, stream=None):
         self.progress = _Progress(objectives, total)
+        self.objectives = [o.metric for o in objectives]
+        self.stream = stream
+        self.live: dict[str, str] = {}  # running trial -> its latest progress, short
+
+    @property
+    def out(self):
+        return self.stream or sys.stdout
+
+    def _print(self, line: str) -> None:
+        tty = self.out.isatty()
+        if tty and self.live:
+            self.out.write("\r\033[K")  # the live line gives way
+        self.out.write(line + "\n")
+        if tty and self.live:
+            self.out.write(self._live_line())
+        self.out.flush()
+
+    def _live_line(self) -> str:
+        width = shutil.get_terminal_size((120, 20)).columns - 1
+        return ("[qa-ray] running: " + " || ".join(self.live.values()))[:width]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        print(trial_line(str(trial), result), flush=True)
+        if any(isinstance(result.get(k), int | float) for k in self.objectives):
+            self.live.pop(str(trial), None)
+            self._print(trial_line(str(trial), result))
+            return
+        if result.get(m.INFEASIBLE):
+            return  # said when the trial completes
+        self.live[str(trial)] = trial_line(str(trial), result, short=True)
+        if self.out.isatty():
+            self.out.write("\r\033[K" + self._live_line())
+            self.out.flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.live.pop(str(trial), None)
         last = trial.last_result or {}
         if last.get(m.INFEASIBLE):
-            print(f"[qa-ray] trial {trial} INFEASIBLE: {last.get(m.INFEASIBLE_REASON)}", flush=True)
+            self._print(f"[qa-ray] trial {trial} INFEASIBLE: {last.get(m.INFEASIBLE_REASON)}")
         elif last.get(m.STOPPED_EARLY_AT) is not None:
-            print(
+            self._print(
                 f"[qa-ray] trial {trial} stopped early at {last[m.STOPPED_EARLY_AT]:g} "
-                "(MO-ASHA: not among the best at its rung)",
-                flush=True,
+                "(MO-ASHA: not among the best at its rung)"
             )
-        print(self.progress.line(trials, finished=trial), flush=True)
+        self._print(self.progress.line(trials, finished=trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.live.pop(str(trial), None)
         reason = failure_reason(trial_error_text(trial))
-        print(f"[qa-ray] trial {trial} FAILED: {reason}", flush=True)
-        print(self.progress.line(trials, finished=trial, failed_now=True), flush=True)
+        self._print(f"[qa-ray] trial {trial} FAILED: {reason}")
+        self._print(self.progress.line(trials, finished=trial, failed_now=True))
 
 
-def trial_line(name: str, r: dict[str, Any]) -> str:
+def trial_line(name: str, r: dict[str, Any], short: bool = False) -> str:
     """``[qa-ray] trial-1a2b step 60/300 | loss 1.23 | F1 12.3 EM 8.0 | peak 620 MB | 0.8 min,
-    about 3.1 min left``: the left time from the step budget, or the time budget if sooner."""
+    about 3.1 min left``: the left time from the step budget, or the time budget if sooner.
+    ``short``: ``trial-1a2b 60/300 loss 1.23 620 MB 3.1 min left``, for the live line."""
     step, seconds = r.get(m.STEP, 0), r.get(m.TRAIN_SECONDS, 0.0)
     total = r.get(m.PLANNED_STEPS)
     parts = [f"step {step}" + (f"/{total}" if total else "")]
@@ -369,6 +400,15 @@ def trial_line(name: str, r: dict[str, Any]) -> str:
         left.append(seconds * (total - step) / step)
     if r.get(m.TIME_BUDGET_SECONDS):
         left.append(max(0.0, r[m.TIME_BUDGET_SECONDS] - seconds))
+    if short:
+        bits = [name, f"{step}" + (f"/{total}" if total else "")]
+        if isinstance(r.get(m.TRAIN_LOSS), float):
+            bits.append(f"loss {r[m.TRAIN_LOSS]:.2f}")
+        if isinstance(r.get(m.PEAK_MEMORY_MB), float):
+            bits.append(f"{r[m.PEAK_MEMORY_MB]:.0f} MB")
+        if left:
+            bits.append(f"{min(left) / 60:.1f} min left")
+        return " ".join(bits)
     timing = f"{seconds / 60:.1f} min trained"
     if left:
         timing += f", about {min(left) / 60:.1f} min left"
@@ -687,7 +727,7 @@ def run_sweep(
     if status == "FINISHED":
         _close_study(local, cfg.name)
         if not any(t["status"] == "COMPLETE" for t in trials):
-            status = "FAILED"  # every trial failed: the sweep found nothing
+            status = "FAILED"  # no trial completed: the sweep found nothing
     finish_parent_run(tracking_uri, parent_id, status)
     return SweepResult(exp_path, parent_id, tracking_uri, trials, interrupts.signal)
 

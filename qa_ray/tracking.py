@@ -289,6 +289,16 @@ class MLflowSweepCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
 
+    def _log_worker_output(self, rid: str, result: dict[str, Any]) -> None:
+        """The trial's worker log as artifacts of its run (what ``-v`` would have shown)."""
+        try:
+            logs = _worker_output(result)
+        except Exception as exc:  # a node gone (preempted), no dashboard: the run still ends
+            logger.warning("could not fetch the worker log of run %s: %s", rid, exc)
+            return
+        for name, text in logs.items():
+            self.client.log_text(rid, text, name)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
@@ -331,6 +341,7 @@ class MLflowSweepCallback(Callback):
             tags = {TAG_OUTCOME: "complete"}
         for tag, value in tags.items():
             self.client.set_tag(rid, tag, value[:4000])
+        self._log_worker_output(rid, final)
         self.client.set_terminated(rid, status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -338,7 +349,32 @@ class MLflowSweepCallback(Callback):
         message = trial_error_text(trial)
         self.client.set_tag(rid, "error", message[:4000])
         self.client.log_text(rid, message, "error.txt")
+        self._log_worker_output(rid, trial.last_result or {})
         self.client.set_terminated(rid, status="FAILED")
+
+
+def _worker_output(result: dict[str, Any]) -> dict[str, str]:
+    """The output of the trial's rank-0 worker process (``worker_pid`` on ``worker_node_id``,
+    from its reports), read through Ray's State API from whichever node ran it:
+    ``{"worker/rank0.out": ..., "worker/rank0.err": ...}`` (Python logging is on stderr)."""
+    from ray.util.state import get_log
+
+    node, pid = result.get("worker_node_id"), result.get("worker_pid")
+    if not node or not pid:
+        return {}
+    return {
+        f"worker/rank0.{suffix}": "".join(
+            get_log(
+                node_id=node,
+                pid=int(pid),
+                suffix=suffix,
+                tail=-1,
+                timeout=10,
+                filter_ansi_code=True,
+            )
+        )
+        for suffix in ("out", "err")
+    }
 
 
 _EXCEPTION_LINE = re.compile(

@@ -193,6 +193,7 @@ class RaySession:
             metrics,
             worker_node_ip=ray.util.get_node_ip_address(),
             worker_node_id=ray.get_runtime_context().get_node_id(),
+            worker_pid=os.getpid(),  # its output is the trial's worker log (MLflow artifact)
         )
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -438,6 +439,7 @@ class Meters:
     samples: int = 0  # this rank's, since the start
     train_seconds: float = 0.0  # training only (no evaluation), since the start
     last_checkpoint_time: float = field(default=0.0, repr=False)
+    last_report_time: float = field(default=0.0, repr=False)
 
     def take_loss(self) -> float:
         mean = self.loss_sum / self.loss_batches if self.loss_batches else float("nan")
@@ -629,8 +631,13 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
 
             # -- rank 0 decides what all ranks do next: horizon, out of time, checkpoint
             trial.budget.replan(meters.step)
-            horizon, out_of_time, checkpoint_due = _from_rank0(
-                [trial.budget.horizon, trial.budget.expired(), _checkpoint_due(trial, meters)],
+            horizon, out_of_time, checkpoint_due, progress_due = _from_rank0(
+                [
+                    trial.budget.horizon,
+                    trial.budget.expired(),
+                    _checkpoint_due(trial, meters),
+                    _progress_due(trial, meters),
+                ],
                 trial.session,
             )
             trial.budget.horizon = int(horizon)
@@ -652,6 +659,10 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             if evaluate or checkpoint_due:
                 meters.train_seconds += time.perf_counter() - t0
                 last = report(trial, meters, evaluate=evaluate, checkpoint=True, final=done)
+                t0 = time.perf_counter()
+            elif progress_due:  # step, loss, memory between evaluations: no checkpoint
+                meters.train_seconds += time.perf_counter() - t0
+                report(trial, meters, evaluate=False, checkpoint=False)
                 t0 = time.perf_counter()
             if done:
                 break
@@ -690,6 +701,11 @@ def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
 def _no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel
     return no_sync() if no_sync is not None else contextlib.nullcontext()
+
+
+def _progress_due(trial: Trial, meters: Meters) -> bool:
+    seconds = trial.cfg.train.progress_seconds
+    return bool(seconds and trial.budget.elapsed() - meters.last_report_time >= seconds)
 
 
 def _checkpoint_due(trial: Trial, meters: Meters) -> bool:
@@ -748,6 +764,7 @@ def report(
     )
     if trial.budget.seconds is not None:
         result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
+    meters.last_report_time = trial.budget.elapsed()
     if final:
         result[m.FINAL_REPORT] = 1.0
     if infeasible:

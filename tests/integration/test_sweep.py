@@ -54,6 +54,13 @@ def test_sweep_records_parent_children_study_and_failure(
     # curves: one point per evaluation
     hist = client.get_metric_history(finished[0].info.run_id, "train_loss")
     assert [h.step for h in hist] == [2]
+    # each trial's worker log is an artifact of its run (rank 0's stdout and stderr)
+    for c in finished:
+        arts = {a.path for a in client.list_artifacts(c.info.run_id, "worker")}
+        assert arts == {"worker/rank0.out", "worker/rank0.err"}
+        err = client.download_artifacts(c.info.run_id, "worker/rank0.err", str(tmp_path))
+        text = open(err).read()
+        assert "train: " in text and "sequences" in text, text[-2000:]
     # parent artifacts
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
     assert {
@@ -124,7 +131,7 @@ def test_a_sweep_whose_every_trial_fails_exits_1_with_its_reasons(
     path, uri = tiny_sweep(tmp_path, [broken], num_samples=2)
     assert main(["sweep", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "every trial failed (2 of 2)" in out
+    assert "no trial completed: 2 failed, 0 over a budget or out of memory, of 2" in out
     reasons = out.split("Reasons:")[1]
     assert "2 x " in reasons and "Error: " in reasons and "no-such-architecture" in reasons
     assert "Traceback" not in reasons and "File " not in reasons

@@ -111,14 +111,14 @@ def test_other_failures_are_not_out_of_memory():
     assert out_of_memory(_worker_group_error(RuntimeError("NCCL timeout"))) is None
 
 
-def test_infeasible_reports_reach_tune_with_every_objective_key(monkeypatch):
-    """A trial stopped over budget before its first evaluation has no scores: its report
-    reaches Tune with them as None (Tune refuses a result without the searcher's metrics);
-    reports without scores that are not infeasible (checkpoints) stay with Ray Train."""
+def test_every_report_reaches_tune_with_every_objective_key(monkeypatch):
+    """Reports between evaluations (progress, checkpoints, a trial stopped over budget before
+    it was scored) have no scores: they reach Tune with them as None (Tune refuses a result
+    without the searcher's metrics)."""
     from ray.tune.integration import ray_train
 
     from qa_ray import metrics as m
-    from qa_ray.sweep import _evaluated_reports_to_tune
+    from qa_ray.sweep import _reports_to_tune
 
     sent = []
     monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
@@ -128,9 +128,66 @@ def test_infeasible_reports_reach_tune_with_every_objective_key(monkeypatch):
         "after_report",
         lambda self, ctx, metrics, ckpt: sent.append(metrics[0]),
     )
-    cb = _evaluated_reports_to_tune((m.EVAL_F1, m.PEAK_MEMORY_MB))
-    cb.after_report(None, [{m.STEP: 3, m.PEAK_MEMORY_MB: 900.0}], None)  # a checkpoint report
+    cb = _reports_to_tune((m.EVAL_F1, m.PEAK_MEMORY_MB))
+    cb.after_report(None, [{m.STEP: 3, m.PEAK_MEMORY_MB: 900.0}], None)  # progress
     cb.after_report(None, [{m.STEP: 4, m.EVAL_F1: 1.0, m.PEAK_MEMORY_MB: 900.0}], None)
     cb.after_report(None, [{m.STEP: 0, m.PEAK_MEMORY_MB: 9e9, m.INFEASIBLE: 1.0}], None)
-    assert [r[m.STEP] for r in sent] == [4, 0]
-    assert sent[1][m.EVAL_F1] is None and sent[1][m.PEAK_MEMORY_MB] == 9e9
+    assert [(r[m.STEP], r[m.EVAL_F1], r[m.PEAK_MEMORY_MB]) for r in sent] == [
+        (3, None, 900.0),
+        (4, 1.0, 900.0),
+        (0, None, 9e9),
+    ]
+
+
+class _Tty:
+    def __init__(self, tty: bool):
+        self.text, self.tty = "", tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+class _Trial:
+    def __init__(self, name, status="RUNNING", last_result=None):
+        self.name, self.status, self.last_result = name, status, last_result or {}
+
+    def __str__(self):
+        return self.name
+
+
+def test_the_live_line_follows_progress_on_a_terminal_and_gives_way_to_evaluations():
+    from qa_ray import metrics as m
+    from qa_ray.sweep import ProgressCallback
+    from qa_ray.sweep_config import Objective
+
+    objectives = [Objective(metric=m.EVAL_F1, mode="max")]
+    progress = {m.STEP: 10, m.PLANNED_STEPS: 40, m.TRAIN_LOSS: 2.5, m.EVAL_F1: None,
+                m.PEAK_MEMORY_MB: 900.0, m.TRAIN_SECONDS: 60.0}  # fmt: skip
+    evaluated = {**progress, m.STEP: 20, m.EVAL_F1: 33.0, m.TRAIN_SECONDS: 120.0}
+    a, b = _Trial("trial-a"), _Trial("trial-b")
+
+    term = _Tty(True)
+    cb = ProgressCallback(objectives, 2, stream=term)
+    cb.on_trial_result(0, [a, b], a, progress)
+    cb.on_trial_result(0, [a, b], b, {**progress, m.STEP: 5})
+    assert term.text.endswith(
+        "\r\x1b[K[qa-ray] running: trial-a 10/40 loss 2.50 900 MB 3.0 min left || "
+        "trial-b 5/40 loss 2.50 900 MB 7.0 min left"
+    )
+    term.text = ""
+    cb.on_trial_result(0, [a, b], a, evaluated)  # a permanent line; the live line is redrawn
+    line, live = term.text.split("\n")
+    assert line.startswith("\r\x1b[K[qa-ray] trial-a step 20/40 | loss 2.500 | F1 33.00")
+    assert live == "[qa-ray] running: trial-b 5/40 loss 2.50 900 MB 7.0 min left"
+
+    logs = _Tty(False)  # CI logs, a pipe: no live line, the evaluations only
+    cb = ProgressCallback(objectives, 2, stream=logs)
+    cb.on_trial_result(0, [a], a, progress)
+    cb.on_trial_result(0, [a], a, evaluated)
+    assert logs.text.count("\n") == 1 and "running:" not in logs.text and "\r" not in logs.text
