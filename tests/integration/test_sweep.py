@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -59,7 +60,7 @@ def test_sweep_records_parent_children_study_and_failure(
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "worker")}
         assert arts == {"worker/rank0.out", "worker/rank0.err"}
         err = client.download_artifacts(c.info.run_id, "worker/rank0.err", str(tmp_path))
-        text = open(err).read()
+        text = Path(err).read_text()
         assert "train: " in text and "sequences" in text, text[-2000:]
     # parent artifacts
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
