@@ -137,3 +137,17 @@ def test_qa_ray_train_exits_1_when_over_budget(tiny_model_dir, tmp_path, capsys)
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 1
     assert "stopped, infeasible: model_footprint_mb" in capsys.readouterr().out
+
+
+def test_progress_reports_between_evaluations(tiny_model_dir, tmp_path):
+    """Every `train.progress_seconds` (here: every step) a report with step, loss and peak
+    memory, no scores and no checkpoint; evaluations as before."""
+    session = RecordingSession()
+    cfg = _cfg(tiny_model_dir, tmp_path, [], train__max_steps=4, train__progress_seconds=1e-9)
+    train_loop_per_worker(cfg, session)
+    assert [r[m.STEP] for r in session.reports] == [1, 2, 3, 4]
+    assert [m.EVAL_F1 in r for r in session.reports] == [False, True, False, True]
+    assert all(r[m.PEAK_MEMORY_MB] > 0 and r[m.TRAIN_LOSS] > 0 for r in session.reports)
+    quiet = RecordingSession()
+    train_loop_per_worker({**cfg, "train": {**cfg["train"], "progress_seconds": 0}}, quiet)
+    assert [r[m.STEP] for r in quiet.reports] == [2, 4]

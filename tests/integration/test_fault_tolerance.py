@@ -44,6 +44,7 @@ def _sweep(tmp_path, model) -> tuple[dict, str]:
             "learning_rate": 1e-3,
             "checkpoint_steps": EVERY,
             "eval_steps": EVAL,
+            "progress_seconds": 0,
         },
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 2},
         "search": {
@@ -116,9 +117,12 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_d
     (child,) = child_runs(uri, parent.info.run_id)
     assert child.info.status == "FINISHED"
     steps = [h.step for h in client.get_metric_history(child.info.run_id, "train_loss")]
-    # One history, one point per evaluation: each step once, in order, continuing after the
-    # kill (no second start from step 0 or from before the checkpoint).
-    assert steps == list(range(EVAL, STEPS + 1, EVAL)), steps
+    # One history, a point per report (checkpoints every EVERY steps, evaluations every EVAL):
+    # each step once, in order, continuing after the kill (no second start from step 0 or
+    # from before the checkpoint).
+    assert steps == sorted(set(steps)), steps
+    assert set(range(EVAL, STEPS + 1, EVAL)) <= set(steps), steps
+    assert all(s % EVERY == 0 for s in steps), steps
 
     # The same trial run through, in one thread as the Ray worker (1 CPU) computes.
     trial = dict(base, output_dir=str(tmp_path / "through"))
