@@ -20,6 +20,8 @@ EVAL_EXACT = "eval_exact"
 EVAL_F1 = "eval_f1"
 EVAL_HAS_ANS_F1 = "eval_HasAns_f1"
 EVAL_NO_ANS_F1 = "eval_NoAns_f1"
+EVAL_HAS_ANS_EXACT = "eval_HasAns_exact"
+EVAL_NO_ANS_EXACT = "eval_NoAns_exact"
 EVAL_LOSS = "eval_loss"  # instruction tuning: mean cross-entropy per response token, held out
 EVAL_PERPLEXITY = "eval_perplexity"  # exp(eval_loss)
 QUALITATIVE = "qualitative_answers"  # instruction tuning: [{"question", "answer"}] (not a number)
@@ -48,6 +50,67 @@ STOPPED_EARLY_AT = "stopped_early_at"
 # Metrics that never decrease during a trial: a budget on one of them (``peak_memory_mb <=
 # 22000``) broken once is broken for good, so the loop stops the trial at that measurement.
 BUDGET_METRICS = (PEAK_MEMORY_MB, MODEL_FOOTPRINT_MB, TRAINABLE_PARAMS, TOTAL_PARAMS)
+
+# Where a Ray Train worker's report came from (rank 0's): node and process, for the MLflow
+# node tags and the trial's worker log.
+WORKER_NODE_IP = "worker_node_ip"
+WORKER_NODE_ID = "worker_node_id"
+WORKER_PID = "worker_pid"
+TRAINING_ITERATION = "training_iteration"  # Ray Tune's own counter of a trial's results
+
+# Logged as curves on every trial's MLflow run.
+CURVES = (
+    EVAL_EXACT,
+    EVAL_F1,
+    EVAL_HAS_ANS_F1,
+    EVAL_NO_ANS_F1,
+    EVAL_HAS_ANS_EXACT,
+    EVAL_NO_ANS_EXACT,
+    EVAL_LOSS,
+    EVAL_PERPLEXITY,
+    TRAIN_LOSS,
+    LEARNING_RATE,
+    PEAK_MEMORY_MB,
+    MODEL_FOOTPRINT_MB,
+    TRAINABLE_PARAMS,
+    TOTAL_PARAMS,
+    TRAIN_SAMPLES_PER_SECOND,
+    EVAL_LATENCY_MS,
+    EPOCH,
+    STEP,
+    TRAIN_SECONDS,
+)
+
+# How the console, the progress log and the tables name a metric.
+LABELS = {
+    EVAL_F1: "F1",
+    EVAL_EXACT: "EM",
+    EVAL_LOSS: "eval loss",
+    EVAL_PERPLEXITY: "perplexity",
+    PEAK_MEMORY_MB: "peak memory MB",
+    MODEL_FOOTPRINT_MB: "weights MB",
+    EVAL_LATENCY_MS: "latency ms/q",
+}
+
+# MLflow tags (a trial's run, the sweep's parent run).
+TAG_PARENT = "mlflow.parentRunId"
+TAG_SWEEP = "qa_ray.sweep"
+TAG_TRIAL_ID = "qa_ray.trial_id"
+TAG_TRIAL_NAME = "qa_ray.trial_name"
+TAG_NODE = "qa_ray.node_ip"
+TAG_NODE_ID = "qa_ray.node_id"  # several Ray nodes can share one IP (and do, in the tests)
+TAG_ROLE = "qa_ray.role"
+# How a trial ended: complete | pruned (stopped early by the scheduler) | infeasible (over a
+# budget, or out of memory: the reason is in TAG_INFEASIBLE); pruned trials carry the value of
+# the scheduler's time attribute where they stopped in TAG_STOPPED_EARLY_AT.
+TAG_OUTCOME = "qa_ray.outcome"
+TAG_INFEASIBLE = "qa_ray.infeasible"
+TAG_STOPPED_EARLY_AT = "qa_ray.stopped_early_at"
+TAG_ERROR = "error"  # a failed trial's exception, first 4000 characters
+TAG_PARETO_OPTIMAL = "pareto_optimal"  # "true" | "false", on every scored trial
+TAG_PARETO_RANK = "pareto_rank"  # 0 is the front; absent when the trial is not ranked
+PARETO_FRONT_SIZE = "pareto_front_size"  # parent-run metrics
+HYPERVOLUME = "hypervolume"
 
 # Metrics a sweep may optimize or constrain: what the training loop reports as numbers.
 OBJECTIVES = (

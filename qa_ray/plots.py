@@ -28,9 +28,15 @@ def _require(module: str, extra: str = "plots"):
         raise ImportError(f"plots need {module}: pip install 'qa-ray[{extra}]'") from exc
 
 
-def _step_line(points: Sequence[tuple[float, float]], y_mode: str) -> tuple[list, list]:
-    """The front as a staircase in x order (x is minimized)."""
-    pts = sorted(points, key=lambda p: (p[0], -p[1] if y_mode == "max" else p[1]))
+def _step_line(
+    points: Sequence[tuple[float, float]], y_mode: str, x_mode: str = "min"
+) -> tuple[list, list]:
+    """A two-objective front as a staircase: from its best-x end (smallest x when x is
+    minimized, largest when maximized), each step holds the y reached so far until the next
+    point's x, then moves to that point's y."""
+    sign_x = 1 if x_mode == "min" else -1
+    sign_y = -1 if y_mode == "max" else 1
+    pts = sorted(points, key=lambda p: (sign_x * p[0], sign_y * p[1]))
     xs, ys = [], []
     for x, y in pts:
         if xs:
@@ -69,11 +75,15 @@ def pareto_html(
     *,
     others: Sequence[Mapping[str, Any]] = (),
     budgets: Sequence[float] = (),
+    x_mode: str = "min",
+    staircase: bool = True,
 ) -> str:
     """A self-contained HTML page: one trace per (fine-tune method, bits), coloured by bits with
     a marker symbol per method (per model, when the sweep searches the model too); dominated
     trials faded; the front as steps; trials stopped early or over a budget (``others``) in
-    grey, and each budget on x as a dashed vertical line."""
+    grey, and each budget on x as a dashed vertical line. ``staircase`` is for two
+    objectives: with three or more the front's projection is no staircase, so its points are
+    highlighted without a line."""
     go = _require("plotly.graph_objects")
     fig = go.Figure()
     models = sorted({str(t["model"]) for t in trials if t.get("model")})
@@ -116,17 +126,18 @@ def pareto_html(
                 ),
             )
         )
-    xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode)
-    fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="lines",
-            name="Pareto front",
-            line=dict(shape="linear", color="black", dash="dot"),
-            hoverinfo="skip",
+    if staircase:
+        xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode, x_mode)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                name="Pareto front",
+                line=dict(shape="linear", color="black", dash="dot"),
+                hoverinfo="skip",
+            )
         )
-    )
     floor = min((float(t[y]) for t in trials if isinstance(t.get(y), int | float)), default=0.0)
     for label, symbol, rows in _off_front(others, y, floor):
         fig.add_trace(
@@ -172,6 +183,8 @@ def pareto_png(
     *,
     others=(),
     budgets: Sequence[float] = (),
+    x_mode: str = "min",
+    staircase: bool = True,
 ) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -186,8 +199,9 @@ def pareto_png(
             color=palette.get(t.get("quantization_bits"), "#7f7f7f"),
             edgecolors="black" if on else "none",
         )
-    xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode)
-    ax.plot(xs, ys, "k:", label="Pareto front")
+    if staircase:
+        xs, ys = _step_line([(trials[i][x], trials[i][y]) for i in optimal], y_mode, x_mode)
+        ax.plot(xs, ys, "k:", label="Pareto front")
     for bits, c in palette.items():
         ax.scatter([], [], color=c, label=f"{bits}-bit")
     floor = min((float(t[y]) for t in trials if isinstance(t.get(y), int | float)), default=0.0)

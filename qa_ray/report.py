@@ -23,19 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_ray import metrics as m
-from qa_ray.config import ConfigError
-from qa_ray.pareto import front, hypervolume_history, nondominated_ranks, parse_constraint
+from qa_ray import tracking
+from qa_ray.pareto import (
+    Constraint,
+    front,
+    hypervolume_history,
+    nondominated_ranks,
+    parse_constraint,
+)
 from qa_ray.plots import model_label
 from qa_ray.tasks import TASKS
-from qa_ray.tracking import (
-    QUALITATIVE_TABLE,
-    TAG_OUTCOME,
-    TAG_ROLE,
-    TAG_SWEEP,
-    TAG_TRIAL_NAME,
-    _client,
-    child_runs,
-)
+from qa_ray.tracking import QUALITATIVE_TABLE, find_parent_run
 
 __all__ = [
     "ParetoSummary",
@@ -51,72 +49,36 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ParetoSummary:
+    """What a sweep's report says, computed from its trial records alone (:func:`summarize`).
+
+    ``trials`` are copies of the records with ``pareto_optimal`` and ``pareto_rank`` set;
+    the index fields point into it.
+    """
+
     parent_run_id: str
     objectives: tuple[tuple[str, str], ...]
-    trials: list[dict[str, Any]]  # name, run_id, status, params, metrics, pareto_optimal, rank
-    optimal: tuple[int, ...]
-    excluded: int
-    hypervolume: list[float]
-    reference: tuple[float, ...] = ()  # the hypervolume's reference point (objective units)
-    best_under: tuple[dict[str, Any], ...] = ()  # per budget: metric, bound, trial index or None
+    trials: list[dict[str, Any]]
+    optimal: tuple[int, ...]  # on the front
+    feasible: tuple[int, ...]  # completed, every objective, within the constraints
+    excluded: int  # failed, stopped early, over a budget, or missing an objective
+    hypervolume: list[float]  # after each feasible trial, in the order they ended
+    reference: tuple[float, ...]  # the hypervolume's reference point (objective units)
+    budgets: tuple[float, ...]  # bounds on the x objective: constraints and --budgets
+    best_under: tuple[dict[str, Any], ...]  # per budget: metric, bound, trial index or None
 
-
-def find_parent_run(uri: str, sweep_or_run: str) -> str:
-    """The parent run id for a run id or a sweep name (the newest sweep of that name)."""
-    client = _client(uri)
-    try:
-        return client.get_run(sweep_or_run).info.run_id
-    except Exception:
-        pass
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(
-            exps,
-            filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_or_run}' and tags.`{TAG_ROLE}` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
+    @property
+    def axes(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((y, mode), (x, mode))``: the first objective up, the second (or peak memory)
+        across."""
+        return self.objectives[0], (
+            self.objectives[1] if len(self.objectives) > 1 else (m.PEAK_MEMORY_MB, "min")
         )
-        if exps
-        else []
-    )
-    if not runs:
-        raise ConfigError(
-            sweep_or_run, [f"no sweep parent run or run id {sweep_or_run!r} at {uri}"]
-        )
-    return runs[0].info.run_id
 
 
 def sweep_constraints(uri: str, parent_id: str) -> list[str]:
     """The constraints a sweep ran with (its parent run's ``constraints`` param)."""
-    raw = _client(uri).get_run(parent_id).data.params.get("constraints")
+    raw = tracking.sweep_params(uri, parent_id).get("constraints")
     return json.loads(raw) if raw else []
-
-
-def _records(uri: str, parent_id: str) -> list[dict[str, Any]]:
-    out = []
-    for r in child_runs(uri, parent_id):
-        status = {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status)
-        if status == "COMPLETE" and r.data.tags.get(TAG_OUTCOME) in ("pruned", "infeasible"):
-            status = r.data.tags[TAG_OUTCOME].upper()  # PRUNED, INFEASIBLE: off the front
-        rec: dict[str, Any] = {
-            "name": r.data.tags.get(TAG_TRIAL_NAME) or r.info.run_name,
-            "run_id": r.info.run_id,
-            "status": status,
-        }
-        for k, v in r.data.params.items():
-            rec[k] = _number(v)
-        rec.update(r.data.metrics)
-        out.append(rec)
-    return out
-
-
-def _number(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def reference_point(trials, objectives, budgets: dict[str, float] | None = None) -> list[float]:
@@ -167,145 +129,203 @@ def best_under(trials, feasible, metric: str, bound: float, objective) -> int | 
     return min(inside, key=lambda i: (sign * float(trials[i][y]), float(trials[i][metric])))
 
 
-def publish_pareto(
-    uri: str, parent_id: str, objectives, constraints=(), budgets=()
+def summarize(
+    parent_id: str,
+    trials: list[dict[str, Any]],
+    objectives,
+    constraints: list[Constraint] = (),
+    budgets=(),
 ) -> ParetoSummary:
-    """Computes the front over the parent's child runs and writes every artifact and tag.
+    """The report of a sweep from its trial records (see :func:`tracking.trial_records`):
+    front, ranks, hypervolume history and its reference point, the best trial under each
+    budget. Pure: reads and writes nothing.
 
     Args:
-        constraints: feasibility filters (``peak_memory_mb <= 22000``); budgets on the x axis
-            are drawn and set the hypervolume's reference point.
-        budgets: more bounds on the x metric (``--budgets``): for each, the best trial under
-            it, named in the summary and written as a runnable ``qa-ray train`` YAML.
+        objectives: ``(metric, mode)`` pairs; the first is the y axis, the second the x axis.
+        constraints: feasibility filters; those bounding a minimized objective from above
+            are its budgets (drawn, and the hypervolume's reference point).
+        budgets: more bounds on the x objective (``--budgets``).
     """
-    from qa_ray import plots
-
-    objs = tuple((o.metric, o.mode) for o in objectives)
-    cons = [parse_constraint(c) for c in constraints]
-    trials = _records(uri, parent_id)
-    pf = front(trials, objs, cons)
-    feasible = sorted(pf.optimal + pf.dominated)
-    position = {i: k for k, i in enumerate(feasible)}  # trial index -> index among feasible
+    objs = tuple((k, mode) for k, mode in objectives)
+    trials = [dict(t) for t in trials]
+    pf = front(trials, objs, constraints)
+    feasible = tuple(sorted(pf.optimal + pf.dominated))
     ranks = nondominated_ranks([trials[i] for i in feasible], objs)
-    client = _client(uri)
     for i, t in enumerate(trials):
         t["pareto_optimal"] = i in pf.optimal
-        t["pareto_rank"] = ranks.get(position[i]) if i in position else None
-        client.set_tag(t["run_id"], "pareto_optimal", "true" if t["pareto_optimal"] else "false")
-        if t["pareto_rank"] is not None:
-            client.set_tag(t["run_id"], "pareto_rank", str(t["pareto_rank"]))
-    (y, y_mode), (x, _) = objs[0], objs[1] if len(objs) > 1 else (m.PEAK_MEMORY_MB, "min")
-    x_budgets = _upper_budgets(cons, budgets, x)
-    hv_budgets = {
-        k: min(_upper_budgets(cons, budgets if k == x else (), k))
+        t["pareto_rank"] = ranks[feasible.index(i)] if i in feasible else None
+    x = objs[1][0] if len(objs) > 1 else m.PEAK_MEMORY_MB
+    budget_of = {
+        k: _upper_budgets(constraints, budgets if k == x else (), k)
         for k, mode in objs
-        if mode == "min" and _upper_budgets(cons, budgets if k == x else (), k)
+        if mode == "min"
     }
-    ref = reference_point([trials[i] for i in feasible], objs, hv_budgets)
-    hv = hypervolume_history([trials[i] for i in feasible], objs, ref)
+    ref = reference_point(
+        [trials[i] for i in feasible], objs, {k: min(b) for k, b in budget_of.items() if b}
+    )
+    # in the order the trials ended, so the curve reads "after N completed trials"
+    by_end = sorted(feasible, key=lambda i: (trials[i].get("ended") or 0, i))
+    hv = hypervolume_history([trials[i] for i in by_end], objs, ref)
+    x_budgets = tuple(_upper_budgets(constraints, budgets, x))
     bests = tuple(
         {"metric": x, "bound": b, "trial": best_under(trials, feasible, x, b, objs[0])}
         for b in x_budgets
     )
-    summary = ParetoSummary(
-        parent_id, objs, trials, pf.optimal, len(pf.excluded), hv, tuple(ref), bests
+    return ParetoSummary(
+        parent_run_id=parent_id,
+        objectives=objs,
+        trials=trials,
+        optimal=pf.optimal,
+        feasible=feasible,
+        excluded=len(trials) - len(feasible),
+        hypervolume=hv,
+        reference=tuple(ref),
+        budgets=x_budgets,
+        best_under=bests,
     )
 
-    plotted = [trials[i] for i in feasible]
-    on_front = {position[i] for i in pf.optimal}
-    others = [
-        t
-        for i, t in enumerate(trials)
-        if i not in position
-        and t["status"] in ("PRUNED", "INFEASIBLE", "COMPLETE")
-        and isinstance(t.get(x), int | float)
-    ]
-    title = f"Pareto front: {y} vs {x} ({len(pf.optimal)} of {len(trials)} trials)"
+
+def publish_pareto(
+    uri: str, parent_id: str, objectives, constraints=(), budgets=()
+) -> ParetoSummary:
+    """Reads the sweep's trials from MLflow, summarizes them (:func:`summarize`) and writes
+    the report: the trials' Pareto tags, the parent's artifacts under ``pareto/`` and its
+    hypervolume curve.
+
+    Args:
+        objectives: :class:`~qa_ray.sweep_config.Objective` objects (metric, mode).
+        constraints: texts (``peak_memory_mb <= 22000``).
+        budgets: more bounds on the x metric (``--budgets``): for each, the best trial under
+            it, named in the summary and written as a runnable ``qa-ray train`` YAML.
+    """
+    summary = summarize(
+        parent_id,
+        tracking.trial_records(uri, parent_id),
+        [(o.metric, o.mode) for o in objectives],
+        [parse_constraint(c) for c in constraints],
+        budgets,
+    )
+    tracking.set_pareto_tags(uri, summary.trials)
     with tempfile.TemporaryDirectory() as d:
-
-        def path(name):
-            return os.path.join(d, name)
-
-        with open(path("pareto.html"), "w") as f:
-            f.write(
-                plots.pareto_html(
-                    plotted, on_front, x, y, y_mode, title, others=others, budgets=x_budgets
-                )
-            )
-        plots.pareto_png(
-            path("pareto.png"),
-            plotted,
-            on_front,
-            x,
-            y,
-            y_mode,
-            title,
-            others=others,
-            budgets=x_budgets,
-        )
-        for best in bests:
-            if best["trial"] is not None:
-                name = f"best_under_{best['bound']:g}_{x}.yaml"
-                with open(path(name), "w") as f:
-                    f.write(runnable_trial_yaml(client, parent_id, trials[best["trial"]]))
-        for ym, xm in (
-            (m.EVAL_EXACT, m.PEAK_MEMORY_MB),
-            (m.EVAL_F1, m.PEAK_MEMORY_MB),
-            (m.EVAL_F1, m.EVAL_LATENCY_MS),
-        ):
-            rows = [
-                t for t in plotted if isinstance(t.get(ym), float) and isinstance(t.get(xm), float)
-            ]
-            if rows:
-                plots.scatter_png(
-                    path(f"{ym}_vs_{xm}.png"),
-                    rows,
-                    {j for j, t in enumerate(rows) if t["pareto_optimal"]},
-                    xm,
-                    ym,
-                    f"{ym} vs {xm}",
-                )
-        if hv:
-            plots.line_png(
-                path("hypervolume.png"), hv, "hypervolume", "hypervolume after each trial"
-            )
-        with open(path("trials.csv"), "w", newline="") as f:
-            f.write(_csv(trials))
-        with open(path("summary.md"), "w") as f:
-            f.write(summary_markdown(summary))
-        task = client.get_run(parent_id).data.params.get("task", "extractive")
-        answers = None
-        if task in TASKS and TASKS[task].QUALITATIVE_QUESTIONS:
-            answers = qualitative_by_trial(client, trials)
-        if answers:
-            with open(path("qualitative_answers.json"), "w") as f:
-                json.dump(answers, f, indent=2)
-            with open(path("qualitative_answers.html"), "w") as f:
-                f.write(_html_table(answers, "Qualitative answers by trial (final evaluation)"))
-        client.log_artifacts(parent_id, d, artifact_path="pareto")
-    client.log_metric(parent_id, "pareto_front_size", len(pf.optimal))
-    for step, v in enumerate(hv, start=1):
-        client.log_metric(parent_id, "hypervolume", v, step=step)
+        for name, text in render(summary, uri).items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        _render_pngs(summary, d)
+        tracking.mlflow_client(uri).log_artifacts(parent_id, d, artifact_path="pareto")
+    tracking.log_hypervolume(uri, parent_id, summary.hypervolume, len(summary.optimal))
     return summary
 
 
-def runnable_trial_yaml(client, parent_id: str, trial: dict[str, Any]) -> str:
-    """The trial's full configuration as a ``qa-ray train`` YAML: the sweep's trial blocks
-    (the parent's ``sweep_config.yaml``) with the trial's sampled values set."""
+def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
+    """The report's text artifacts: ``pareto.html``, ``trials.csv``, ``summary.md``, a
+    ``best_under_*.yaml`` per budget with a trial under it, and for instruction tuning the
+    qualitative answers side by side."""
+    from qa_ray import plots
+
+    (y, y_mode), (x, x_mode) = summary.axes
+    trials = summary.trials
+    plotted, on_front, others = _plotted(summary)
+    out = {
+        "pareto.html": plots.pareto_html(
+            plotted, on_front, x, y, y_mode, _title(summary), others=others,
+            budgets=summary.budgets, x_mode=x_mode, staircase=len(summary.objectives) == 2,
+        ),
+        "trials.csv": _csv(trials),
+        "summary.md": summary_markdown(summary),
+    }  # fmt: skip
+    wanted = [b for b in summary.best_under if b["trial"] is not None]
+    if wanted:
+        import yaml
+
+        sweep = yaml.safe_load(
+            tracking.read_artifact(uri, summary.parent_run_id, "sweep_config.yaml") or "{}"
+        )
+        for best in wanted:
+            t = trials[best["trial"]]
+            out[f"best_under_{best['bound']:g}_{x}.yaml"] = runnable_trial_yaml(
+                sweep, tracking.run_params(uri, t["run_id"]), t
+            )
+    task = tracking.sweep_params(uri, summary.parent_run_id).get("task", "extractive")
+    if task in TASKS and TASKS[task].QUALITATIVE_QUESTIONS:
+        answers = qualitative_by_trial(uri, trials)
+        if answers:
+            out["qualitative_answers.json"] = json.dumps(answers, indent=2)
+            out["qualitative_answers.html"] = _html_table(
+                answers, "Qualitative answers by trial (final evaluation)"
+            )
+    return out
+
+
+def _title(summary: ParetoSummary) -> str:
+    (y, _), (x, _) = summary.axes
+    return f"Pareto front: {y} vs {x} ({len(summary.optimal)} of {len(summary.trials)} trials)"
+
+
+def _plotted(summary: ParetoSummary):
+    """The feasible trials, which of them are on the front, and the others with an x value
+    (stopped early, infeasible, outside the constraints) to draw apart."""
+    _, (x, _) = summary.axes
+    plotted = [summary.trials[i] for i in summary.feasible]
+    on_front = {summary.feasible.index(i) for i in summary.optimal}
+    others = [
+        t
+        for i, t in enumerate(summary.trials)
+        if i not in summary.feasible
+        and t["status"] in ("PRUNED", "INFEASIBLE", "COMPLETE")
+        and isinstance(t.get(x), int | float)
+    ]
+    return plotted, on_front, others
+
+
+def _render_pngs(summary: ParetoSummary, folder: str) -> None:
+    from qa_ray import plots
+
+    (y, y_mode), (x, x_mode) = summary.axes
+    plotted, on_front, others = _plotted(summary)
+
+    def path(name):
+        return os.path.join(folder, name)
+
+    plots.pareto_png(
+        path("pareto.png"), plotted, on_front, x, y, y_mode, _title(summary), others=others,
+        budgets=summary.budgets, x_mode=x_mode, staircase=len(summary.objectives) == 2,
+    )  # fmt: skip
+    for ym, xm in (
+        (m.EVAL_EXACT, m.PEAK_MEMORY_MB),
+        (m.EVAL_F1, m.PEAK_MEMORY_MB),
+        (m.EVAL_F1, m.EVAL_LATENCY_MS),
+    ):
+        rows = [t for t in plotted if isinstance(t.get(ym), float) and isinstance(t.get(xm), float)]
+        if rows:
+            plots.scatter_png(
+                path(f"{ym}_vs_{xm}.png"),
+                rows,
+                {j for j, t in enumerate(rows) if t["pareto_optimal"]},
+                xm,
+                ym,
+                f"{ym} vs {xm}",
+            )
+    if summary.hypervolume:
+        plots.line_png(
+            path("hypervolume.png"),
+            summary.hypervolume,
+            "hypervolume",
+            "hypervolume after each completed trial (in the order they ended)",
+        )
+
+
+def runnable_trial_yaml(sweep: dict[str, Any], params: dict[str, Any], trial: dict) -> str:
+    """A trial's full configuration as a ``qa-ray train`` YAML: the sweep's trial blocks (its
+    resolved ``sweep_config.yaml``) with the trial's sampled values (its run's params) set."""
     import yaml
 
     from qa_ray.config import TrialConfig
     from qa_ray.search_space import apply_params
 
-    with tempfile.TemporaryDirectory() as d:
-        local = client.download_artifacts(parent_id, "sweep_config.yaml", d)
-        with open(local) as f:
-            sweep = yaml.safe_load(f)
     base = {
         k: sweep[k] for k in ("model", "data", "train", "resources", "constraints") if k in sweep
     }
-    params = client.get_run(trial["run_id"]).data.params
-    cfg = apply_params(base, {k: _number(v) for k, v in params.items()})
+    cfg = apply_params(base, params)
     cfg["name"] = f"{sweep['name']}-{trial['name']}"
     cfg["output_dir"] = f"outputs/{cfg['name']}"
     cfg = TrialConfig.model_validate(cfg).model_dump(mode="json")
@@ -316,7 +336,7 @@ def runnable_trial_yaml(client, parent_id: str, trial: dict[str, Any]) -> str:
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
-def qualitative_by_trial(client, trials) -> dict[str, list] | None:
+def qualitative_by_trial(uri: str, trials) -> dict[str, list] | None:
     """Each finished trial's last answers to the qualitative questions, a column per trial:
     ``{"columns": ["question", "<trial> (<configuration>)", ...], "data": [[...], ...]}``;
     ``None`` when no trial logged a qualitative table (every task but instruction)."""
@@ -324,13 +344,10 @@ def qualitative_by_trial(client, trials) -> dict[str, list] | None:
     for t in trials:
         if t["status"] != "COMPLETE":
             continue
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                local = client.download_artifacts(t["run_id"], QUALITATIVE_TABLE, d)
-            except Exception:  # no table on this run
-                continue
-            with open(local) as f:
-                table = json.load(f)
+        text = tracking.read_artifact(uri, t["run_id"], QUALITATIVE_TABLE)
+        if text is None:  # no table on this run
+            continue
+        table = json.loads(text)
         rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
         last = max(r["step"] for r in rows)
         by_trial.append({r["question"]: r["answer"] for r in rows if r["step"] == last})
@@ -389,12 +406,21 @@ def _config_label(t, with_model: bool = False) -> str:
 
 
 # The quality columns: EM/F1 for QA tasks, held-out loss/perplexity for instruction tuning.
-_QA_COLUMNS = (("F1", m.EVAL_F1, ".2f"), ("EM", m.EVAL_EXACT, ".2f"))
-_LM_COLUMNS = (("eval loss", m.EVAL_LOSS, ".4f"), ("perplexity", m.EVAL_PERPLEXITY, ".2f"))
-_COST_COLUMNS = (
-    ("peak memory MB", m.PEAK_MEMORY_MB, ".0f"),
-    ("weights MB", m.MODEL_FOOTPRINT_MB, ".1f"),
-    ("latency ms/q", m.EVAL_LATENCY_MS, ".1f"),
+_QA_COLUMNS = (
+    (m.LABELS[m.EVAL_F1], m.EVAL_F1, ".2f"),
+    (m.LABELS[m.EVAL_EXACT], m.EVAL_EXACT, ".2f"),
+)
+_LM_COLUMNS = (
+    (m.LABELS[m.EVAL_LOSS], m.EVAL_LOSS, ".4f"),
+    (m.LABELS[m.EVAL_PERPLEXITY], m.EVAL_PERPLEXITY, ".2f"),
+)
+_COST_COLUMNS = tuple(
+    (m.LABELS[k], k, fmt)
+    for k, fmt in (
+        (m.PEAK_MEMORY_MB, ".0f"),
+        (m.MODEL_FOOTPRINT_MB, ".1f"),
+        (m.EVAL_LATENCY_MS, ".1f"),
+    )
 )
 
 

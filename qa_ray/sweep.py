@@ -51,28 +51,6 @@ __all__ = ["SweepResult", "check_resume", "plan", "run_sweep"]
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "qa_ray_sweep.json"
-# Logged as curves on every child run.
-CURVE_METRICS = (
-    m.EVAL_EXACT,
-    m.EVAL_F1,
-    m.EVAL_HAS_ANS_F1,
-    m.EVAL_NO_ANS_F1,
-    "eval_HasAns_exact",
-    "eval_NoAns_exact",
-    m.EVAL_LOSS,
-    m.EVAL_PERPLEXITY,
-    m.TRAIN_LOSS,
-    m.LEARNING_RATE,
-    m.PEAK_MEMORY_MB,
-    m.MODEL_FOOTPRINT_MB,
-    m.TRAINABLE_PARAMS,
-    m.TOTAL_PARAMS,
-    m.TRAIN_SAMPLES_PER_SECOND,
-    m.EVAL_LATENCY_MS,
-    m.EPOCH,
-    m.STEP,
-    m.TRAIN_SECONDS,
-)
 
 
 @dataclass(frozen=True)
@@ -347,7 +325,7 @@ class ProgressCallback(Callback):
         return ("[qa-ray] running: " + " || ".join(self.live.values()))[:width]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if any(isinstance(result.get(k), int | float) for k in self.objectives):
+        if all(isinstance(result.get(k), int | float) for k in self.objectives):  # evaluated
             self.live.pop(str(trial), None)
             self._print(trial_line(str(trial), result))
             return
@@ -387,8 +365,8 @@ def trial_line(name: str, r: dict[str, Any], short: bool = False) -> str:
     if isinstance(r.get(m.TRAIN_LOSS), float):
         parts.append(f"loss {r[m.TRAIN_LOSS]:.3f}")
     scores = [
-        f"{label} {r[k]:.2f}"
-        for label, k in (("F1", m.EVAL_F1), ("EM", m.EVAL_EXACT), ("eval loss", m.EVAL_LOSS))
+        f"{m.LABELS[k]} {r[k]:.2f}"
+        for k in (m.EVAL_F1, m.EVAL_EXACT, m.EVAL_LOSS)
         if isinstance(r.get(k), float)
     ]
     if scores:
@@ -832,7 +810,7 @@ def _fit(
     scheduler = early_stopping(cfg, local)
     callbacks = [
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
-        MLflowSweepCallback(tracking_uri, parent_id, CURVE_METRICS, base_config=base),
+        MLflowSweepCallback(tracking_uri, parent_id, m.CURVES, base_config=base),
         ProgressCallback(cfg.objectives, stage["num_samples"]),
     ]
     searcher = BudgetAwareOptunaSearch(

@@ -16,17 +16,41 @@ import math
 import os
 import re
 import subprocess
+import time
 from importlib import metadata
 from typing import Any
 
 from ray.tune import Callback
 
 from qa_ray import metrics as m
+
+# The tag names live with the metric names; re-exported here for readers of this module.
+from qa_ray.metrics import (
+    TAG_ERROR,
+    TAG_INFEASIBLE,
+    TAG_NODE,
+    TAG_NODE_ID,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STOPPED_EARLY_AT,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    TAG_TRIAL_NAME,
+)
 from qa_ray.search_space import axis_values
 
 __all__ = [
     "MLflowSweepCallback",
     "failure_reason",
+    "find_parent_run",
+    "log_hypervolume",
+    "mlflow_client",
+    "read_artifact",
+    "run_params",
+    "set_pareto_tags",
+    "sweep_params",
+    "trial_records",
     "kill_running_children",
     "credentials_to_environment",
     "split_credentials",
@@ -42,19 +66,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TAG_PARENT = "mlflow.parentRunId"
-TAG_SWEEP = "qa_ray.sweep"
-TAG_TRIAL_ID = "qa_ray.trial_id"
-TAG_TRIAL_NAME = "qa_ray.trial_name"
-TAG_NODE = "qa_ray.node_ip"
-TAG_NODE_ID = "qa_ray.node_id"  # several Ray nodes can share one IP (and do, in the tests)
-TAG_ROLE = "qa_ray.role"
-# How a trial ended: complete | pruned (stopped early by the scheduler) | infeasible (over a
-# budget, or out of memory: the reason is in TAG_INFEASIBLE); pruned trials carry the value of
-# the scheduler's time attribute where they stopped in TAG_STOPPED_EARLY_AT.
-TAG_OUTCOME = "qa_ray.outcome"
-TAG_INFEASIBLE = "qa_ray.infeasible"
-TAG_STOPPED_EARLY_AT = "qa_ray.stopped_early_at"
+
 # Instruction tuning: each child's answers to the qualitative questions, one row per question
 # and evaluation step, as an MLflow table (the UI's artifact compare view lines trials up).
 QUALITATIVE_TABLE = "qualitative_answers.json"
@@ -67,10 +79,14 @@ def resolve_tracking_uri(from_file: str | None, from_cli: str | None) -> str:
     return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An ``MlflowClient`` for ``uri`` (imported lazily: the CLI starts without MLflow)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+_client = mlflow_client
 
 
 # The MLflow 3 UI picks its layout by this experiment tag; without it an experiment holding no
@@ -197,6 +213,128 @@ def child_runs(uri: str, parent_run_id: str) -> list:
     )
 
 
+# ---- reading a sweep back (the Pareto report, `qa-ray pareto`) -------------------------------
+
+
+def find_parent_run(uri: str, sweep_or_run: str) -> str:
+    """The parent run id for a run id or a sweep name (the newest sweep of that name).
+
+    Raises:
+        ConfigError: neither names a sweep at ``uri``.
+    """
+    from qa_ray.config import ConfigError
+
+    client = _client(uri)
+    try:
+        return client.get_run(sweep_or_run).info.run_id
+    except Exception:
+        pass
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(
+            exps,
+            filter_string=f"tags.`{TAG_SWEEP}` = '{sweep_or_run}' and tags.`{TAG_ROLE}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if exps
+        else []
+    )
+    if not runs:
+        raise ConfigError(
+            sweep_or_run, [f"no sweep parent run or run id {sweep_or_run!r} at {redact_uri(uri)}"]
+        )
+    return runs[0].info.run_id
+
+
+def sweep_params(uri: str, parent_id: str) -> dict[str, str]:
+    """The parent run's params (task, constraints, objectives, ...)."""
+    return dict(_client(uri).get_run(parent_id).data.params)
+
+
+def trial_records(uri: str, parent_id: str) -> list[dict[str, Any]]:
+    """Every trial of a sweep as a plain record: name, run id, status (COMPLETE, PRUNED,
+    INFEASIBLE, FAILED, KILLED, RUNNING), ``ended`` (its end time, ms), params (numbers where
+    they parse) and last metric values; in start order."""
+    out = []
+    for r in child_runs(uri, parent_id):
+        status = {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status)
+        if status == "COMPLETE" and r.data.tags.get(TAG_OUTCOME) in ("pruned", "infeasible"):
+            status = r.data.tags[TAG_OUTCOME].upper()  # PRUNED, INFEASIBLE: off the front
+        rec: dict[str, Any] = {
+            "name": r.data.tags.get(TAG_TRIAL_NAME) or r.info.run_name,
+            "run_id": r.info.run_id,
+            "status": status,
+            "ended": r.info.end_time,
+        }
+        for k, v in r.data.params.items():
+            rec[k] = number(v)
+        rec.update(r.data.metrics)
+        out.append(rec)
+    return out
+
+
+def number(v: str) -> Any:
+    """A param's value as int or float when it parses as one, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def run_params(uri: str, run_id: str) -> dict[str, Any]:
+    return {k: number(v) for k, v in _client(uri).get_run(run_id).data.params.items()}
+
+
+def read_artifact(uri: str, run_id: str, path: str) -> str | None:
+    """A text artifact of a run, or None when the run has none at ``path``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            local = _client(uri).download_artifacts(run_id, path, d)
+        except Exception:
+            return None
+        with open(local) as f:
+            return f.read()
+
+
+def set_pareto_tags(uri: str, trials: list[dict[str, Any]]) -> None:
+    """``pareto_optimal`` on every trial and ``pareto_rank`` where it has one; a rank left
+    from an earlier report on a trial no longer ranked (failed since, or now infeasible) is
+    deleted, not left stale."""
+    from qa_ray.metrics import TAG_PARETO_OPTIMAL, TAG_PARETO_RANK
+
+    client = _client(uri)
+    for t in trials:
+        client.set_tag(t["run_id"], TAG_PARETO_OPTIMAL, "true" if t["pareto_optimal"] else "false")
+        if t["pareto_rank"] is not None:
+            client.set_tag(t["run_id"], TAG_PARETO_RANK, str(t["pareto_rank"]))
+        elif TAG_PARETO_RANK in client.get_run(t["run_id"]).data.tags:
+            client.delete_tag(t["run_id"], TAG_PARETO_RANK)
+
+
+def log_hypervolume(uri: str, parent_id: str, history: list[float], front_size: int) -> None:
+    """The hypervolume after each completed trial as the parent's ``hypervolume`` curve: only
+    the steps not logged by an earlier report (a report after a resume or an extension adds
+    the new trials' points, it does not write the curve again)."""
+    from mlflow.entities import Metric
+
+    from qa_ray.metrics import HYPERVOLUME, PARETO_FRONT_SIZE
+
+    client = _client(uri)
+    logged = {h.step for h in client.get_metric_history(parent_id, HYPERVOLUME)}
+    now = int(time.time() * 1000)
+    points = [
+        Metric(HYPERVOLUME, v, now, step)
+        for step, v in enumerate(history, start=1)
+        if step not in logged
+    ]
+    client.log_batch(parent_id, metrics=[*points, Metric(PARETO_FRONT_SIZE, front_size, now, 0)])
+
+
 def _params(values: dict[str, Any]):
     from mlflow.entities import Param
 
@@ -303,7 +441,7 @@ class MLflowSweepCallback(Callback):
         from mlflow.entities import Metric
 
         rid = self._run_for(trial)
-        step = int(result.get("step", result.get("training_iteration", 0)))
+        step = int(result.get(m.STEP, result.get(m.TRAINING_ITERATION, 0)))
         if step <= self._last_step.get(rid, -1):
             # A resumed trial with no checkpoint to resume from starts over: its history is
             # already logged up to here, and is not written a second time.
@@ -325,7 +463,7 @@ class MLflowSweepCallback(Callback):
                 },
                 QUALITATIVE_TABLE,
             )
-        for tag, key in ((TAG_NODE, "worker_node_ip"), (TAG_NODE_ID, "worker_node_id")):
+        for tag, key in ((TAG_NODE, m.WORKER_NODE_IP), (TAG_NODE_ID, m.WORKER_NODE_ID)):
             if result.get(key):
                 self.client.set_tag(rid, tag, str(result[key]))
 
@@ -347,7 +485,7 @@ class MLflowSweepCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run_for(trial)
         message = trial_error_text(trial)
-        self.client.set_tag(rid, "error", message[:4000])
+        self.client.set_tag(rid, TAG_ERROR, message[:4000])
         self.client.log_text(rid, message, "error.txt")
         self._log_worker_output(rid, trial.last_result or {})
         self.client.set_terminated(rid, status="FAILED")
@@ -359,7 +497,7 @@ def _worker_output(result: dict[str, Any]) -> dict[str, str]:
     ``{"worker/rank0.out": ..., "worker/rank0.err": ...}`` (Python logging is on stderr)."""
     from ray.util.state import get_log
 
-    node, pid = result.get("worker_node_id"), result.get("worker_pid")
+    node, pid = result.get(m.WORKER_NODE_ID), result.get(m.WORKER_PID)
     if not node or not pid:
         return {}
     return {

@@ -191,9 +191,11 @@ class RaySession:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         metrics = dict(
             metrics,
-            worker_node_ip=ray.util.get_node_ip_address(),
-            worker_node_id=ray.get_runtime_context().get_node_id(),
-            worker_pid=os.getpid(),  # its output is the trial's worker log (MLflow artifact)
+            **{
+                m.WORKER_NODE_IP: ray.util.get_node_ip_address(),
+                m.WORKER_NODE_ID: ray.get_runtime_context().get_node_id(),
+                m.WORKER_PID: os.getpid(),  # its output: the trial's worker log (MLflow)
+            },
         )
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -814,16 +816,12 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-_PROGRESS_EVAL = (
-    ("EM", m.EVAL_EXACT, ".2f"),
-    ("F1", m.EVAL_F1, ".2f"),
-    ("eval loss", m.EVAL_LOSS, ".4f"),
-    ("ppl", m.EVAL_PERPLEXITY, ".2f"),
-)
+_PROGRESS_EVAL = ((m.EVAL_EXACT, ".2f"), (m.EVAL_F1, ".2f"), (m.EVAL_LOSS, ".4f"),
+                  (m.EVAL_PERPLEXITY, ".2f"))  # fmt: skip
 
 
 def _progress_line(r: dict[str, Any]) -> str:
-    evals = " ".join(f"{label} {r[k]:{fmt}}" for label, k, fmt in _PROGRESS_EVAL if k in r)
+    evals = " ".join(f"{m.LABELS[k]} {r[k]:{fmt}}" for k, fmt in _PROGRESS_EVAL if k in r)
     return (
         f"step {r[m.STEP]} epoch {r[m.EPOCH]:.2f} | loss {r[m.TRAIN_LOSS]:.4f} | "
         f"lr {r[m.LEARNING_RATE]:.2e} | {evals or 'no eval'} | "

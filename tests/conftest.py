@@ -88,8 +88,12 @@ def trial_dict(model_dir, tmp_path, **over) -> dict:
         },
         # No progress reports unless a test asks: the reports a test counts are then the same
         # on a slow machine.
-        "train": {"max_steps": 4, "per_device_batch_size": 8, "learning_rate": 1e-3,
-                  "progress_seconds": 0},  # fmt: skip
+        "train": {
+            "max_steps": 4,
+            "per_device_batch_size": 8,
+            "learning_rate": 1e-3,
+            "progress_seconds": 0,
+        },  # fmt: skip
         "output_dir": str(tmp_path / "out"),
     }
     for key, value in over.items():
@@ -111,8 +115,12 @@ def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[P
             "cache_dir": str(tmp_path / "cache"),
             "max_eval_examples": 20,
         },
-        "train": {"max_steps": 2, "per_device_batch_size": 8, "save_checkpoints": False,
-                  "progress_seconds": 0},  # fmt: skip
+        "train": {
+            "max_steps": 2,
+            "per_device_batch_size": 8,
+            "save_checkpoints": False,
+            "progress_seconds": 0,
+        },  # fmt: skip
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "search": {
             "num_samples": num_samples,

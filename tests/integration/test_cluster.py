@@ -12,8 +12,7 @@ from dashboard import mlflow_server
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.report import find_parent_run
-from qa_ray.tracking import TAG_NODE_ID, child_runs
+from qa_ray.tracking import TAG_NODE_ID, child_runs, find_parent_run
 
 pytestmark = pytest.mark.integration
 

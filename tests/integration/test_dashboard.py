@@ -10,8 +10,7 @@ from dashboard import find_chromium, mlflow_server, open_pareto_plot
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.report import find_parent_run
-from qa_ray.tracking import child_runs
+from qa_ray.tracking import child_runs, find_parent_run
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,8 @@ from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
 from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
-from qa_ray.report import find_parent_run
 from qa_ray.tasks import generative
-from qa_ray.tracking import child_runs
+from qa_ray.tracking import child_runs, find_parent_run
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,8 @@ from conftest import ASSETS, tiny_sweep, trial_dict
 from qa_ray.cli import main
 from qa_ray.config import TrialConfig
 from qa_ray.models import build_model, build_tokenizer
-from qa_ray.report import find_parent_run
 from qa_ray.tasks import instruction
-from qa_ray.tracking import QUALITATIVE_TABLE, child_runs
+from qa_ray.tracking import QUALITATIVE_TABLE, child_runs, find_parent_run
 
 pytestmark = pytest.mark.integration
 

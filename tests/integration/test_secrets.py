@@ -15,7 +15,7 @@ from conftest import tiny_sweep
 from dashboard import mlflow_server
 from mlflow.tracking import MlflowClient
 
-from qa_ray.report import find_parent_run
+from qa_ray.tracking import find_parent_run
 
 pytestmark = pytest.mark.integration
 

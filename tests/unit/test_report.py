@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from qa_ray import metrics as m
-from qa_ray.report import ParetoSummary, best_under, budget_lines, reference_point
+from qa_ray.pareto import parse_constraint
+from qa_ray.report import best_under, budget_lines, reference_point, summarize, summary_markdown
 
 F1, MB = (m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min")
 
@@ -40,15 +41,48 @@ def test_best_under_a_budget():
 
 def test_budget_lines_name_the_trial_its_score_and_its_file():
     trials = [t("trial-a", 40.0, 900.0, quantization_bits=32, finetune="full")]
-    summary = ParetoSummary(
-        "p", (F1, MB), trials, (0,), 0, [1.0],
-        best_under=(
-            {"metric": m.PEAK_MEMORY_MB, "bound": 1000.0, "trial": 0},
-            {"metric": m.PEAK_MEMORY_MB, "bound": 500.0, "trial": None},
-        ),
-    )  # fmt: skip
+    summary = summarize("p", trials, [F1, MB], budgets=(1000.0, 500.0))
     assert budget_lines(summary) == [
+        "best under peak_memory_mb <= 500: no completed trial fits",
         "best under peak_memory_mb <= 1000: trial-a (32-bit full), eval_f1 40.00 at 900 "
         "(pareto/best_under_1000_peak_memory_mb.yaml)",
-        "best under peak_memory_mb <= 500: no completed trial fits",
     ]
+
+
+def test_summarize_front_ranks_and_what_is_left_out():
+    trials = [
+        t("a", 40.0, 900.0, ended=3),
+        t("b", 60.0, 1900.0, ended=1),
+        t("c", 30.0, 950.0, ended=2),  # dominated by a
+        t("d", 90.0, 2500.0, ended=4),  # over the budget
+        {**t("e", 99.0, 100.0), "status": "PRUNED"},  # stopped early: partial values
+        {"name": "f", "status": "FAILED"},
+        t("g", 50.0, None),  # an objective missing
+    ]
+    s = summarize("p", trials, [F1, MB], [parse_constraint("peak_memory_mb <= 2000")])
+    names = [x["name"] for x in s.trials]
+    assert [names[i] for i in s.optimal] == ["a", "b"]
+    assert [names[i] for i in s.feasible] == ["a", "b", "c"]
+    assert s.excluded == 4
+    assert [(x["name"], x["pareto_optimal"], x["pareto_rank"]) for x in s.trials] == [
+        ("a", True, 0), ("b", True, 0), ("c", False, 1), ("d", False, None),
+        ("e", False, None), ("f", False, None), ("g", False, None),
+    ]  # fmt: skip
+    assert s.reference == (0.0, 2000.0) and s.budgets == (2000.0,)
+    # hypervolume after each completed trial, in the order they ended: b, c, a
+    assert s.hypervolume == pytest.approx([60 * 100, 60 * 100 + 30 * 950, 40 * 1100 + 20 * 100])
+    assert trials[0].get("pareto_optimal") is None  # the records themselves are untouched
+    md = summary_markdown(s)
+    assert "2 trials on the front (*), 4 excluded" in md and "Best under each budget" in md
+
+
+def test_summarize_three_objectives():
+    lat = (m.EVAL_LATENCY_MS, "min")
+    trials = [
+        {**t("a", 40.0, 900.0), m.EVAL_LATENCY_MS: 5.0},
+        {**t("b", 40.0, 900.0), m.EVAL_LATENCY_MS: 3.0},  # dominates a
+        {**t("c", 30.0, 800.0), m.EVAL_LATENCY_MS: 9.0},
+    ]
+    s = summarize("p", trials, [F1, MB, lat])
+    assert [s.trials[i]["name"] for i in s.optimal] == ["b", "c"]
+    assert s.hypervolume[-1] > 0 and len(s.reference) == 3

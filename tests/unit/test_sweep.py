@@ -166,7 +166,10 @@ def test_the_live_line_follows_progress_on_a_terminal_and_gives_way_to_evaluatio
     from qa_ray.sweep import ProgressCallback
     from qa_ray.sweep_config import Objective
 
-    objectives = [Objective(metric=m.EVAL_F1, mode="max")]
+    objectives = [
+        Objective(metric=m.EVAL_F1, mode="max"),
+        Objective(metric=m.PEAK_MEMORY_MB, mode="min"),
+    ]
     progress = {m.STEP: 10, m.PLANNED_STEPS: 40, m.TRAIN_LOSS: 2.5, m.EVAL_F1: None,
                 m.PEAK_MEMORY_MB: 900.0, m.TRAIN_SECONDS: 60.0}  # fmt: skip
     evaluated = {**progress, m.STEP: 20, m.EVAL_F1: 33.0, m.TRAIN_SECONDS: 120.0}
