@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dashboard import _free_port, _stop
+from tests.dashboard import _free_port, _stop
 
 VENV_BIN = str(Path(sys.executable).parent)
 

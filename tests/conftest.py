@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,12 +24,9 @@ if not (
     _token = Path(tempfile.mkdtemp(prefix="qa-ray-tests-")) / "auth_token"
     _token.write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token)
-sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_tiny_model  # noqa: E402
-
-ASSETS = Path(__file__).parent / "assets"
-SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+from tests.helpers import SHARED_SQUAD  # noqa: E402
+from tests.tiny_models import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -73,75 +68,3 @@ def squad_v1_dev() -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (../shared/data beside the checkout)")
     return path
-
-
-def trial_dict(model_dir, tmp_path, **over) -> dict:
-    """A small trial config dict on the tiny SQuAD v1.1 fixture."""
-    cfg = {
-        "name": "t",
-        "model": {"name_or_path": str(model_dir)},
-        "data": {
-            "path": str(ASSETS / "squad_v1_tiny.json"),
-            "max_seq_length": 128,
-            "doc_stride": 32,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        # No progress reports unless a test asks: the reports a test counts are then the same
-        # on a slow machine.
-        "train": {
-            "max_steps": 4,
-            "per_device_batch_size": 8,
-            "learning_rate": 1e-3,
-            "progress_seconds": 0,
-        },  # fmt: skip
-        "output_dir": str(tmp_path / "out"),
-    }
-    for key, value in over.items():
-        block, _, field = key.partition("__")
-        cfg.setdefault(block, {})[field] = value
-    return cfg
-
-
-def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[Path, str]:
-    """A sweep file over tiny ``models`` (the first is the base model); returns (path, MLflow URI)."""
-    good = models[0]
-    data = {
-        "name": "tiny-sweep",
-        "model": {"name_or_path": str(good), "finetune": "lora"},
-        "data": {
-            "path": str(ASSETS / "squad_v1_tiny.json"),
-            "max_seq_length": 128,
-            "doc_stride": 32,
-            "cache_dir": str(tmp_path / "cache"),
-            "max_eval_examples": 20,
-        },
-        "train": {
-            "max_steps": 2,
-            "per_device_batch_size": 8,
-            "save_checkpoints": False,
-            "progress_seconds": 0,
-        },  # fmt: skip
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
-        "search": {
-            "num_samples": num_samples,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "seed": 3,
-            "space": {
-                "params": {
-                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                    "lora_r": {"type": "int", "low": 2, "high": 8},
-                    "quantization_bits": {"type": "categorical", "choices": [8, 32]},
-                    "model": {"type": "categorical", "choices": [str(m) for m in models]},
-                }
-            },
-        },
-        "storage_path": str(tmp_path / "runs"),
-        "tracking": {
-            "tracking_uri": tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "experiment_name": "t",
-        },
-    }
-    p = tmp_path / "sweep.yaml"
-    p.write_text(yaml.safe_dump(data))
-    return p, data["tracking"]["tracking_uri"]

@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from qa_ray.tracking import find_parent_run
 
     log = Path(tempfile.mkdtemp(prefix="qa-ray-dashboard-")) / "mlflow-server.log"

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import trial_dict
 
 from qa_ray import metrics as m
 from qa_ray import train as loop
 from qa_ray.cli import main
 from qa_ray.train import TrialOutOfMemory, train_loop_per_worker
-from tests.helpers import RecordingSession
+from tests.helpers import RecordingSession, trial_dict
 
 pytestmark = pytest.mark.integration
 

@@ -4,13 +4,13 @@ local Ray (2 CPUs), tiny models, a real MLflow store and Optuna study."""
 import optuna
 import pytest
 import yaml
-from conftest import tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.config import load_trial_config
 from qa_ray.searcher import OTHER_REASON
 from qa_ray.tracking import TAG_INFEASIBLE, TAG_OUTCOME, TAG_STOPPED_EARLY_AT, child_runs
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -6,13 +6,13 @@ import time
 import pytest
 import ray
 import yaml
-from cluster import LocalCluster
-from conftest import tiny_sweep
-from dashboard import mlflow_server
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import TAG_NODE_ID, child_runs, find_parent_run
+from tests.cluster import LocalCluster
+from tests.dashboard import mlflow_server
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
 

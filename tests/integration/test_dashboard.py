@@ -5,12 +5,12 @@ import os
 import re
 
 import pytest
-from conftest import tiny_sweep
-from dashboard import find_chromium, mlflow_server, open_pareto_plot
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import child_runs, find_parent_run
+from tests.dashboard import find_chromium, mlflow_server, open_pareto_plot
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import ASSETS
 from mlflow.tracking import MlflowClient
 
 from qa_ray.tracking import child_runs
 from qa_ray.train import train_loop_per_worker
+from tests.helpers import ASSETS
 
 pytestmark = pytest.mark.integration
 

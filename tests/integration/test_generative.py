@@ -8,7 +8,6 @@ import contextlib
 import pytest
 import torch
 import yaml
-from conftest import tiny_sweep, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -16,6 +15,7 @@ from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import generative
 from qa_ray.tracking import child_runs, find_parent_run
+from tests.helpers import tiny_sweep, trial_dict
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_training_sequences_put_the_loss_on_the_answer_only(tiny_model_dir, tmp_
 
 
 def test_unanswerable_questions_learn_the_no_answer_text(tiny_model_dir, tmp_path):
-    from conftest import ASSETS
+    from tests.helpers import ASSETS
 
     cfg, _, tok = _setup(
         tiny_model_dir, tmp_path, "llama", data__path=str(ASSETS / "squad_v2_tiny.json")

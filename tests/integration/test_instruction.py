@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ASSETS, tiny_sweep, trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import TrialConfig
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import instruction
 from qa_ray.tracking import QUALITATIVE_TABLE, child_runs, find_parent_run
+from tests.helpers import ASSETS, tiny_sweep, trial_dict
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.train import train_loop_per_worker
-from tests.helpers import RecordingSession, cuda_only_group_rank, ddp_rank
+from tests.helpers import RecordingSession, cuda_only_group_rank, ddp_rank, trial_dict
 
 pytestmark = pytest.mark.integration
 

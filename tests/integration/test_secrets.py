@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import tiny_sweep
-from dashboard import mlflow_server
 from mlflow.tracking import MlflowClient
 
 from qa_ray.tracking import find_parent_run
+from tests.dashboard import mlflow_server
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -7,13 +7,13 @@ import contextlib
 import pytest
 import torch
 import yaml
-from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import TrialConfig
 from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import seq2seq
+from tests.helpers import trial_dict
 
 pytestmark = pytest.mark.integration
 

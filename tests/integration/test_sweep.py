@@ -6,11 +6,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ASSETS, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import child_runs
+from tests.helpers import ASSETS, tiny_sweep
 
 pytestmark = pytest.mark.integration
 

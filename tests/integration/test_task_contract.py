@@ -9,11 +9,10 @@ import inspect
 import math
 
 import pytest
-from conftest import ASSETS, trial_dict
 
 from qa_ray.tasks import TASKS, TaskFamily
 from qa_ray.train import train_loop_per_worker
-from tests.helpers import RecordingSession
+from tests.helpers import ASSETS, RecordingSession, trial_dict
 
 pytestmark = pytest.mark.integration
 

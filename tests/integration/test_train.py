@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import trial_dict
 
 from qa_ray.cli import main
 from qa_ray.config import ModelConfig, TrialConfig
@@ -12,6 +11,7 @@ from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import extractive
 from qa_ray.train import train_loop_per_worker
+from tests.helpers import trial_dict
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,9 @@
 import pytest
 import yaml
-from conftest import ASSETS
 
 from qa_ray.cli import main
 from qa_ray.config import ConfigError, apply_overrides, load_trial_config
+from tests.helpers import ASSETS
 
 
 def _write(tmp_path, data, name="cfg.yaml"):

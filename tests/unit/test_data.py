@@ -2,10 +2,10 @@ import gzip
 import json
 
 import pytest
-from conftest import ASSETS
 
 from qa_ray.cli import main
 from qa_ray.data import DataError, load_examples, split_by_article
+from tests.helpers import ASSETS
 
 
 def test_official_flat_and_gzip_agree(tmp_path):

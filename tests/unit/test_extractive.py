@@ -1,10 +1,10 @@
 import numpy as np
-from conftest import ASSETS
 from transformers import AutoTokenizer
 
 from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, load_examples
 from qa_ray.tasks import extractive
+from tests.helpers import ASSETS
 
 
 def test_labelled_spans_give_back_the_answer_on_all_squad_v1_dev(squad_v1_dev, tmp_path):
