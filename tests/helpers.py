@@ -213,3 +213,11 @@ def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[P
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(data))
     return p, data["tracking"]["tracking_uri"]
+
+
+def official_scores(examples, predictions: dict[str, str]) -> dict[str, float]:
+    """The SQuAD v2.0 evaluation of ``predictions`` against ``examples`` (``exact``, ``f1``,
+    ``total``, ...): what a task's own scores must equal for the answers it returned."""
+    from qa_ray.metrics import GoldQuestion, score
+
+    return score([GoldQuestion(e.id, tuple(e.answers)) for e in examples], predictions).scores

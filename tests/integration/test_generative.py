@@ -15,7 +15,7 @@ from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import generative
 from qa_ray.tracking import child_runs, find_parent_run
-from tests.helpers import tiny_sweep, trial_dict
+from tests.helpers import official_scores, tiny_sweep, trial_dict
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_generate_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path, ki
     out = generative.evaluate(model, evals, feats, tok, cfg.data, cpu, 4, contextlib.nullcontext)
     assert set(out.predictions) == {ex.id for ex in evals}
     assert {"exact", "f1", "total"} <= set(out.scores) and out.scores["total"] == 6
-    assert 0.0 <= out.scores["f1"] <= 100.0
+    assert out.scores == pytest.approx(official_scores(evals, out.predictions))
     assert out.latency_ms_per_example > 0
 
 

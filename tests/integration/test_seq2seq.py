@@ -13,7 +13,7 @@ from qa_ray.config import TrialConfig
 from qa_ray.data import load_train_eval
 from qa_ray.models import build_model, build_tokenizer
 from qa_ray.tasks import seq2seq
-from tests.helpers import trial_dict
+from tests.helpers import official_scores, trial_dict
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,8 @@ def test_decode_extract_score_gives_squad_metrics(tiny_model_dir, tmp_path):
     cpu = torch.device("cpu")
     out = seq2seq.evaluate(model, evals, feats, tok, cfg.data, cpu, 4, contextlib.nullcontext)
     assert set(out.predictions) == {ex.id for ex in evals}
-    assert out.scores["total"] == 6 and 0.0 <= out.scores["f1"] <= 100.0
+    assert out.scores["total"] == 6
+    assert out.scores == pytest.approx(official_scores(evals, out.predictions))
 
 
 def test_train_cli_runs_a_seq2seq_lora_trial(tiny_model_dir, tmp_path, capsys):

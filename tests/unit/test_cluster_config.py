@@ -19,15 +19,41 @@ def test_cluster_yaml_passes_rays_schema():
     validate_config(prepare_config(_config()))
 
 
-def test_head_serves_mlflow_and_exports_its_private_uri_before_ray_starts():
+def test_head_commands_start_mlflow_then_ray_with_the_private_uri(tmp_path):
+    """The head's start commands run in bash against stub `ray`, `mlflow`, `hostname` and
+    `pkill` that record what they were called with: an MLflow server (in the background) on
+    every interface with its store under $HOME, and `ray start --head` with the head's
+    private address as MLFLOW_TRACKING_URI, which the workers inherit and log to."""
+    import os
+    import stat
+    import subprocess
+
     cfg = _config()
-    head = " ".join(cfg["head_start_ray_commands"])
-    assert "mlflow server" in head
-    # Bound on every interface so `ray attach -p 5000` reaches it on the head's localhost; the
-    # workers log to the private address.
-    assert "--host 0.0.0.0" in head
-    assert 'MLFLOW_TRACKING_URI="http://$(hostname -I' in head
-    assert head.index("MLFLOW_TRACKING_URI") < head.index("ray start --head")
+    bin_dir, home, calls = tmp_path / "bin", tmp_path / "home", tmp_path / "calls"
+    bin_dir.mkdir()
+    home.mkdir()
+    stubs = {
+        "ray": 'echo "ray $* | MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI" >> "$CALLS"',
+        "mlflow": 'echo "mlflow $*" >> "$CALLS"',
+        "hostname": 'echo "10.0.3.7 172.17.0.1"',
+        "pkill": "exit 1",  # nothing to kill on a fresh head
+    }
+    for name, body in stubs.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    # `ulimit -n 65536` needs a privilege a test machine may not give: a no-op here.
+    script = "ulimit() { :; }\n" + "\n".join(cfg["head_start_ray_commands"]) + "\nwait\n"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
+           "CALLS": str(calls)}  # fmt: skip
+    subprocess.run(["bash", "-e", "-c", script], env=env, check=True, timeout=30)
+    lines = calls.read_text().splitlines()
+    server = next(i for i, line in enumerate(lines) if line.startswith("mlflow server"))
+    head = next(i for i, line in enumerate(lines) if line.startswith("ray start --head"))
+    args = lines[server].split()
+    assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--port") + 1] == "5000"
+    assert args[args.index("--backend-store-uri") + 1] == f"sqlite:///{home}/mlflow/mlflow.db"
+    assert lines[head].endswith("MLFLOW_TRACKING_URI=http://10.0.3.7:5000")
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
 
 
