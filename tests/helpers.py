@@ -221,3 +221,13 @@ def official_scores(examples, predictions: dict[str, str]) -> dict[str, float]:
     from qa_ray.metrics import GoldQuestion, score
 
     return score([GoldQuestion(e.id, tuple(e.answers)) for e in examples], predictions).scores
+
+
+def requires_cuda(test):
+    """Marks a test ``gpu`` and skips it where no CUDA GPU is visible (``-m gpu`` selects the
+    GPU tier on a GPU machine; the default suite runs them there too)."""
+    import pytest
+
+    return pytest.mark.gpu(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test)
+    )

@@ -1,0 +1,92 @@
+"""The CUDA branches of the loop, on a real GPU (skipped without one): autocast and master
+weights, the fp16 loss scaler, CUDA peak memory, a 4-bit LoRA trial, an NCCL process group.
+
+    .venv/bin/python -m pytest -m gpu -q      # on a machine with a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from qa_ray import metrics as m
+from qa_ray.config import TrialConfig
+from qa_ray.train import resolve_precision, setup, train, train_loop_per_worker
+from tests.helpers import RecordingSession, requires_cuda, trial_dict
+
+
+def _cfg(tiny_model_dir, tmp_path, kind="bert", **over):
+    return trial_dict(
+        tiny_model_dir(kind), tmp_path,
+        **{"train__max_steps": 3, "data__max_eval_examples": 8, "train__device": "cuda", **over},
+    )  # fmt: skip
+
+
+@requires_cuda
+def test_16_bit_full_fine_tune_autocasts_with_fp32_master_weights(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, model__quantization_bits=16)
+    session = RecordingSession(device="cuda")
+    trial, meters = setup(TrialConfig.model_validate(cfg), session)
+    assert trial.precision.dtype in (torch.bfloat16, torch.float16)
+    trained = [p for p in trial.model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 and p.is_cuda for p in trained)
+    before = [p.detach().clone() for p in trained]
+    out = train(trial, meters)
+    assert out[m.STEP] == 3 and torch.isfinite(torch.tensor(out[m.TRAIN_LOSS]))
+    moved = sum(int(not torch.equal(a, b)) for a, b in zip(before, trained, strict=True))
+    assert moved >= 0.9 * len(trained)
+
+
+@requires_cuda
+def test_fp16_uses_the_loss_scaler(tiny_model_dir, tmp_path):
+    cfg = TrialConfig.model_validate(_cfg(tiny_model_dir, tmp_path, train__precision="fp16"))
+    precision = resolve_precision(cfg, torch.device("cuda"))
+    assert precision.dtype == torch.float16 and precision.scaler().is_enabled()
+    session = RecordingSession(device="cuda")
+    out = train_loop_per_worker(cfg.model_dump(), session)
+    assert out[m.STEP] == 3 and out[m.TRAIN_LOSS] == out[m.TRAIN_LOSS]  # not NaN
+
+
+@requires_cuda
+def test_peak_memory_is_cuda_max_allocated(tiny_model_dir, tmp_path):
+    session = RecordingSession(device="cuda")
+    out = train_loop_per_worker(_cfg(tiny_model_dir, tmp_path), session)
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    # the loop reset the peak before building the model; it reports the allocator's peak,
+    # not the process's RSS (which would be hundreds of MB for the CUDA context alone)
+    assert 0 < out[m.PEAK_MEMORY_MB] <= peak + 1e-6
+    assert out[m.PEAK_MEMORY_MB] >= out[m.MODEL_FOOTPRINT_MB]
+
+
+@requires_cuda
+def test_a_4_bit_lora_trial_trains_on_the_gpu(tiny_model_dir, tmp_path):
+    cfg = _cfg(
+        tiny_model_dir, tmp_path, "llama", model__finetune="lora", model__quantization_bits=4
+    )
+    session = RecordingSession(device="cuda")
+    out = train_loop_per_worker(cfg, session)
+    assert out[m.STEP] == 3 and out[m.TRAINABLE_PARAMS] < out[m.TOTAL_PARAMS]
+    linear4 = [type(mod).__name__ for mod in session.model.modules()]
+    assert "Linear4bit" in linear4
+
+
+@requires_cuda
+def test_collectives_of_an_nccl_group_run_on_the_gpu(tmp_path):
+    """A one-rank NCCL group (one GPU): the loop's reductions go on CUDA tensors."""
+    import torch.distributed as dist
+
+    from qa_ray import train as loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        assert loop.collective_device(torch.device("cuda:0")).type == "cuda"
+        session = RecordingSession(device="cuda:0")
+        session.world_size = 1
+        assert loop._reduce([3.0], dist.ReduceOp.MAX, session) == [3.0]
+        t = torch.tensor([1.0, 2.0], device="cuda:0")
+        dist.all_reduce(t)
+        assert t.tolist() == [1.0, 2.0]
+    finally:
+        dist.destroy_process_group()
