@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
 from qa_ray.tracking import child_runs
-from tests.helpers import ASSETS, tiny_sweep
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -162,32 +162,6 @@ def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "`search.space`: `params.lr`: unknown axis" in err and "valid string" not in err
-
-
-def test_every_shipped_sweep_validates_and_dry_runs(tiny_model_dir, capsys, monkeypatch):
-    from pathlib import Path
-
-    from qa_ray.config import load_yaml, validate_model
-    from qa_ray.search_space import SearchSpace
-
-    root = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(root)  # sweep files name repo-relative search-space paths
-    sweeps = sorted((root / "sweeps").glob("*.yaml"))
-    assert len(sweeps) >= 4
-    local = [
-        f"model.name_or_path={tiny_model_dir('bert')}",
-        f"data.path={ASSETS / 'squad_v1_tiny.json'}",
-    ]
-    for s in sweeps:
-        assert s.read_text().startswith("#"), f"{s} must open with a comment"
-        assert "# Run:" in s.read_text(), f"{s} must say the command that runs it"
-        staged = load_yaml(s)["model"]["name_or_path"].startswith("models/")
-        args = ["sweep", str(s), "--dry-run"] + (local if staged else [])
-        assert main(["validate", str(s)] + (local if staged else [])) == 0, capsys.readouterr().err
-        assert main(args) == 0, capsys.readouterr().err
-        assert "resource plan" in capsys.readouterr().out
-    for sp in sorted((root / "search_spaces").glob("*.yaml")):
-        validate_model(SearchSpace, load_yaml(sp), str(sp))
 
 
 def _sweep_process(path, *extra):
