@@ -175,8 +175,13 @@ def _cmd_sweep(args) -> int:
         print("# resource plan (this machine's resources are counted when the sweep starts)")
         print(json.dumps(plan(cfg), indent=2, default=str))
         return EXIT_OK
+    from qa_ray import plots
     from qa_ray.config import check_hub_ids
 
+    try:  # the report at the end needs them: say so now, not after hours of trials
+        plots.check_available()
+    except ImportError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
     for warning in check_hub_ids(cfg.trial_config(), args.sweep):
         print(f"[qa-ray] note: {warning}; the trials will load it", flush=True)
     if args.resume:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["line_png", "model_label", "pareto_html", "pareto_png", "scatter_png"]
+__all__ = ["check_available", "line_png", "model_label", "pareto_html", "pareto_png", "scatter_png"]
 
 _HOVER = (
     "model",
@@ -17,6 +17,13 @@ _HOVER = (
     "finetune",
     "warmup_ratio",
 )
+
+
+def check_available() -> None:
+    """Raises ImportError naming the extra when plotly or matplotlib is missing: a sweep checks
+    it before it starts, so it does not fail at its very end, on the report."""
+    for module in ("plotly.graph_objects", "matplotlib"):
+        _require(module)
 
 
 def _require(module: str, extra: str = "plots"):
