@@ -18,6 +18,7 @@ from qa_ray import metrics as m
 from qa_ray.pareto import Constraint, parse_constraint
 
 __all__ = [
+    "Block",
     "ConfigError",
     "DataConfig",
     "LoraConfig",
@@ -54,11 +55,14 @@ class ConfigError(ValueError):
         return (self.__class__, (self.source, self.errors))
 
 
-class _Block(BaseModel):
+class Block(BaseModel):
+    """The base of every config block: unknown keys are errors, values are frozen, defaults
+    are validated too."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class LoraConfig(_Block):
+class LoraConfig(Block):
     """LoRA adapter settings (used when ``model.finetune == "lora"``)."""
 
     r: int = Field(8, gt=0, description="adapter rank")
@@ -71,7 +75,7 @@ class LoraConfig(_Block):
     )
 
 
-class ModelConfig(_Block):
+class ModelConfig(Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
     name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
@@ -110,7 +114,7 @@ class ModelConfig(_Block):
         return self
 
 
-class DataConfig(_Block):
+class DataConfig(Block):
     """Where the data come from and how they are split and tokenized: SQuAD-format questions,
     or Alpaca-format instructions for ``model.task: instruction``."""
 
@@ -160,7 +164,7 @@ class DataConfig(_Block):
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 
 
-class TrainConfig(_Block):
+class TrainConfig(Block):
     """Optimizer, schedule, batch and precision of one fine-tune."""
 
     learning_rate: float = Field(5e-5, gt=0.0)
@@ -225,7 +229,7 @@ class TrainConfig(_Block):
         return self
 
 
-class ResourcesConfig(_Block):
+class ResourcesConfig(Block):
     """Ray Train workers of one trial (``gpus_per_worker`` < 1 packs trials on a GPU)."""
 
     num_workers: int = Field(1, ge=1)
@@ -248,7 +252,7 @@ class ResourcesConfig(_Block):
         return self
 
 
-class TrialConfig(_Block):
+class TrialConfig(Block):
     """One fine-tune: what ``qa-ray train`` runs and what every sweep trial runs."""
 
     name: str = Field("qa-ray-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

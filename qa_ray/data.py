@@ -110,7 +110,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(str(p), [f"not JSON: {exc.msg} at line {exc.lineno}"]) from None
 
 
-def _from_official(payload: dict[str, Any], source: str) -> tuple[list[dict], list[str]]:
+def _from_official(payload: dict[str, Any]) -> tuple[list[dict], list[str]]:
     records, errors = [], []
     articles = payload.get("data")
     if not isinstance(articles, list):
@@ -264,7 +264,7 @@ def load_examples(path: str, split: str | None = None) -> list[QAExample]:
     if os.path.exists(path):
         payload = read_json(path)
         if isinstance(payload, dict) and "data" in payload and _is_official(payload["data"]):
-            records, errors = _from_official(payload, path)
+            records, errors = _from_official(payload)
         elif isinstance(payload, dict) and isinstance(payload.get("data"), list):
             records, errors = list(payload["data"]), []
         elif isinstance(payload, list):

@@ -233,6 +233,9 @@ def hypervolume_history(
 
 def _optuna_hypervolume(points, reference) -> float:
     import numpy as np
+
+    # Private in Optuna (no public hypervolume function for arbitrary points): held by the
+    # optuna pin in constraints.txt; tests/unit/test_pareto.py checks it against a 3-D case.
     from optuna._hypervolume import compute_hypervolume
 
     pts = [p for p in points if all(a < b for a, b in zip(p, reference, strict=True))]

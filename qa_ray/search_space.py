@@ -14,12 +14,13 @@ Coupled axes are sampled define-by-run so Optuna sees them as they are: 4/8 bits
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from qa_ray.config import TrialConfig, _Block
+from qa_ray.config import Block, TrialConfig
 
 __all__ = [
     "AXES",
@@ -51,7 +52,7 @@ _LORA_AXES = ("lora_r", "lora_alpha_multiple", "lora_dropout")
 _KBIT = (4, 8)
 
 
-class FloatParam(_Block):
+class FloatParam(Block):
     type: Literal["float"]
     low: float
     high: float
@@ -64,7 +65,7 @@ class FloatParam(_Block):
         return self
 
 
-class IntParam(_Block):
+class IntParam(Block):
     type: Literal["int"]
     low: int
     high: int
@@ -77,7 +78,7 @@ class IntParam(_Block):
         return self
 
 
-class CategoricalParam(_Block):
+class CategoricalParam(Block):
     type: Literal["categorical"]
     choices: list[int | float | str | bool] = Field(min_length=1)
 
@@ -103,7 +104,7 @@ def _check_range(low, high, log, step, default_step) -> None:
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
-class SearchSpace(_Block):
+class SearchSpace(Block):
     """The axes to search and an optional effective-batch constraint."""
 
     params: dict[str, Param] = Field(min_length=1)
@@ -227,9 +228,7 @@ def suggest(trial, space: SearchSpace, base: TrialConfig) -> dict[str, Any]:
 
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Sets sampled axis values into a trial config dict (a copy); unknown keys are ignored."""
-    from qa_ray.config import _deepcopy
-
-    out = _deepcopy(base)
+    out = copy.deepcopy(base)
     r = params.get("lora_r", _get(out, "model.lora.r", 8))
     for name, value in params.items():
         if name not in AXES:

@@ -14,13 +14,13 @@ from pydantic import Field, field_validator, model_validator
 
 from qa_ray import metrics as m
 from qa_ray.config import (
+    Block,
     ConfigError,
     DataConfig,
     ModelConfig,
     ResourcesConfig,
     TrainConfig,
     TrialConfig,
-    _Block,
     absolutize_paths,
     apply_overrides,
     check_local_paths,
@@ -45,7 +45,7 @@ __all__ = [
 OBJECTIVE_METRICS = m.OBJECTIVES
 
 
-class Objective(_Block):
+class Objective(Block):
     metric: str
     mode: Literal["min", "max"]
 
@@ -57,7 +57,7 @@ class Objective(_Block):
         return v
 
 
-class SchedulerConfig(_Block):
+class SchedulerConfig(Block):
     """Multi-objective early stopping (MO-ASHA): successive halving on Pareto rank."""
 
     type: Literal["mo_asha"] = "mo_asha"
@@ -75,7 +75,7 @@ class SchedulerConfig(_Block):
     )
 
 
-class SearchConfig(_Block):
+class SearchConfig(Block):
     """What to search and how: a space (file path or inline), sampler, budget."""
 
     space: str | SearchSpace = Field(description="a search_spaces/*.yaml path, or inline")
@@ -94,14 +94,14 @@ class SearchConfig(_Block):
     )
 
 
-class TrackingConfig(_Block):
+class TrackingConfig(Block):
     tracking_uri: str | None = Field(
         None, description="MLflow URI; else --tracking-uri, MLFLOW_TRACKING_URI, then local"
     )
     experiment_name: str = "qa-ray"
 
 
-class SweepConfig(_Block):
+class SweepConfig(Block):
     """One sweep: trial blocks shared by every trial, plus the search around them."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

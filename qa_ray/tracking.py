@@ -86,9 +86,6 @@ def mlflow_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-_client = mlflow_client
-
-
 # The MLflow 3 UI picks its layout by this experiment tag; without it an experiment holding no
 # models yet may open in the GenAI (traces/evaluations) layout instead of the runs table.
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -132,7 +129,7 @@ def start_parent_run(
         params: key settings logged as params.
         artifacts: ``{file name: text}`` logged at the run's root (resolved config, space).
     """
-    client = _client(uri)
+    client = mlflow_client(uri)
     if run_id:
         client.update_run(run_id, status="RUNNING")
         return run_id
@@ -151,13 +148,13 @@ def start_parent_run(
 def finish_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Ends the sweep's parent run: FINISHED, FAILED (every trial failed, or the sweep raised)
     or KILLED (interrupted)."""
-    _client(uri).set_terminated(run_id, status=status)
+    mlflow_client(uri).set_terminated(run_id, status=status)
 
 
 def kill_running_children(uri: str, parent_run_id: str) -> int:
     """Marks KILLED the trial runs of an interrupted sweep that are still RUNNING; returns how
     many. ``--resume`` reopens them (RUNNING again) when it reruns their trials."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     n = 0
     for run in child_runs(uri, parent_run_id):
         if run.info.status == "RUNNING":
@@ -203,7 +200,7 @@ def redact_uri(uri: str) -> str:
 
 def child_runs(uri: str, parent_run_id: str) -> list:
     """Every child run of a parent, oldest first."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     parent = client.get_run(parent_run_id)
     return client.search_runs(
         [parent.info.experiment_id],
@@ -224,7 +221,7 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
     """
     from qa_ray.config import ConfigError
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         return client.get_run(sweep_or_run).info.run_id
     except Exception:
@@ -249,7 +246,7 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
 
 def sweep_params(uri: str, parent_id: str) -> dict[str, str]:
     """The parent run's params (task, constraints, objectives, ...)."""
-    return dict(_client(uri).get_run(parent_id).data.params)
+    return dict(mlflow_client(uri).get_run(parent_id).data.params)
 
 
 def trial_records(uri: str, parent_id: str) -> list[dict[str, Any]]:
@@ -285,7 +282,7 @@ def number(v: str) -> Any:
 
 
 def run_params(uri: str, run_id: str) -> dict[str, Any]:
-    return {k: number(v) for k, v in _client(uri).get_run(run_id).data.params.items()}
+    return {k: number(v) for k, v in mlflow_client(uri).get_run(run_id).data.params.items()}
 
 
 def read_artifact(uri: str, run_id: str, path: str) -> str | None:
@@ -294,7 +291,7 @@ def read_artifact(uri: str, run_id: str, path: str) -> str | None:
 
     with tempfile.TemporaryDirectory() as d:
         try:
-            local = _client(uri).download_artifacts(run_id, path, d)
+            local = mlflow_client(uri).download_artifacts(run_id, path, d)
         except Exception:
             return None
         with open(local) as f:
@@ -307,7 +304,7 @@ def set_pareto_tags(uri: str, trials: list[dict[str, Any]]) -> None:
     deleted, not left stale."""
     from qa_ray.metrics import TAG_PARETO_OPTIMAL, TAG_PARETO_RANK
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     for t in trials:
         client.set_tag(t["run_id"], TAG_PARETO_OPTIMAL, "true" if t["pareto_optimal"] else "false")
         if t["pareto_rank"] is not None:
@@ -324,7 +321,7 @@ def log_hypervolume(uri: str, parent_id: str, history: list[float], front_size: 
 
     from qa_ray.metrics import HYPERVOLUME, PARETO_FRONT_SIZE
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     logged = {h.step for h in client.get_metric_history(parent_id, HYPERVOLUME)}
     now = int(time.time() * 1000)
     points = [
@@ -387,7 +384,7 @@ class MLflowSweepCallback(Callback):
     @property
     def client(self):
         if self._client is None:
-            self._client = _client(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def _run_for(self, trial) -> str:

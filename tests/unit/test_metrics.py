@@ -63,3 +63,15 @@ def test_score_missing_counts_zero_and_unknown_ignored():
     assert r.scores["exact"] == 50.0 and r.scores["total"] == 2
     assert r.missing == ("b",) and r.unknown == ("zzz",)
     assert "NoAns_total" not in r.scores
+
+
+def test_the_package_surface_loads_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qa_ray; assert 'torch' not in sys.modules and 'ray' not in sys.modules; "
+        "from importlib.metadata import version; assert qa_ray.__version__ == version('qa-ray'); "
+        "assert all(getattr(qa_ray, n) is not None for n in qa_ray.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

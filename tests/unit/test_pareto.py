@@ -106,3 +106,11 @@ def test_dominates():
         and not dominates((1, 2), (1, 2))
         and not dominates((0, 3), (1, 2))
     )
+
+
+def test_hypervolume_of_three_objectives_uses_optunas_implementation():
+    """Two boxes of volume 2 overlapping in a unit cube: 3 (Optuna's private function, held by
+    the version pin)."""
+    objs = [("a", "min"), ("b", "min"), ("c", "min")]
+    trials = [{"a": 0.0, "b": 0.0, "c": 1.0}, {"a": 0.0, "b": 1.0, "c": 0.0}]
+    assert hypervolume_history(trials, objs, (1.0, 2.0, 2.0)) == pytest.approx([2.0, 3.0])
