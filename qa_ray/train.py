@@ -31,10 +31,10 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from qa_ray.pareto import Constraint
+    from qa_ray.tasks import Model, Tokenizer
 
 __all__ = [
     "LocalSession",
@@ -264,7 +265,7 @@ def _from_rank0(values: list[float], session: Session) -> list[float]:
     return t.tolist()
 
 
-def _reduce(values: list[float], op: dist.ReduceOp, session: Session) -> list[float]:
+def _reduce(values: list[float], op: dist.ReduceOp.RedOpType, session: Session) -> list[float]:
     if not _distributed(session.world_size):
         return values
     t = torch.tensor(values, dtype=torch.float64, device=collective_device(session.device))
@@ -421,8 +422,9 @@ class Trial:
     budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
 
     @property
-    def unwrapped(self) -> torch.nn.Module:
-        return getattr(self.model, "module", self.model)
+    def unwrapped(self) -> Model:
+        """The model without DDP's wrapper: a transformers model, or a peft one wrapping it."""
+        return cast("Model", getattr(self.model, "module", self.model))
 
     @property
     def rank0(self) -> bool:
@@ -515,7 +517,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         logger.info(
             "train: %d sequences, %d steps (%d per epoch, warmup %d), %d worker(s); eval: %d "
             "examples; params %d (trainable %d), weights %.1f MB",
-            len(loader.dataset),
+            len(cast(Sized, loader.dataset)),  # a datasets.Dataset: sized
             max_steps,
             steps_per_epoch,
             warmup_steps(cfg.train, max_steps),
@@ -528,7 +530,9 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
     return trial, meters
 
 
-def _setup_data(cfg: TrialConfig, task: TaskFamily, tokenizer, session: Session):
+def _setup_data(
+    cfg: TrialConfig, task: TaskFamily, tokenizer: Tokenizer, session: Session
+) -> tuple[TrialConfig, ResumableSampler, DataLoader, list, Dataset | None]:
     train_examples, eval_examples = task.load_train_eval(cfg.data)
     if cfg.data.squad_v2 is None:  # decided by the dataset, not by what the eval slice holds
         v2 = any(getattr(e, "is_impossible", False) for e in [*train_examples, *eval_examples])
@@ -562,7 +566,8 @@ def _setup_data(cfg: TrialConfig, task: TaskFamily, tokenizer, session: Session)
 
 
 def _setup_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -891,7 +896,7 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     if adapter.is_file():  # LoRA: the adapters and the heads peft saves with them
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(adapter))
+        result: Any = set_peft_model_state_dict(model, load_file(adapter))
         if result.unexpected_keys:
             raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:5]}")
         return

@@ -13,13 +13,24 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
+    import contextlib
+
     import torch
     from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from qa_ray.config import DataConfig
+
+    #: The model a family trains and evaluates: a ``transformers`` model, or a peft model
+    #: wrapping one (which forwards the same calls and attributes).
+    Model = PreTrainedModel
+    Tokenizer = PreTrainedTokenizerBase
+    #: ``Precision.autocast``: a fresh autocast context (or a null one) per call.
+    Autocast = Callable[[], contextlib.AbstractContextManager]
+    Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 __all__ = ["TASKS", "EvalOutput", "TaskFamily"]
 
@@ -59,28 +70,32 @@ class TaskFamily(Protocol):
         """Train and held-out examples as ``cfg`` says (raises ``DataError`` on bad data)."""
         ...
 
-    def train_features(self, examples: Sequence[Any], tokenizer: Any, cfg: DataConfig) -> Dataset:
+    def train_features(
+        self, examples: Sequence[Any], tokenizer: Tokenizer, cfg: DataConfig
+    ) -> Dataset:
         """Tokenized training rows, each a dict the collator batches."""
         ...
 
-    def eval_features(self, examples: Sequence[Any], tokenizer: Any, cfg: DataConfig) -> Dataset:
+    def eval_features(
+        self, examples: Sequence[Any], tokenizer: Tokenizer, cfg: DataConfig
+    ) -> Dataset:
         """Tokenized evaluation rows (with what ``evaluate`` needs to map them back)."""
         ...
 
-    def collator(self, tokenizer: Any) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    def collator(self, tokenizer: Tokenizer) -> Collate:
         """Batches training rows into model inputs and labels."""
         ...
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The mean training loss of a batch."""
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean training loss of a batch (``model`` may be wrapped in DDP)."""
         ...
 
     def evaluate(
         self,
-        model: Any,
+        model: Model,
         examples: Sequence[Any],
         features: Dataset,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         cfg: DataConfig,
         device: torch.device,
         batch_size: int,
@@ -104,8 +119,7 @@ class _Registry(Mapping[str, TaskFamily]):
     def __getitem__(self, name: str) -> TaskFamily:
         if name not in _MODULES:
             raise KeyError(f"unknown task {name!r}, expected one of {sorted(_MODULES)}")
-        family: TaskFamily = importlib.import_module(_MODULES[name])  # type: ignore[assignment]
-        return family
+        return cast(TaskFamily, importlib.import_module(_MODULES[name]))
 
     def __iter__(self) -> Iterator[str]:
         return iter(_MODULES)

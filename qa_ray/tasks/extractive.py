@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +31,11 @@ from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
 from qa_ray.tasks import EvalOutput
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from qa_ray.tasks import Autocast, Collate, Model, Tokenizer
 
 __all__ = [
     "AUTO_CLASS",
@@ -54,17 +60,17 @@ QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
 SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 
 
-def no_answer_last(tokenizer) -> bool:
+def no_answer_last(tokenizer: Tokenizer) -> bool:
     """True when the no-answer position is a window's last token (no leading CLS token)."""
     return tokenizer.cls_token_id is None
 
 
-def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The span loss the model computes from ``start_positions`` / ``end_positions``."""
     return model(**batch).loss
 
 
-def _tokenize(tokenizer, batch, cfg: DataConfig):
+def _tokenize(tokenizer: Tokenizer, batch: dict[str, list], cfg: DataConfig) -> Any:
     return tokenizer(
         [q.lstrip() for q in batch["question"]],
         batch["context"],
@@ -78,7 +84,7 @@ def _tokenize(tokenizer, batch, cfg: DataConfig):
     )
 
 
-def _key(cfg: DataConfig, kind: str, **extra) -> dict:
+def _key(cfg: DataConfig, kind: str, **extra: Any) -> dict:
     return {
         "kind": kind,
         "max_seq_length": cfg.max_seq_length,
@@ -87,7 +93,7 @@ def _key(cfg: DataConfig, kind: str, **extra) -> dict:
     }
 
 
-def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def train_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """Training windows with ``start_positions``/``end_positions`` token labels (cached)."""
     last = no_answer_last(tokenizer)
 
@@ -134,7 +140,7 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     return cached_features(examples, tokenizer, build, key, cfg.cache_dir)
 
 
-def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def eval_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """Evaluation windows with ``example_id`` and context-only ``offset_mapping`` (cached)."""
 
     def build(batch):
@@ -153,7 +159,7 @@ def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def collator(tokenizer):
+def collator(tokenizer: Tokenizer) -> Collate:
     """Right-pads a batch of features to its longest window (dynamic padding), whatever the
     tokenizer's own padding side: the span labels and the no-answer position count from the
     left."""
@@ -170,7 +176,7 @@ def collator(tokenizer):
 
 def postprocess(
     examples: Sequence[QAExample],
-    features,
+    features: Dataset,
     start_logits: Sequence[np.ndarray],
     end_logits: Sequence[np.ndarray],
     n_best_size: int = 20,
@@ -222,7 +228,16 @@ def postprocess(
 
 
 @torch.no_grad()
-def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
+def evaluate(
+    model: Model,
+    examples: Sequence[Any],
+    features: Dataset,
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    device: torch.device,
+    batch_size: int,
+    autocast: Autocast,
+) -> EvalOutput:
     """Runs the model over the eval windows, post-processes and scores (official SQuAD)."""
     from torch.utils.data import DataLoader
 

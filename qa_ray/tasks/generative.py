@@ -17,6 +17,7 @@ import re
 import string
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -24,6 +25,11 @@ from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
 from qa_ray.tasks import EvalOutput
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from qa_ray.tasks import Autocast, Collate, Model, Tokenizer
 
 __all__ = [
     "AUTO_CLASS",
@@ -54,7 +60,9 @@ _IGNORE = -100
 _MARGIN = 4  # tokens lost or gained where the context meets the template when re-tokenized
 
 
-def context_window(tokenizer, context: str, budget: int, answer: tuple[int, int] | None) -> str:
+def context_window(
+    tokenizer: Tokenizer, context: str, budget: int, answer: tuple[int, int] | None
+) -> str:
     """``context``, or a window of at most ``budget`` of its tokens, holding the ``answer``
     character span (centred on it) when one is given, else the context's beginning."""
     offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)[
@@ -74,7 +82,14 @@ def context_window(tokenizer, context: str, budget: int, answer: tuple[int, int]
     return context[offsets[first][0] : offsets[last][1]].strip()
 
 
-def _prompt(tokenizer, cfg: DataConfig, context, question, answer, answer_tokens: int) -> str:
+def _prompt(
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    context: str,
+    question: str,
+    answer: tuple[int, int] | None,
+    answer_tokens: int,
+) -> str:
     fixed = len(tokenizer(PROMPT.format(context="", question=question.strip())).input_ids)
     budget = max(8, cfg.max_seq_length - fixed - answer_tokens - _MARGIN)
     return PROMPT.format(
@@ -82,7 +97,7 @@ def _prompt(tokenizer, cfg: DataConfig, context, question, answer, answer_tokens
     )
 
 
-def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def train_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """Prompt + answer + EOS, with the loss on the answer tokens only (cached)."""
 
     def build(batch):
@@ -114,7 +129,7 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     return cached_features(examples, tokenizer, build, key, cfg.cache_dir)
 
 
-def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def eval_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """The prompts, one per question, with ``example_id`` (cached)."""
 
     def build(batch):
@@ -147,7 +162,7 @@ def pad_rows(rows: Sequence, value: int, left: bool) -> torch.Tensor:
     )
 
 
-def collator(tokenizer):
+def collator(tokenizer: Tokenizer) -> Collate:
     """Right-pads a training batch: pad id for inputs, 0 for the mask, -100 for labels."""
 
     def collate(rows):
@@ -162,7 +177,7 @@ def collator(tokenizer):
     return collate
 
 
-def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens, as ``model(**batch).loss``, but with logits
     computed only at the positions that predict an answer token (``logits_to_keep``): at a 49k to
     128k vocabulary, full-sequence logits dominate a small model's activation memory."""
@@ -191,7 +206,14 @@ def extract_answer(generated: str, no_answer_text: str) -> str:
 
 
 @torch.no_grad()
-def greedy_texts(model, tokenizer, rows: Sequence, max_new_tokens: int, device, autocast):
+def greedy_texts(
+    model: Model,
+    tokenizer: Tokenizer,
+    rows: Sequence[list[int]],
+    max_new_tokens: int,
+    device: torch.device,
+    autocast: Autocast,
+) -> list[str]:
     """Greedy generations for a batch of token-id rows, decoded.
 
     A decoder-only model gets its prompts left-padded and the prompt cut from its output; an
@@ -206,8 +228,10 @@ def greedy_texts(model, tokenizer, rows: Sequence, max_new_tokens: int, device, 
         if decoder_only
         else {}
     )
+    # Causal-LM and seq2seq models generate (GenerationMixin, whose self type is narrower than
+    # the models here as typed); without return_dict_in_generate, the output is the token ids.
     with autocast():
-        out = model.generate(
+        out: torch.Tensor = cast(Any, model).generate(
             input_ids=input_ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
@@ -220,7 +244,16 @@ def greedy_texts(model, tokenizer, rows: Sequence, max_new_tokens: int, device, 
 
 
 @torch.no_grad()
-def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
+def evaluate(
+    model: Model,
+    examples: Sequence[Any],
+    features: Dataset,
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    device: torch.device,
+    batch_size: int,
+    autocast: Autocast,
+) -> EvalOutput:
     """Greedy generation for every question, answer extraction, official SQuAD scoring (also
     the seq2seq task's evaluation: :func:`greedy_texts` handles both model kinds)."""
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +27,11 @@ from qa_ray.data import InstructionExample, cached_features
 from qa_ray.data import load_instruction_train_eval as load_train_eval
 from qa_ray.tasks import EvalOutput
 from qa_ray.tasks.generative import collator, greedy_texts, loss
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from qa_ray.tasks import Autocast, Model, Tokenizer
 
 __all__ = [
     "AUTO_CLASS",
@@ -96,7 +102,9 @@ def _key(cfg: DataConfig, kind: str) -> dict:
     }
 
 
-def train_features(examples: Sequence[InstructionExample], tokenizer, cfg: DataConfig):
+def train_features(
+    examples: Sequence[InstructionExample], tokenizer: Tokenizer, cfg: DataConfig
+) -> Dataset:
     """Prompt + response + EOS, cut at ``max_seq_length``, loss on the response only (cached)."""
 
     def build(batch):
@@ -130,12 +138,21 @@ def train_features(examples: Sequence[InstructionExample], tokenizer, cfg: DataC
     return feats
 
 
-def eval_features(examples: Sequence[InstructionExample], tokenizer, cfg: DataConfig):
+def eval_features(
+    examples: Sequence[InstructionExample], tokenizer: Tokenizer, cfg: DataConfig
+) -> Dataset:
     """The held-out records as training sequences: their response tokens are scored."""
     return train_features(examples, tokenizer, cfg)
 
 
-def answer(model, tokenizer, questions: Sequence[str], max_new_tokens: int, device, autocast):
+def answer(
+    model: Model,
+    tokenizer: Tokenizer,
+    questions: Sequence[str],
+    max_new_tokens: int,
+    device: torch.device,
+    autocast: Autocast,
+) -> list[str]:
     """Greedy answers to ``questions`` (as instructions without input), one batch."""
     rows = [tokenizer(prompt(q)).input_ids for q in questions]
     texts = greedy_texts(model, tokenizer, rows, max_new_tokens, device, autocast)
@@ -143,7 +160,16 @@ def answer(model, tokenizer, questions: Sequence[str], max_new_tokens: int, devi
 
 
 @torch.no_grad()
-def evaluate(model, examples, features, tokenizer, cfg: DataConfig, device, batch_size, autocast):
+def evaluate(
+    model: Model,
+    examples: Sequence[Any],
+    features: Dataset,
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    device: torch.device,
+    batch_size: int,
+    autocast: Autocast,
+) -> EvalOutput:
     """Held-out loss per response token and perplexity; answers to the qualitative questions.
 
     Returns:

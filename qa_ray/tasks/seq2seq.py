@@ -10,6 +10,7 @@ Evaluation decodes greedily up to ``data.max_answer_length`` tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,11 @@ from qa_ray.data import QAExample, cached_features, load_train_eval
 
 # Same right-padded batches and the same greedy-decode-and-score evaluation as the causal task.
 from qa_ray.tasks.generative import collator, context_window, evaluate
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from qa_ray.tasks import Model, Tokenizer
 
 __all__ = [
     "AUTO_CLASS",
@@ -43,13 +49,19 @@ PROMPT = "question: {question} context: {context}"
 _MARGIN = 4
 
 
-def loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (the model shifts ``labels`` into decoder
     inputs; padded label positions are -100)."""
     return model(**batch).loss
 
 
-def _source(tokenizer, cfg: DataConfig, context: str, question: str, answer) -> list[int]:
+def _source(
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    context: str,
+    question: str,
+    answer: tuple[int, int] | None,
+) -> list[int]:
     question = question.strip()
     fixed = len(tokenizer(PROMPT.format(question=question, context="")).input_ids)
     budget = max(8, cfg.max_seq_length - fixed - _MARGIN)
@@ -69,7 +81,7 @@ def _key(cfg: DataConfig, kind: str) -> dict:
     }
 
 
-def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def train_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """Encoder input ids and decoder labels (the answer and EOS), cached."""
 
     def build(batch):
@@ -95,7 +107,7 @@ def train_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
     return cached_features(examples, tokenizer, build, _key(cfg, "seq2seq-train"), cfg.cache_dir)
 
 
-def eval_features(examples: Sequence[QAExample], tokenizer, cfg: DataConfig):
+def eval_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: DataConfig) -> Dataset:
     """Encoder input ids, one per question, with ``example_id`` (cached)."""
 
     def build(batch):
