@@ -60,9 +60,7 @@ class SweepResult:
     was interrupted; the failure or infeasibility reason, the sampled config, the final
     metrics) and the signal that interrupted it, if any."""
 
-    experiment_path: str
     parent_run_id: str
-    tracking_uri: str
     trials: list[dict[str, Any]]
     interrupted_by: int | None = None
 
@@ -707,7 +705,7 @@ def run_sweep(
         if not any(t["status"] == "COMPLETE" for t in trials):
             status = "FAILED"  # no trial completed: the sweep found nothing
     finish_parent_run(tracking_uri, parent_id, status)
-    return SweepResult(exp_path, parent_id, tracking_uri, trials, interrupts.signal)
+    return SweepResult(parent_id, trials, interrupts.signal)
 
 
 def _outcome(r, tune_status: str) -> dict[str, Any]:
