@@ -533,8 +533,14 @@ def cached_features(
         f.name: [_column_value(getattr(e, f.name)) for e in examples] for f in fields(examples[0])
     }
     raw = datasets.Dataset.from_dict(columns)
+    # The digest is the fingerprint: without one, datasets hashes `build` with dill, whose
+    # global-name scan prints the closure's bytecode disassembly into a Ray worker's log.
     features = raw.map(
-        build, batched=True, remove_columns=raw.column_names, desc=f"tokenize {key.get('kind')}"
+        build,
+        batched=True,
+        remove_columns=raw.column_names,
+        desc=f"tokenize {key.get('kind')}",
+        new_fingerprint=digest,
     )
     if len(features) == 0:  # nothing to cache (datasets cannot load an empty saved table)
         return features

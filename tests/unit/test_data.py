@@ -237,3 +237,29 @@ def test_feature_cache_key_covers_tokenizer_properties_that_change_features():
         assert fp not in seen, change
         seen.add(fp)
     assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(ASSETS / "bpe")) in seen
+
+
+def test_tokenizing_never_hashes_the_build_function(tmp_path, monkeypatch):
+    """datasets hashes a map function with dill unless given a fingerprint, and dill's scan of
+    its globals disassembles its bytecode (about 900 lines in a Ray worker's log)."""
+    from datasets import fingerprint
+    from transformers import AutoTokenizer
+
+    from qa_ray.config import DataConfig
+    from qa_ray.data import load_examples
+    from qa_ray.tasks import extractive
+
+    real, hashed = fingerprint.Hasher.hash, []
+
+    def hash_no_functions(cls, value):  # (datasets swallows any error raised in here)
+        if callable(value):
+            hashed.append(value)
+        return real(value)
+
+    monkeypatch.setattr(fingerprint.Hasher, "hash", classmethod(hash_no_functions))
+    tok = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    ex = load_examples(str(ASSETS / "squad_v1_tiny.json"))
+    cfg = DataConfig(path="x", max_seq_length=128, doc_stride=32, cache_dir=str(tmp_path))
+    assert len(extractive.train_features(ex, tok, cfg)) > 0
+    assert len(extractive.eval_features(ex, tok, cfg)) > 0
+    assert hashed == []
