@@ -37,6 +37,7 @@ STEP = "step"
 EPOCH = "epoch"
 TRAIN_SECONDS = "train_seconds"
 EVAL_QUESTIONS = "eval_questions"
+EVAL_SECONDS = "eval_seconds"  # wall time of this evaluation (short trials: as long as training)
 PLANNED_STEPS = "planned_steps"  # the trial's step budget (max_steps or its epochs)
 TIME_BUDGET_SECONDS = "time_budget_seconds"  # train.max_train_seconds, when set
 FINAL_REPORT = "final_report"  # 1.0 on a trial's last report: it ends whatever is decided
@@ -76,6 +77,7 @@ CURVES = (
     TOTAL_PARAMS,
     TRAIN_SAMPLES_PER_SECOND,
     EVAL_LATENCY_MS,
+    EVAL_SECONDS,
     EPOCH,
     STEP,
     TRAIN_SECONDS,

@@ -746,7 +746,9 @@ def report(
     result: dict[str, Any] = {}
     predictions: dict[str, str] | None = None
     if evaluate and trial.rank0:
+        started = time.perf_counter()
         result, predictions = _evaluate(trial)
+        result[m.EVAL_SECONDS] = time.perf_counter() - started
     peak = _reduce([_peak_memory_mb(session.device)], dist.ReduceOp.MAX, session)[0]
     loss = meters.take_loss()
     # Every rank's mean loss, averaged: the loss of the whole step, as one worker would see it.

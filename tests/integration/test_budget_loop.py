@@ -146,6 +146,7 @@ def test_progress_reports_between_evaluations(tiny_model_dir, tmp_path):
     train_loop_per_worker(cfg, session)
     assert [r[m.STEP] for r in session.reports] == [1, 2, 3, 4]
     assert [m.EVAL_F1 in r for r in session.reports] == [False, True, False, True]
+    assert [r.get(m.EVAL_SECONDS, 0) > 0 for r in session.reports] == [False, True, False, True]
     assert all(r[m.PEAK_MEMORY_MB] > 0 and r[m.TRAIN_LOSS] > 0 for r in session.reports)
     quiet = RecordingSession()
     train_loop_per_worker({**cfg, "train": {**cfg["train"], "progress_seconds": 0}}, quiet)
