@@ -1,0 +1,138 @@
+"""The sweep's fixed costs: 3 MiniLM trials of fixed work through `qa-ray sweep` against the same
+3 configurations through `qa-ray train`, one after another.
+
+Prints, per run: wall time, the time spent training and evaluating (the trials' own
+``train_seconds`` and ``eval_seconds``), and what is left, the fixed cost; then the per-trial
+overhead of the sweep over the sequential runs, the sweep/sequential wall ratio, the time from
+`qa-ray sweep` to the first optimizer step, from the last result to the sweep's exit, and where
+the sweep's extra time goes (from MLflow's run and metric timestamps): start-up before the first
+trial, each trial's set-up (trial start to first step), and the gaps between trials.
+
+    bash scripts/stage_minilm.sh models
+    .venv/bin/python benchmarks/trial_overhead.py --out /tmp/overhead
+
+About 6 minutes on a 2-core CPU. Figures go to OUT/trial_overhead.json too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from qa_ray import metrics as m
+from qa_ray.config import TrialConfig
+from qa_ray.search_space import apply_params
+from qa_ray.sweep_config import load_sweep_config
+from qa_ray.tracking import child_runs, find_parent_run, mlflow_client
+
+SWEEP = "sweeps/quickstart.yaml"
+# Fixed work: 20 optimizer steps at an effective batch of 16, 50 questions scored at the end.
+WORK = [
+    "train.max_steps=20",
+    "train.max_train_seconds=null",
+    "train.save_checkpoints=false",
+    "train.progress_seconds=1",  # the first report comes right after the first step
+    "data.max_eval_examples=50",
+    "search.num_samples=3",
+]
+CONFIGS = [
+    {"finetune": "full", "learning_rate": 2.0e-4, "warmup_ratio": 0.05, "per_device_batch_size": 16},
+    {"finetune": "lora", "learning_rate": 3.0e-4, "warmup_ratio": 0.0, "per_device_batch_size": 16,
+     "lora_r": 16, "lora_alpha_multiple": 2},
+    {"finetune": "lora", "learning_rate": 4.0e-4, "warmup_ratio": 0.05, "per_device_batch_size": 8,
+     "lora_r": 8, "lora_alpha_multiple": 4},
+]  # fmt: skip
+
+
+def sweep(out: Path, name: str) -> dict:
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    points = "search.initial_points=" + json.dumps(CONFIGS)
+    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", SWEEP, *WORK, points, f"name={name}",
+           f"storage_path={out / 'runs'}", "--tracking-uri", uri]  # fmt: skip
+    t0 = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    t1 = time.time()
+    client = mlflow_client(uri)
+    trials = []
+    for c in child_runs(uri, find_parent_run(uri, name)):
+        hist = {k: client.get_metric_history(c.info.run_id, k) for k in
+                (m.STEP, m.TRAIN_SECONDS, m.EVAL_SECONDS)}  # fmt: skip
+        first = min(hist[m.TRAIN_SECONDS], key=lambda h: h.step)
+        trials.append({
+            "start": c.info.start_time / 1000,
+            "end": c.info.end_time / 1000,
+            "first_step": first.timestamp / 1000 - first.value,  # report time - training so far
+            "last_result": max(h.timestamp for h in hist[m.STEP]) / 1000,
+            "train_seconds": max(h.value for h in hist[m.TRAIN_SECONDS]),
+            "eval_seconds": sum(h.value for h in hist[m.EVAL_SECONDS]),
+        })  # fmt: skip
+    trials.sort(key=lambda t: t["start"])
+    work = sum(t["train_seconds"] + t["eval_seconds"] for t in trials)
+    return {
+        "wall": t1 - t0,
+        "work": work,
+        "fixed": t1 - t0 - work,
+        "start_to_first_step": trials[0]["first_step"] - t0,
+        "last_result_to_exit": t1 - trials[-1]["last_result"],
+        "where": {
+            "before the first trial": trials[0]["start"] - t0,
+            "trial set-up (trial start to first step), mean": statistics.mean(
+                t["first_step"] - t["start"] for t in trials
+            ),
+            "trial end (last result to run end), mean": statistics.mean(
+                t["end"] - t["last_result"] for t in trials
+            ),
+            "between trials, mean": statistics.mean(
+                b["start"] - a["end"] for a, b in zip(trials, trials[1:], strict=False)
+            ),
+        },
+    }
+
+
+def sequential(out: Path) -> dict:
+    base = load_sweep_config(SWEEP, WORK)
+    t0, work = time.time(), 0.0
+    for i, params in enumerate(CONFIGS):
+        cfg = apply_params(base.trial_config().model_dump(mode="json"), params)
+        cfg["output_dir"] = str(out / f"train-{i}")
+        path = out / f"train-{i}.yaml"
+        path.write_text(yaml.safe_dump(TrialConfig.model_validate(cfg).model_dump(mode="json")))
+        subprocess.run(
+            [sys.executable, "-m", "qa_ray.cli", "train", str(path)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        metrics = json.loads((out / f"train-{i}" / "metrics.json").read_text())
+        work += metrics[m.TRAIN_SECONDS] + metrics.get(m.EVAL_SECONDS, 0.0)
+    wall = time.time() - t0
+    return {"wall": wall, "work": work, "fixed": wall - work}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="a new folder for stores and runs")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seq = sequential(args.out)
+    swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}")
+    n = len(CONFIGS)
+    result = {
+        "sequential": seq,
+        "sweep": swp,
+        "per_trial_overhead_s": (swp["fixed"] - seq["fixed"]) / n,
+        "sweep_over_sequential_wall": swp["wall"] / seq["wall"],
+    }
+    print(json.dumps(result, indent=2))
+    (args.out / "trial_overhead.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
