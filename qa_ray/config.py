@@ -21,6 +21,7 @@ __all__ = [
     "Block",
     "ConfigError",
     "DataConfig",
+    "DistillConfig",
     "LoraConfig",
     "ModelConfig",
     "ResourcesConfig",
@@ -164,6 +165,20 @@ class DataConfig(Block):
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 
 
+class DistillConfig(Block):
+    """Knowledge distillation: the loss mixes the task loss with the KL divergence from the
+    teacher's softened outputs, ``(1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T)``
+    (Hinton et al. 2015), over the logits the task family names (start/end for extractive,
+    answer tokens for generative, seq2seq and instruction)."""
+
+    teacher: str = Field(
+        description="a local model folder of the same task and tokenizer (e.g. a finished "
+        "trial's checkpoint, or a fine-tuned model's folder)"
+    )
+    alpha: float = Field(0.5, gt=0.0, le=1.0, description="the distillation term's weight")
+    temperature: float = Field(2.0, gt=0.0, description="softens both distributions")
+
+
 class TrainConfig(Block):
     """Optimizer, schedule, batch and precision of one fine-tune."""
 
@@ -191,6 +206,9 @@ class TrainConfig(Block):
     )
     eval_on_start: bool = Field(
         False, description="also evaluate before the first step: the untrained baseline (step 0)"
+    )
+    distill: DistillConfig | None = Field(
+        None, description="learn from a teacher's outputs too (knowledge distillation)"
     )
     progress_seconds: float = Field(
         15.0,
@@ -474,6 +492,12 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
                 f"`{field}`: no such file or folder, but got {value!r} (relative paths "
                 f"are resolved from the current directory, {os.getcwd()})"
             )
+    distill = cfg.train.distill
+    if distill is not None and not os.path.isdir(os.path.expanduser(distill.teacher)):
+        errors.append(
+            f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
+            f"(a local folder; relative paths are resolved from {os.getcwd()})"
+        )
     if errors:
         raise ConfigError(source, errors)
 
@@ -537,8 +561,19 @@ def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
             "cache_dir": resolve_local_path(cfg.data.cache_dir),
         }
     )
+    train = cfg.train
+    if train.distill is not None:
+        teacher = os.path.abspath(os.path.expanduser(train.distill.teacher))
+        train = train.model_copy(
+            update={"distill": train.distill.model_copy(update={"teacher": teacher})}
+        )
     return cfg.model_copy(
-        update={"model": model, "data": data, "output_dir": os.path.abspath(cfg.output_dir)}
+        update={
+            "model": model,
+            "data": data,
+            "train": train,
+            "output_dir": os.path.abspath(cfg.output_dir),
+        }
     )
 
 

@@ -47,6 +47,8 @@ AXES: dict[str, str] = {
     "lora_alpha_multiple": "model.lora.alpha",
     "lora_dropout": "model.lora.dropout",
     "model": "model.name_or_path",
+    "distill_alpha": "train.distill.alpha",
+    "distill_temperature": "train.distill.temperature",
 }
 _LORA_AXES = ("lora_r", "lora_alpha_multiple", "lora_dropout")
 _KBIT = (4, 8)

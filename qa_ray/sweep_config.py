@@ -202,6 +202,12 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
         for k in point
         if k not in space.params
     ]
+    distill_axes = sorted(a for a in space.params if a.startswith("distill_"))
+    if distill_axes and cfg.train.distill is None:
+        unknown.append(
+            f"`search.space`: the axes {distill_axes} need `train.distill` (its teacher), but "
+            "got (train.distill=None)"
+        )
     if unknown:
         raise ConfigError(str(path), unknown)
     check_local_paths(cfg.trial_config(), str(path))
@@ -216,6 +222,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
             "search": cfg.search.model_copy(update={"space": space}),
             "model": trial.model,
             "data": trial.data,
+            "train": cfg.train.model_copy(update={"distill": trial.train.distill}),
             "storage_path": cfg.storage_path
             if "://" in cfg.storage_path
             else os.path.abspath(os.path.expanduser(cfg.storage_path)),

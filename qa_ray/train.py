@@ -61,6 +61,7 @@ __all__ = [
     "TimeBudget",
     "Trial",
     "TrialOutOfMemory",
+    "distillation_loss",
     "is_out_of_memory",
     "latest_local_checkpoint",
     "lr_factor",
@@ -420,6 +421,7 @@ class Trial:
     max_steps: int
     budget: TimeBudget
     budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
+    teacher: torch.nn.Module | None = None  # knowledge distillation: frozen, in eval mode
 
     @property
     def unwrapped(self) -> Model:
@@ -473,6 +475,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg.model, device, precision.compute_dtype)
     size = model_size(model)
+    teacher = build_teacher(cfg, tokenizer, device, precision) if cfg.train.distill else None
     model = session.prepare(model)  # [ray 2]
     model.train()
 
@@ -507,6 +510,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
             for c in parse_constraints(cfg.constraints, cfg.model.task)
             if c.metric in m.BUDGET_METRICS and c.op in ("<=", "<")
         ],
+        teacher=teacher,
     )
     meters = Meters()
     resume_from = session.latest_checkpoint()  # [ray 1]
@@ -528,6 +532,73 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
             size.footprint_mb,
         )
     return trial, meters
+
+
+def build_teacher(
+    cfg: TrialConfig, tokenizer: Tokenizer, device: torch.device, precision: Precision
+) -> torch.nn.Module:
+    """The distillation teacher: the model at ``train.distill.teacher`` for the same task, in
+    the student's precision (16-bit weights when the student autocasts), frozen, in eval mode.
+    It lives in the trial's process, so its memory counts in the trial's peak.
+
+    Raises:
+        ValueError: the teacher's tokenizer is not the student's (their logits would not
+            line up), or the folder is a LoRA adapter (merge it into its base model first).
+    """
+    from transformers import AutoTokenizer
+
+    assert cfg.train.distill is not None
+    path = cfg.train.distill.teacher
+    if (Path(path) / "adapter_config.json").is_file():
+        raise ValueError(
+            f"`train.distill.teacher` = {path!r} is a LoRA adapter: distill from a full model "
+            "folder (merge the adapter into its base model, peft's merge_and_unload)"
+        )
+    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"`train.distill.teacher` = {path!r} has another vocabulary than "
+            f"`model.name_or_path` = {cfg.model.name_or_path!r}: their logits do not line up"
+        )
+    bits = 16 if precision.dtype is not None else 32
+    teacher_cfg = cfg.model.model_copy(
+        update={"name_or_path": path, "finetune": "full", "quantization_bits": bits}
+    )
+    teacher = build_model(teacher_cfg, device, precision.compute_dtype)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row of each pair of
+    logits (the distribution is over the last dimension), averaged over rows, then over pairs
+    (``T^2`` keeps the gradient's scale independent of ``T``, Hinton et al. 2015)."""
+    f = torch.nn.functional
+    terms = [
+        f.kl_div(
+            f.log_softmax(s.float() / temperature, dim=-1),
+            f.log_softmax(t.float() / temperature, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        for s, t in zip(student, teacher, strict=True)
+    ]
+    return torch.stack(terms).mean() * temperature**2
+
+
+def training_loss(trial: Trial, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The task's loss, or with a teacher ``(1 - alpha) * task + alpha * distillation``."""
+    distill = trial.cfg.train.distill
+    if trial.teacher is None or distill is None:
+        return trial.task.loss(trial.model, batch)
+    task_loss, student = trial.task.outputs(trial.model, batch)
+    with torch.no_grad():
+        _, teacher = trial.task.outputs(trial.teacher, batch)
+    return (1 - distill.alpha) * task_loss + distill.alpha * distillation_loss(
+        student, teacher, distill.temperature
+    )
 
 
 def _setup_data(
@@ -616,7 +687,7 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             sync = contextlib.nullcontext() if stepping else _no_sync(trial.model)
             with sync:
                 with trial.precision.autocast():
-                    loss = trial.task.loss(trial.model, batch) / window
+                    loss = training_loss(trial, batch) / window
                 trial.scaler.scale(loss).backward()
             meters.loss_sum += loss.item() * window
             meters.loss_batches += 1

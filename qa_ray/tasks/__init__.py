@@ -90,6 +90,13 @@ class TaskFamily(Protocol):
         """The mean training loss of a batch (``model`` may be wrapped in DDP)."""
         ...
 
+    def outputs(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The loss and the logits knowledge distillation matches (rows: the distributions
+        over the last dimension; a teacher's and a student's line up on the same batch)."""
+        ...
+
     def evaluate(
         self,
         model: Model,

@@ -48,6 +48,7 @@ __all__ = [
     "evaluate",
     "load_train_eval",
     "loss",
+    "outputs",
     "no_answer_last",
     "postprocess",
     "train_features",
@@ -65,9 +66,18 @@ def no_answer_last(tokenizer: Tokenizer) -> bool:
     return tokenizer.cls_token_id is None
 
 
+def outputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The span loss the model computes from ``start_positions`` / ``end_positions``, and the
+    start and end logits (rows: windows, columns: positions) a distilling student matches."""
+    out = model(**batch)
+    return out.loss, [out.start_logits, out.end_logits]
+
+
 def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The span loss the model computes from ``start_positions`` / ``end_positions``."""
-    return model(**batch).loss
+    return outputs(model, batch)[0]
 
 
 def _tokenize(tokenizer: Tokenizer, batch: dict[str, list], cfg: DataConfig) -> Any:

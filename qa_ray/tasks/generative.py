@@ -46,6 +46,7 @@ __all__ = [
     "greedy_texts",
     "load_train_eval",
     "loss",
+    "outputs",
     "pad_rows",
     "train_features",
 ]
@@ -178,9 +179,17 @@ def collator(tokenizer: Tokenizer) -> Collate:
 
 
 def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (see :func:`outputs`)."""
+    return outputs(model, batch)[0]
+
+
+def outputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Mean cross-entropy over the answer tokens, as ``model(**batch).loss``, but with logits
     computed only at the positions that predict an answer token (``logits_to_keep``): at a 49k to
-    128k vocabulary, full-sequence logits dominate a small model's activation memory."""
+    128k vocabulary, full-sequence logits dominate a small model's activation memory. Also
+    those logits (rows: answer tokens), what a distilling student matches."""
     labels = batch["labels"]
     predicts = torch.zeros_like(labels, dtype=torch.bool)
     predicts[:, :-1] = labels[:, 1:] != _IGNORE
@@ -189,9 +198,8 @@ def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
         attention_mask=batch["attention_mask"],
         logits_to_keep=predicts,
     ).logits
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:][predicts[:, :-1]]
-    )
+    rows = logits.reshape(-1, logits.shape[-1])
+    return torch.nn.functional.cross_entropy(rows.float(), labels[:, 1:][predicts[:, :-1]]), [rows]
 
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")

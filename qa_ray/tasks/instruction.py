@@ -26,7 +26,7 @@ from qa_ray.config import DataConfig
 from qa_ray.data import InstructionExample, cached_features
 from qa_ray.data import load_instruction_train_eval as load_train_eval
 from qa_ray.tasks import EvalOutput
-from qa_ray.tasks.generative import collator, greedy_texts, loss
+from qa_ray.tasks.generative import collator, greedy_texts, loss, outputs
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -47,6 +47,7 @@ __all__ = [
     "evaluate",
     "load_train_eval",
     "loss",
+    "outputs",
     "prompt",
     "train_features",
 ]

@@ -23,7 +23,7 @@ from qa_ray.tasks.generative import collator, context_window, evaluate
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from qa_ray.tasks import Model, Tokenizer
+    from qa_ray.tasks import Tokenizer
 
 __all__ = [
     "AUTO_CLASS",
@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "load_train_eval",
     "loss",
+    "outputs",
     "train_features",
 ]
 
@@ -49,10 +50,18 @@ PROMPT = "question: {question} context: {context}"
 _MARGIN = 4
 
 
-def loss(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens (the model shifts ``labels`` into decoder
     inputs; padded label positions are -100)."""
-    return model(**batch).loss
+    return outputs(model, batch)[0]
+
+
+def outputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss, and the decoder's logits at the answer tokens (what a student matches)."""
+    out = model(**batch)
+    return out.loss, [out.logits[batch["labels"] != -100]]
 
 
 def _source(

@@ -145,6 +145,9 @@ ROWS = [
     ("scheduler unknown type", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "hyperband", "grace": 3})], ["`search.scheduler.type`", "hyperband"]),
     ("scheduler reduction factor 1", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "reduction_factor": 1})], ["`search.scheduler.reduction_factor`", "1"]),
     ("scheduler on an unknown time attribute", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "time_attr": "epochs"})], ["`search.scheduler.time_attr`", "epochs"]),
+    ("distillation axes without a teacher", lambda t: ["sweep", _sweep(t, search__space={"params": {"distill_alpha": {"type": "float", "low": 0.1, "high": 0.9}}})], ["`search.space`", "train.distill"]),
+    ("distillation alpha out of range", lambda t: ["sweep", _sweep(t, train__distill={"teacher": str(ASSETS / "wordpiece"), "alpha": 1.5})], ["`train.distill.alpha`", "1.5"]),
+    ("distillation teacher not there", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "./no-teacher"})], ["`train.distill.teacher`", "./no-teacher"]),
     ("score with bad predictions", lambda t: ["score", str(ASSETS / "squad_v1_tiny.json"), _file(t, "p.json", "[1, 2]")], ["p.json"]),
 ]  # fmt: skip
 
