@@ -101,6 +101,12 @@ class ModelConfig(Block):
         description="sets every dropout probability in the model config (hidden, attention, "
         "classifier); null keeps the checkpoint's. 0 is about a third faster per step on CPU",
     )
+    keep_layers: int | None = Field(
+        None,
+        gt=0,
+        description="static pruning before fine-tuning: keep this many of the model's "
+        "transformer layers, evenly spaced (every other one for half), drop the rest",
+    )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 

@@ -138,6 +138,9 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
             f"layer of {cfg.name_or_path!r} (model_type {model.config.model_type!r}; its "
             "projections are not plain torch.nn.Linear). Use quantization_bits 16 or 32."
         )
+    if cfg.keep_layers is not None:
+        kept = keep_layers(model, cfg.keep_layers)
+        logger.info("kept layers %s of %s (model.keep_layers)", kept, cfg.name_or_path)
     if cfg.quantization_bits == 8:
         _clone_int8_outputs(model)
     if cfg.quantization_bits == 4:
@@ -162,6 +165,51 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
         model = _add_lora(model, cfg)
     _trained_in_fp32(model)
     return model
+
+
+def keep_layers(model: torch.nn.Module, keep: int) -> list[int]:
+    """Drops all but ``keep`` of the model's transformer layers, evenly spaced from the first
+    (``range(0, n, n / keep)``: every other layer for half, as DistilBERT's student starts);
+    returns the kept indices. The stack is the first ``ModuleList`` as long as the config's
+    ``num_hidden_layers``; layers that index a KV cache get their new index. ALBERT, whose
+    layers share one set of weights, runs its shared layer ``keep`` times.
+
+    Raises:
+        ValueError: ``keep`` is above the model's layer count, or no layer stack is found.
+    """
+    config = model.config
+    n = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    if not n or keep > n:
+        raise ValueError(
+            f"`model.keep_layers` = {keep}: the model has {n} layers (model_type "
+            f"{config.model_type!r})"
+        )
+    kept = [int(i * n / keep) for i in range(keep)]
+    stacks = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n
+    ]
+    if stacks:
+        name, stack = stacks[0]
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        layers = torch.nn.ModuleList(stack[i] for i in kept)
+        for new, layer in enumerate(layers):
+            for sub in layer.modules():
+                if hasattr(sub, "layer_idx"):
+                    sub.layer_idx = new
+        setattr(parent, name.rsplit(".", 1)[-1], layers)
+    elif config.model_type != "albert":
+        raise ValueError(
+            f"`model.keep_layers`: no stack of {n} layers found in model_type "
+            f"{config.model_type!r}"
+        )
+    for attr in ("num_hidden_layers", "num_layers"):
+        if getattr(config, attr, None) == n:
+            setattr(config, attr, keep)
+    if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == n:
+        config.layer_types = [config.layer_types[i] for i in kept]
+    return kept
 
 
 def _trained_in_fp32(model) -> None:

@@ -47,6 +47,7 @@ AXES: dict[str, str] = {
     "lora_alpha_multiple": "model.lora.alpha",
     "lora_dropout": "model.lora.dropout",
     "model": "model.name_or_path",
+    "keep_layers": "model.keep_layers",
     "distill_alpha": "train.distill.alpha",
     "distill_temperature": "train.distill.temperature",
 }
