@@ -262,6 +262,7 @@ def _cmd_pareto(args) -> int:
     from qa_ray.report import (
         budget_lines,
         find_parent_run,
+        publish_comparison,
         publish_pareto,
         sweep_constraints,
         trials_table,
@@ -288,9 +289,13 @@ def _cmd_pareto(args) -> int:
     if errors:
         raise ConfigError("command line", errors)
     uri = resolve_tracking_uri(None, args.tracking_uri)
-    parent = find_parent_run(uri, args.sweep_or_run)
-    constraints = args.constraint or sweep_constraints(uri, parent)
-    summary = publish_pareto(uri, parent, objectives, constraints, budgets=args.budgets)
+    parents = [find_parent_run(uri, s) for s in args.sweep_or_run]
+    constraints = args.constraint or sweep_constraints(uri, parents[0])
+    if len(parents) == 1:
+        summary = publish_pareto(uri, parents[0], objectives, constraints, budgets=args.budgets)
+    else:
+        summary = publish_comparison(uri, parents, objectives, constraints, budgets=args.budgets)
+        print(f"[qa-ray] one front over {len(parents)} sweeps: MLflow run {summary.parent_run_id}")
     print(trials_table(summary))
     for line in budget_lines(summary):
         print(f"[qa-ray] {line}")
@@ -455,7 +460,11 @@ def _parser() -> argparse.ArgumentParser:
         "print a sweep's Pareto front and (re)write its MLflow artifacts",
         "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1",
     )
-    sp.add_argument("sweep_or_run", help="sweep name or parent run id")
+    sp.add_argument(
+        "sweep_or_run",
+        nargs="+",
+        help="sweep name or parent run id; several: one front across them, in a comparison run",
+    )
     sp.add_argument("--x", default="peak_memory_mb")
     sp.add_argument("--x-mode", default="min", choices=["min", "max"])
     sp.add_argument("--y", default="eval_f1")

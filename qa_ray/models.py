@@ -201,8 +201,7 @@ def keep_layers(model: torch.nn.Module, keep: int) -> list[int]:
         setattr(parent, name.rsplit(".", 1)[-1], layers)
     elif config.model_type != "albert":
         raise ValueError(
-            f"`model.keep_layers`: no stack of {n} layers found in model_type "
-            f"{config.model_type!r}"
+            f"`model.keep_layers`: no stack of {n} layers found in model_type {config.model_type!r}"
         )
     for attr in ("num_hidden_layers", "num_layers"):
         if getattr(config, attr, None) == n:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_available", "line_png", "model_label", "pareto_html", "pareto_png", "scatter_png"]
+__all__ = [
+    "check_available",
+    "family",
+    "line_png",
+    "model_label",
+    "pareto_html",
+    "pareto_png",
+    "scatter_png",
+]
 
 _HOVER = (
     "model",
@@ -93,12 +101,13 @@ def pareto_html(
     highlighted without a line."""
     go = _require("plotly.graph_objects")
     fig = go.Figure()
-    models = sorted({str(t["model"]) for t in trials if t.get("model")})
+    # A family per marker: the sweep in a comparison across sweeps, else the model.
+    models = sorted({family(t) for t in trials if family(t)})
     by_model = len(models) > 1
     groups: dict[tuple[str, str, str], list[int]] = {}
     for i, t in enumerate(trials):
         key = (
-            model_label(t.get("model")) if by_model else "",
+            model_label(family(t)) if by_model else "",
             str(t.get("finetune") or "?"),
             str(t.get("quantization_bits") or "?"),
         )
@@ -166,6 +175,12 @@ def pareto_html(
         fig.add_vline(x=b, line=dict(color="#d62728", dash="dash"), annotation_text=f"budget {b:g}")
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white")
     return fig.to_html(include_plotlyjs="inline", full_html=True, div_id="qa-ray-pareto")
+
+
+def family(trial: Mapping[str, Any]) -> str:
+    """What a trial is grouped and marked by: its sweep in a comparison of several sweeps
+    (``family``), else its model."""
+    return str(trial.get("family") or trial.get("model") or "")
 
 
 def model_label(name_or_path) -> str:

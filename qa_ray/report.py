@@ -31,7 +31,7 @@ from qa_ray.pareto import (
     nondominated_ranks,
     parse_constraint,
 )
-from qa_ray.plots import model_label
+from qa_ray.plots import family, model_label
 from qa_ray.tasks import TASKS
 from qa_ray.tracking import QUALITATIVE_TABLE, find_parent_run
 
@@ -40,6 +40,7 @@ __all__ = [
     "best_under",
     "budget_lines",
     "find_parent_run",
+    "publish_comparison",
     "publish_pareto",
     "reference_point",
     "runnable_trial_yaml",
@@ -185,6 +186,37 @@ def summarize(
     )
 
 
+def publish_comparison(
+    uri: str, parent_ids: list[str], objectives, constraints=(), budgets=()
+) -> ParetoSummary:
+    """One front over the trials of several sweeps (each sweep a family, drawn with its own
+    marker), written to a new comparison run (``qa_ray.role = comparison``) with the same
+    artifacts as a sweep's report. The trials' own Pareto tags (their sweep's) are left as
+    they are."""
+    records = [r for p in parent_ids for r in tracking.trial_records(uri, p)]
+    for r in records:
+        r["family"] = r["sweep"]
+    tasks = {tracking.sweep_params(uri, p).get("task", "extractive") for p in parent_ids}
+    run_id = tracking.start_comparison_run(
+        uri,
+        parent_ids,
+        {
+            "task": tasks.pop() if len(tasks) == 1 else "mixed",
+            "objectives": [(o.metric, o.mode) for o in objectives],
+            "constraints": json.dumps(list(constraints)),
+        },
+    )
+    summary = summarize(
+        run_id,
+        records,
+        [(o.metric, o.mode) for o in objectives],
+        [parse_constraint(c) for c in constraints],
+        budgets,
+    )
+    _write_report(uri, run_id, summary)
+    return summary
+
+
 def publish_pareto(
     uri: str, parent_id: str, objectives, constraints=(), budgets=()
 ) -> ParetoSummary:
@@ -206,14 +238,18 @@ def publish_pareto(
         budgets,
     )
     tracking.set_pareto_tags(uri, summary.trials)
+    _write_report(uri, parent_id, summary)
+    return summary
+
+
+def _write_report(uri: str, run_id: str, summary: ParetoSummary) -> None:
     with tempfile.TemporaryDirectory() as d:
         for name, text in render(summary, uri).items():
             with open(os.path.join(d, name), "w") as f:
                 f.write(text)
         _render_pngs(summary, d)
-        tracking.mlflow_client(uri).log_artifacts(parent_id, d, artifact_path="pareto")
-    tracking.log_hypervolume(uri, parent_id, summary.hypervolume, len(summary.optimal))
-    return summary
+        tracking.mlflow_client(uri).log_artifacts(run_id, d, artifact_path="pareto")
+    tracking.log_hypervolume(uri, run_id, summary.hypervolume, len(summary.optimal))
 
 
 def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
@@ -233,18 +269,17 @@ def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
         "trials.csv": _csv(trials),
         "summary.md": summary_markdown(summary),
     }  # fmt: skip
-    wanted = [b for b in summary.best_under if b["trial"] is not None]
-    if wanted:
-        import yaml
+    import yaml
 
-        sweep = yaml.safe_load(
-            tracking.read_artifact(uri, summary.parent_run_id, "sweep_config.yaml") or "{}"
+    for best in summary.best_under:
+        if best["trial"] is None:
+            continue
+        t = trials[best["trial"]]
+        parent = t.get("parent_run_id", summary.parent_run_id)
+        sweep = yaml.safe_load(tracking.read_artifact(uri, parent, "sweep_config.yaml") or "{}")
+        out[f"best_under_{best['bound']:g}_{x}.yaml"] = runnable_trial_yaml(
+            sweep, tracking.run_params(uri, t["run_id"]), t
         )
-        for best in wanted:
-            t = trials[best["trial"]]
-            out[f"best_under_{best['bound']:g}_{x}.yaml"] = runnable_trial_yaml(
-                sweep, tracking.run_params(uri, t["run_id"]), t
-            )
     task = tracking.sweep_params(uri, summary.parent_run_id).get("task", "extractive")
     if task in TASKS and TASKS[task].QUALITATIVE_QUESTIONS:
         answers = qualitative_by_trial(uri, trials)
@@ -388,13 +423,13 @@ def _csv(trials) -> str:
 
 
 def _several_models(trials) -> bool:
-    return len({str(t.get("model")) for t in trials}) > 1
+    return len({family(t) for t in trials}) > 1
 
 
 def _config_label(t, with_model: bool = False) -> str:
     bits = t.get("quantization_bits", "")
     ft = t.get("finetune", "lora" if bits in (4, 8) else "")
-    parts = [model_label(t.get("model")) if with_model else ""]
+    parts = [model_label(family(t)) if with_model else ""]
     parts += [f"{bits}-bit" if bits else "", ft or ""]
     if t.get("lora_r") is not None and (ft == "lora" or bits in (4, 8)):
         parts.append(f"r={t['lora_r']}")

@@ -49,6 +49,7 @@ __all__ = [
     "read_artifact",
     "run_params",
     "set_pareto_tags",
+    "start_comparison_run",
     "sweep_params",
     "trial_records",
     "kill_running_children",
@@ -254,6 +255,7 @@ def trial_records(uri: str, parent_id: str) -> list[dict[str, Any]]:
     INFEASIBLE, FAILED, KILLED, RUNNING), ``ended`` (its end time, ms), params (numbers where
     they parse) and last metric values; in start order."""
     out = []
+    sweep = mlflow_client(uri).get_run(parent_id).data.tags.get(TAG_SWEEP, parent_id)
     for r in child_runs(uri, parent_id):
         status = {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status)
         if status == "COMPLETE" and r.data.tags.get(TAG_OUTCOME) in ("pruned", "infeasible"):
@@ -263,6 +265,8 @@ def trial_records(uri: str, parent_id: str) -> list[dict[str, Any]]:
             "run_id": r.info.run_id,
             "status": status,
             "ended": r.info.end_time,
+            "parent_run_id": parent_id,
+            "sweep": sweep,
         }
         for k, v in r.data.params.items():
             rec[k] = number(v)
@@ -296,6 +300,22 @@ def read_artifact(uri: str, run_id: str, path: str) -> str | None:
             return None
         with open(local) as f:
             return f.read()
+
+
+def start_comparison_run(uri: str, parent_ids: list[str], params: dict[str, Any]) -> str:
+    """A run holding one front over several sweeps (``qa-ray pareto A B ...``), in the first
+    sweep's experiment, tagged with the parent runs it compares."""
+    client = mlflow_client(uri)
+    parents = [client.get_run(p) for p in parent_ids]
+    names = [p.data.tags.get(TAG_SWEEP, p.info.run_id) for p in parents]
+    run = client.create_run(
+        parents[0].info.experiment_id,
+        run_name="compare " + " vs ".join(names),
+        tags={TAG_ROLE: "comparison", "qa_ray.compared": ",".join(parent_ids)},
+    )
+    client.log_batch(run.info.run_id, params=_params({**params, "sweeps": names}))
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
 
 
 def set_pareto_tags(uri: str, trials: list[dict[str, Any]]) -> None:

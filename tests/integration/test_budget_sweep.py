@@ -1,6 +1,9 @@
 """A sweep that knows its budget and stops losing trials early: MO-ASHA and a constraint on
 local Ray (2 CPUs), tiny models, a real MLflow store and Optuna study."""
 
+import collections
+import csv
+
 import optuna
 import pytest
 import yaml
@@ -9,7 +12,13 @@ from mlflow.tracking import MlflowClient
 from qa_ray.cli import main
 from qa_ray.config import load_trial_config
 from qa_ray.searcher import OTHER_REASON
-from qa_ray.tracking import TAG_INFEASIBLE, TAG_OUTCOME, TAG_STOPPED_EARLY_AT, child_runs
+from qa_ray.tracking import (
+    TAG_INFEASIBLE,
+    TAG_OUTCOME,
+    TAG_STOPPED_EARLY_AT,
+    child_runs,
+    find_parent_run,
+)
 from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
@@ -98,3 +107,32 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     assert "best under peak_memory_mb <= 1e+09: trial-" in out
     assert out.count("INFEASIBLE") == len(by_outcome["infeasible"])
     assert out.count("PRUNED") == len(by_outcome["pruned"])
+
+    # one front across two sweeps (another sweep of the same task, another family)
+    other = yaml.safe_load(path.read_text())
+    other.update(name="tiny-full")
+    other["model"]["finetune"] = "full"
+    other["search"].update(num_samples=2)
+    other["search"].pop("scheduler")
+    other["search"]["space"]["params"] = {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    }
+    path.write_text(yaml.safe_dump(other))
+    assert main(["sweep", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "tiny-sweep", "tiny-full", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "one front over 2 sweeps: MLflow run" in out
+    compare_id = out.split("MLflow run ")[1].split()[0]
+    compare = client.get_run(compare_id)
+    assert compare.data.tags["qa_ray.role"] == "comparison"
+    assert compare.data.params["sweeps"] == "['tiny-sweep', 'tiny-full']"
+    arts = {a.path for a in client.list_artifacts(compare_id, "pareto")}
+    assert {"pareto/pareto.html", "pareto/summary.md", "pareto/trials.csv"} <= arts
+    table = client.download_artifacts(compare_id, "pareto/trials.csv", str(tmp_path))
+    with open(table, newline="") as f:
+        families = collections.Counter(row["family"] for row in csv.DictReader(f))
+    assert families == {"tiny-sweep": 8, "tiny-full": 2}  # every trial of both, by family
+    # the sweeps' own reports are untouched: tiny-full's trials keep their own front tags
+    own = child_runs(uri, find_parent_run(uri, "tiny-full"))
+    assert any(c.data.tags.get("pareto_optimal") == "true" for c in own)
