@@ -23,6 +23,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "LoraConfig",
+    "LstmConfig",
     "ModelConfig",
     "ResourcesConfig",
     "TrainConfig",
@@ -76,10 +77,33 @@ class LoraConfig(Block):
     )
 
 
+class LstmConfig(Block):
+    """Sizes of the ``bilstm_attention`` baseline (see :mod:`qa_ray.lstm`)."""
+
+    embedding_dim: int = Field(128, gt=0, description="ignored with embeddings_from")
+    hidden_size: int = Field(128, gt=0, description="per direction")
+    num_layers: int = Field(1, gt=0, description="of the encoder BiLSTM")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    embeddings_from: str | None = Field(
+        None,
+        description="copy the input embeddings of this model (hub id or folder; its "
+        "tokenizer must be the model's); default: random",
+    )
+
+
 class ModelConfig(Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
-    name_or_path: str = Field(description="hub id (e.g. albert/albert-base-v2) or local folder")
+    name_or_path: str = Field(
+        description="hub id (e.g. albert/albert-base-v2) or local folder; for "
+        "architecture bilstm_attention, where its tokenizer comes from"
+    )
+    architecture: Literal["auto", "bilstm_attention"] = Field(
+        "auto",
+        description="auto: the checkpoint's own (transformers); bilstm_attention: an LSTM "
+        "with BiDAF-style attention trained from scratch (extractive, full fine-tune only)",
+    )
+    lstm: LstmConfig = LstmConfig()
     task: Literal["extractive", "generative", "seq2seq", "instruction"] = Field(
         "extractive",
         description="extractive: a span head (AutoModelForQuestionAnswering); generative: a "
@@ -109,6 +133,35 @@ class ModelConfig(Block):
     )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _lstm_from_scratch(self) -> ModelConfig:
+        if self.architecture != "bilstm_attention":
+            return self
+        wrong = [
+            f"{k}={v}"
+            for k, v in (
+                ("task", self.task),
+                ("finetune", self.finetune),
+                ("quantization_bits", self.quantization_bits),
+                ("keep_layers", self.keep_layers),
+            )
+            if (k, v)
+            not in {
+                ("task", "extractive"),
+                ("finetune", "full"),
+                ("quantization_bits", 32),
+                ("quantization_bits", 16),
+                ("keep_layers", None),
+            }  # fmt: skip
+        ]
+        if wrong:
+            raise ValueError(
+                "architecture bilstm_attention is trained from scratch for the extractive "
+                "task: full fine-tune, 32 or 16 bits, no LoRA, k-bit or layer pruning, but "
+                f"got ({', '.join(wrong)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kbit_needs_lora(self) -> ModelConfig:

@@ -113,6 +113,8 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
     """
     import transformers
 
+    if cfg.architecture == "bilstm_attention":
+        return _build_bilstm(cfg, device)
     auto_class = getattr(transformers, TASKS[cfg.task].AUTO_CLASS)
     kwargs: dict = {"trust_remote_code": cfg.trust_remote_code}
     kbit = cfg.quantization_bits in (4, 8)
@@ -165,6 +167,37 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
         model = _add_lora(model, cfg)
     _trained_in_fp32(model)
     return model
+
+
+def _build_bilstm(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """The from-scratch LSTM baseline, sized for the tokenizer at ``cfg.name_or_path``."""
+    from qa_ray.lstm import BiLSTMAttentionConfig, BiLSTMAttentionForQuestionAnswering
+
+    tok = build_tokenizer(cfg)
+    lstm = cfg.lstm
+    pretrained = None
+    if lstm.embeddings_from:
+        from transformers import AutoModel
+
+        pretrained = AutoModel.from_pretrained(lstm.embeddings_from).get_input_embeddings().weight
+        if pretrained.shape[0] < len(tok):
+            raise ValueError(
+                f"`model.lstm.embeddings_from` = {lstm.embeddings_from!r} has "
+                f"{pretrained.shape[0]} embeddings, the tokenizer {len(tok)} tokens"
+            )
+    config = BiLSTMAttentionConfig(
+        vocab_size=len(tok),
+        embedding_dim=pretrained.shape[1] if pretrained is not None else lstm.embedding_dim,
+        hidden_size=lstm.hidden_size,
+        num_layers=lstm.num_layers,
+        dropout=cfg.dropout if cfg.dropout is not None else lstm.dropout,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = BiLSTMAttentionForQuestionAnswering(config)
+    if pretrained is not None:
+        with torch.no_grad():
+            model.embeddings.weight.copy_(pretrained[: len(tok)])
+    return model.to(device)
 
 
 def keep_layers(model: torch.nn.Module, keep: int) -> list[int]:

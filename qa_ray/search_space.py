@@ -48,6 +48,9 @@ AXES: dict[str, str] = {
     "lora_dropout": "model.lora.dropout",
     "model": "model.name_or_path",
     "keep_layers": "model.keep_layers",
+    "lstm_hidden_size": "model.lstm.hidden_size",
+    "lstm_embedding_dim": "model.lstm.embedding_dim",
+    "lstm_num_layers": "model.lstm.num_layers",
     "distill_alpha": "train.distill.alpha",
     "distill_temperature": "train.distill.temperature",
 }
