@@ -610,8 +610,11 @@ def check_hub_ids(cfg: TrialConfig, source: str, timeout: float = 5.0) -> list[s
 
 def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
     """Returns ``cfg`` with its local model/data/output paths made absolute."""
+    lstm = cfg.model.lstm.model_copy(
+        update={"embeddings_from": resolve_local_path(cfg.model.lstm.embeddings_from)}
+    )
     model = cfg.model.model_copy(
-        update={"name_or_path": resolve_local_path(cfg.model.name_or_path)}
+        update={"name_or_path": resolve_local_path(cfg.model.name_or_path), "lstm": lstm}
     )
     data = cfg.data.model_copy(
         update={
