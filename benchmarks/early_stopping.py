@@ -26,11 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from qa_ray import metrics as m
 from qa_ray.pareto import front, hypervolume_history
-from qa_ray.tracking import TAG_OUTCOME, child_runs
+from qa_ray.tracking import TAG_OUTCOME, child_runs, find_parent_run
 
 SWEEP = Path(__file__).with_name("early_stopping.yaml")
 MO_ASHA = "search.scheduler={type: mo_asha, grace: 4, reduction_factor: 3}"
@@ -51,11 +49,8 @@ def run(name: str, out: Path, extra: list[str]) -> float:
 
 def trials(out: Path, name: str) -> list[dict]:
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("qa-ray-early-stopping")
-    parent = client.search_runs([exp.experiment_id], f"tags.`qa_ray.sweep` = '{name}'")[0]
     rows = []
-    for c in child_runs(uri, parent.info.run_id):
+    for c in child_runs(uri, find_parent_run(uri, name)):
         rows.append(
             {
                 "name": c.info.run_name,
@@ -108,6 +103,9 @@ def main() -> int:
     reference = (0.0, args.budget)
     results = {k: {**summary(v, reference, args.budget), "wall_seconds": round(walls[k], 1)}
                for k, v in rows.items()}  # fmt: skip
+    (args.out / "early_stopping.json").write_text(
+        json.dumps({"names": names, "wall_seconds": walls, "budget": args.budget}, indent=2)
+    )
     full, asha = results["all to the end"], results["mo_asha"]
     ratios = {
         "compute_saved_x (train seconds, full / mo_asha)": full["train_seconds"] / asha["train_seconds"],
