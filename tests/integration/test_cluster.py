@@ -122,9 +122,10 @@ def _fake_cluster_config(gcs_address: str) -> dict:
 def test_autoscaler_adds_worker_nodes_for_a_sweep_and_removes_them(
     tiny_model_dir, tmp_path, server, capsys
 ):
-    from cluster import node_env
-    from dashboard import _free_port
     from ray._private.services import get_node_ip_address
+
+    from tests.cluster import node_env
+    from tests.dashboard import _free_port
 
     port = _free_port()
     config = tmp_path / "fake_cluster.yaml"
