@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qa_ray.metrics import BUDGET_METRICS
+
 __all__ = [
     "Constraint",
     "ParetoFront",
@@ -40,10 +42,20 @@ class Constraint:
     def holds(self, trial: Mapping[str, Any]) -> bool:
         return _OPS[self.op](float(trial[self.metric]), self.bound)
 
+    @property
+    def is_upper(self) -> bool:
+        """An upper bound (``<=`` or ``<``): a ceiling, as a budget is."""
+        return self.op in ("<=", "<")
+
+    @property
+    def is_budget(self) -> bool:
+        """A ceiling on a metric that only grows during a trial: broken once, broken for good."""
+        return self.is_upper and self.metric in BUDGET_METRICS
+
     def violation(self, value: float) -> float:
         """How far ``value`` is past the bound, Optuna's way: ``<= 0`` is feasible (a value on
         the bound of a strict ``<`` counts as feasible there)."""
-        return value - self.bound if self.op in ("<=", "<") else self.bound - value
+        return value - self.bound if self.is_upper else self.bound - value
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.bound:g}"

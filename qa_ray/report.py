@@ -112,7 +112,7 @@ def reference_point(trials, objectives, budgets: dict[str, float] | None = None)
 
 def _upper_budgets(constraints, budgets, metric: str) -> list[float]:
     """The budgets on ``metric``: the sweep's ``<=`` / ``<`` constraints, then ``--budgets``."""
-    bounds = [c.bound for c in constraints if c.metric == metric and c.op in ("<=", "<")]
+    bounds = [c.bound for c in constraints if c.metric == metric and c.is_upper]
     return sorted(set(bounds) | {float(b) for b in budgets})
 
 

@@ -74,9 +74,7 @@ class MOASHA(FIFOScheduler):
         self.time_attr = time_attr
         self.grace = grace
         self.reduction_factor = reduction_factor
-        self.budgets = tuple(
-            c for c in constraints if c.metric in m.BUDGET_METRICS and c.op in ("<=", "<")
-        )
+        self.budgets = tuple(c for c in constraints if c.is_budget)
         self.state_file = state_file
         # rung index -> {trial id: objective values in minimization form}, in arrival order
         self.rungs: dict[int, dict[str, list[float]]] = {}

@@ -505,11 +505,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         steps_per_epoch=steps_per_epoch,
         max_steps=max_steps,
         budget=budget,
-        budgets=[
-            c
-            for c in parse_constraints(cfg.constraints, cfg.model.task)
-            if c.metric in m.BUDGET_METRICS and c.op in ("<=", "<")
-        ],
+        budgets=[c for c in parse_constraints(cfg.constraints, cfg.model.task) if c.is_budget],
         teacher=teacher,
     )
     meters = Meters()

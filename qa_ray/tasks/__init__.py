@@ -106,7 +106,7 @@ class TaskFamily(Protocol):
         cfg: DataConfig,
         device: torch.device,
         batch_size: int,
-        autocast: Callable[[], Any],
+        autocast: Autocast,
     ) -> EvalOutput:
         """Scores the model on the held-out examples (in eval mode, without gradients)."""
         ...
