@@ -24,11 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import yaml
 
 from qa_ray import metrics as m
 from qa_ray.config import TrialConfig
-from qa_ray.search_space import apply_params
+from qa_ray.search_space import apply_params, suggest
 from qa_ray.sweep_config import load_sweep_config
 from qa_ray.tracking import child_runs, find_parent_run, mlflow_client
 
@@ -38,7 +39,6 @@ WORK = [
     "train.max_steps=20",
     "train.max_train_seconds=null",
     "train.save_checkpoints=false",
-    "train.progress_seconds=1",  # the first report comes right after the first step
     "data.max_eval_examples=50",
     "search.num_samples=3",
 ]
@@ -78,6 +78,7 @@ def sweep(out: Path, name: str) -> dict:
     return {
         "wall": t1 - t0,
         "work": work,
+        "work_per_trial": [round(t["train_seconds"] + t["eval_seconds"], 1) for t in trials],
         "fixed": t1 - t0 - work,
         "start_to_first_step": trials[0]["first_step"] - t0,
         "last_result_to_exit": t1 - trials[-1]["last_result"],
@@ -98,9 +99,11 @@ def sweep(out: Path, name: str) -> dict:
 
 def sequential(out: Path) -> dict:
     base = load_sweep_config(SWEEP, WORK)
-    t0, work = time.time(), 0.0
+    t0, work = time.time(), []
     for i, params in enumerate(CONFIGS):
-        cfg = apply_params(base.trial_config().model_dump(mode="json"), params)
+        # What the sweep derives too (gradient accumulation from the space's effective batch).
+        derived = suggest(optuna.trial.FixedTrial(params), base.space, base.trial_config())
+        cfg = apply_params(base.trial_config().model_dump(mode="json"), {**params, **derived})
         cfg["output_dir"] = str(out / f"train-{i}")
         path = out / f"train-{i}.yaml"
         path.write_text(yaml.safe_dump(TrialConfig.model_validate(cfg).model_dump(mode="json")))
@@ -110,9 +113,14 @@ def sequential(out: Path) -> dict:
             stdout=subprocess.DEVNULL,
         )
         metrics = json.loads((out / f"train-{i}" / "metrics.json").read_text())
-        work += metrics[m.TRAIN_SECONDS] + metrics.get(m.EVAL_SECONDS, 0.0)
+        work.append(metrics[m.TRAIN_SECONDS] + metrics.get(m.EVAL_SECONDS, 0.0))
     wall = time.time() - t0
-    return {"wall": wall, "work": work, "fixed": wall - work}
+    return {
+        "wall": wall,
+        "work": sum(work),
+        "work_per_trial": [round(w, 1) for w in work],
+        "fixed": wall - sum(work),
+    }
 
 
 def main() -> int:

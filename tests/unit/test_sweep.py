@@ -194,3 +194,58 @@ def test_the_live_line_follows_progress_on_a_terminal_and_gives_way_to_evaluatio
     cb.on_trial_result(0, [a], a, progress)
     cb.on_trial_result(0, [a], a, evaluated)
     assert logs.text.count("\n") == 1 and "running:" not in logs.text and "\r" not in logs.text
+
+
+def test_trial_actors_are_reused_only_when_no_scheduler_stops_trials():
+    """A trial stopped early is still inside TorchTrainer.fit(): only killing its actor ends
+    that run, so with a scheduler each trial gets a fresh actor."""
+    from qa_ray.scheduler import MOASHA
+    from qa_ray.sweep import _tune_config
+
+    p = plan(_cfg(), {"CPU": 2.0})
+    assert _tune_config(None, None, 3, p).reuse_actors is True
+    scheduler = MOASHA([("eval_f1", "max"), ("peak_memory_mb", "min")], grace=2)
+    assert _tune_config(None, scheduler, 3, p).reuse_actors is False
+
+
+class _FakeTrainer:
+    env: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def fit(self):
+        import os
+
+        _FakeTrainer.env = dict(os.environ)
+
+
+def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_otherwise(
+    monkeypatch,
+):
+    """Ray Train's controller copies RAY_TRAIN_* variables from the process calling fit():
+    the trial function sets the poll interval there, and leaves one the user set alone."""
+    import ray.train.torch
+    from ray import tune
+
+    from qa_ray import sweep
+    from qa_ray.sweep import _run_trial
+
+    class _Ctx:
+        def get_experiment_name(self):
+            return "exp"
+
+        def get_trial_name(self):
+            return "trial-1"
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", _FakeTrainer)
+    monkeypatch.setattr(tune, "get_context", lambda: _Ctx())
+    monkeypatch.setattr(sweep, "_reports_to_tune", lambda objectives: ray.train.UserCallback())
+    base = _cfg().trial_config().model_dump()
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(name, raising=False)
+    _run_trial({}, base, "/tmp/unused", ("eval_f1",))
+    assert _FakeTrainer.env[name] == "0.5"
+    monkeypatch.setenv(name, "3")
+    _run_trial({}, base, "/tmp/unused", ("eval_f1",))
+    assert _FakeTrainer.env[name] == "3"
