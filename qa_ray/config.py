@@ -91,6 +91,26 @@ class LstmConfig(Block):
     )
 
 
+class PruneConfig(Block):
+    """Static pruning of attention heads and feed-forward units by importance measured on a
+    few training batches before fine-tuning (see :mod:`qa_ray.pruning`)."""
+
+    heads: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of all attention heads to remove, the least important across "
+        "layers (at least one kept per layer)",
+    )
+    ffn: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of each layer's feed-forward units to remove, the least important",
+    )
+    batches: int = Field(8, gt=0, description="training batches the importance is measured on")
+
+
 class ModelConfig(Block):
     """Which model, which task family, how it is fine-tuned and quantized."""
 
@@ -131,6 +151,12 @@ class ModelConfig(Block):
         description="static pruning before fine-tuning: keep this many of the model's "
         "transformer layers, evenly spaced (every other one for half), drop the rest",
     )
+    prune: PruneConfig | None = Field(
+        None,
+        description="static pruning before fine-tuning: attention heads and feed-forward "
+        "units by measured importance (BERT-family encoders); composes with keep_layers, "
+        "full fine-tune and LoRA",
+    )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
@@ -145,6 +171,7 @@ class ModelConfig(Block):
                 ("finetune", self.finetune),
                 ("quantization_bits", self.quantization_bits),
                 ("keep_layers", self.keep_layers),
+                ("prune", self.prune),
             )
             if (k, v)
             not in {
@@ -153,13 +180,23 @@ class ModelConfig(Block):
                 ("quantization_bits", 32),
                 ("quantization_bits", 16),
                 ("keep_layers", None),
+                ("prune", None),
             }  # fmt: skip
         ]
         if wrong:
             raise ValueError(
                 "architecture bilstm_attention is trained from scratch for the extractive "
-                "task: full fine-tune, 32 or 16 bits, no LoRA, k-bit or layer pruning, but "
+                "task: full fine-tune, 32 or 16 bits, no LoRA, k-bit or pruning, but "
                 f"got ({', '.join(wrong)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prune_full_precision(self) -> ModelConfig:
+        if self.prune is not None and self.quantization_bits in (4, 8):
+            raise ValueError(
+                "`prune` slices the model's weights before fine-tuning: it needs 16 or 32-bit "
+                f"weights, but got (quantization_bits={self.quantization_bits})"
             )
         return self
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from qa_ray import pruning
 from qa_ray.config import ModelConfig
 from qa_ray.tasks import TASKS
 
@@ -98,7 +102,14 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype, model_type
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dtype = torch.float32):
+def build_model(
+    cfg: ModelConfig,
+    device: torch.device,
+    compute_dtype: torch.dtype = torch.float32,
+    *,
+    prune_losses: Callable[[torch.nn.Module], Iterable[torch.Tensor]] | None = None,
+    prune_plan: dict[str, list[list[int]]] | None = None,
+):
     """Builds the model for ``cfg.task`` with the asked quantization and LoRA adapters.
 
     Args:
@@ -107,6 +118,10 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
         compute_dtype: what the trial computes in (its autocast dtype, fp32 without): the
             compute dtype of 4-bit layers and the storage of frozen non-quantized weights of a
             k-bit model.
+        prune_losses: with ``cfg.prune``: the training loss of ``cfg.prune.batches`` batches
+            for a model, where head and unit importance is measured (before LoRA).
+        prune_plan: with ``cfg.prune``: the heads and units to keep, as a resumed trial's
+            checkpoint recorded them (nothing is measured).
 
     Returns:
         The model, on ``device``, LoRA-wrapped when ``cfg.finetune == "lora"``.
@@ -130,8 +145,17 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
         kwargs["dtype"] = torch.float32  # trained weights: fp32 masters (16-bit: bf16 autocast)
     if cfg.dropout is not None:
         kwargs["config"] = _with_dropout(cfg)
-    with _plain_linears(model_type) if kbit else contextlib.nullcontext():
-        model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
+    stored = pruning.stored_plan(cfg.name_or_path)
+    if stored is not None and kbit:
+        raise ValueError(
+            f"`model.name_or_path` = {cfg.name_or_path!r} was pruned (config.json "
+            f"{pruning.PLAN_KEY}): it loads in 16 or 32 bits, not {cfg.quantization_bits}"
+        )
+    if stored is not None:
+        model = _load_pruned(auto_class, cfg.name_or_path, stored, kwargs)
+    else:
+        with _plain_linears(model_type) if kbit else contextlib.nullcontext():
+            model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
     if kbit and not any(type(m).__name__ in _KBIT_LAYERS for m in model.modules()):
         # transformers swaps only exact torch.nn.Linear (and GPT-2's Conv1D) for bitsandbytes
         # layers: other subclasses (see _PLAIN_LINEAR_SUBCLASSES) stay full precision, silently.
@@ -143,6 +167,22 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
     if cfg.keep_layers is not None:
         kept = keep_layers(model, cfg.keep_layers)
         logger.info("kept layers %s of %s (model.keep_layers)", kept, cfg.name_or_path)
+    if cfg.prune is not None and prune_plan is not None:
+        pruning.apply_plan(model, prune_plan)
+    elif cfg.prune is not None:
+        if prune_losses is None:
+            raise ValueError("`model.prune` measures importance on training batches: none given")
+        model.to(device)
+        done = pruning.prune(model, cfg.prune.heads, cfg.prune.ffn, prune_losses)
+        logger.info(
+            "pruned by importance on %d batches (model.prune): heads %d -> %d, feed-forward "
+            "units %d -> %d, parameters %d -> %d (%.1f%% fewer)",
+            cfg.prune.batches,
+            *done["heads"],
+            *done["ffn_units"],
+            *done["params"],
+            100 * done["removed_fraction"],
+        )
     if cfg.quantization_bits == 8:
         _clone_int8_outputs(model)
     if cfg.quantization_bits == 4:
@@ -167,6 +207,52 @@ def build_model(cfg: ModelConfig, device: torch.device, compute_dtype: torch.dty
         model = _add_lora(model, cfg)
     _trained_in_fp32(model)
     return model
+
+
+def _load_pruned(auto_class, path: str, plan: dict, kwargs: dict) -> torch.nn.Module:
+    """A checkpoint qa-ray pruned: its weights have the kept heads' and units' shapes, which
+    ``from_pretrained`` refuses; built from its config, sliced to its plan, then loaded."""
+    from transformers import AutoConfig
+
+    config = kwargs.get("config") or AutoConfig.from_pretrained(
+        path, trust_remote_code=kwargs["trust_remote_code"]
+    )
+    model = auto_class.from_config(
+        config, dtype=kwargs["dtype"], trust_remote_code=kwargs["trust_remote_code"]
+    )
+    pruning.apply_plan(model, plan)
+    load_weights(model, Path(path))
+    return model
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Loads the full-model weights ``save_pretrained`` wrote to ``path`` (one file or
+    shards) into ``model``, strictly but for weights tied to another.
+
+    Raises:
+        ValueError: the weights do not match the model.
+    """
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    shards = (
+        sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        if index.is_file()
+        else [path / "model.safetensors"]
+    )
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained leaves out weights tied to another (e.g. the LM head to the embeddings)
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    untied = [k for k in missing if own[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(
+            f"{path}: checkpoint does not match the model (missing {untied[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
 
 
 def _build_bilstm(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:

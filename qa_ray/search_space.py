@@ -48,6 +48,8 @@ AXES: dict[str, str] = {
     "lora_dropout": "model.lora.dropout",
     "model": "model.name_or_path",
     "keep_layers": "model.keep_layers",
+    "prune_heads": "model.prune.heads",
+    "prune_ffn": "model.prune.ffn",
     "lstm_hidden_size": "model.lstm.hidden_size",
     "lstm_embedding_dim": "model.lstm.embedding_dim",
     "lstm_num_layers": "model.lstm.num_layers",
@@ -293,7 +295,9 @@ def _get(d: dict, path: str, default: Any) -> Any:
 def _set(d: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     for part in parents:
-        d = d.setdefault(part, {})
+        if d.get(part) is None:  # an optional block left out (e.g. model.prune): its defaults
+            d[part] = {}
+        d = d[part]
     d[leaf] = value
 
 

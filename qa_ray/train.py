@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -43,7 +44,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from qa_ray import metrics as m
 from qa_ray.config import TrainConfig, TrialConfig, parse_constraints
-from qa_ray.models import ModelSize, build_model, build_tokenizer, model_size
+from qa_ray.models import ModelSize, build_model, build_tokenizer, load_weights, model_size
+from qa_ray.pruning import PLAN_FILE, PLAN_KEY, stored_plan
 from qa_ray.tasks import TASKS, TaskFamily
 
 if TYPE_CHECKING:
@@ -473,7 +475,14 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
     cfg, sampler, loader, eval_examples, eval_features = _setup_data(cfg, task, tokenizer, session)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_model(cfg.model, device, precision.compute_dtype)
+    resume_from = session.latest_checkpoint()  # [ray 1]
+    model = build_model(
+        cfg.model,
+        device,
+        precision.compute_dtype,
+        prune_losses=_importance_losses(cfg, task, loader, precision, device),
+        prune_plan=stored_plan(resume_from) if resume_from else None,  # the heads it trained
+    )
     size = model_size(model)
     teacher = build_teacher(cfg, tokenizer, device, precision) if cfg.train.distill else None
     model = session.prepare(model)  # [ray 2]
@@ -509,7 +518,6 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         teacher=teacher,
     )
     meters = Meters()
-    resume_from = session.latest_checkpoint()  # [ray 1]
     if resume_from:
         meters = load_checkpoint(trial, resume_from)
         logger.info("resumed from %s at step %d", resume_from, meters.step)
@@ -528,6 +536,29 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
             size.footprint_mb,
         )
     return trial, meters
+
+
+def _importance_losses(
+    cfg: TrialConfig,
+    task: TaskFamily,
+    loader: DataLoader,
+    precision: Precision,
+    device: torch.device,
+) -> Callable[[torch.nn.Module], Iterator[torch.Tensor]] | None:
+    """For ``model.prune``: the training loss of its first ``batches`` batches, computed as
+    the loop computes it (same batches, device and autocast), in eval mode (no dropout)."""
+    if cfg.model.prune is None:
+        return None
+    n = cfg.model.prune.batches
+
+    def losses(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+        model.eval()
+        for batch in itertools.islice(loader, n):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with precision.autocast():
+                yield task.loss(model, batch)
+
+    return losses
 
 
 def build_teacher(
@@ -925,6 +956,8 @@ def save_checkpoint(
     trial.tokenizer.save_pretrained(path)
     files = {
         "trial_config.json": trial.cfg.model_dump(),
+        # The pruned heads and units (a LoRA checkpoint has no base config.json to hold them).
+        **({PLAN_FILE: plan} if (plan := getattr(trial.unwrapped.config, PLAN_KEY, None)) else {}),
         "metrics.json": metrics,
         TRAINING_STATE: {"meters": asdict(meters), "budget": trial.budget.state_dict()},
     }
@@ -969,25 +1002,7 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
         if result.unexpected_keys:
             raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:5]}")
         return
-    index = path / "model.safetensors.index.json"
-    shards = (
-        sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-        if index.is_file()
-        else [path / "model.safetensors"]
-    )
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        state.update(load_file(shard))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # save_pretrained leaves out weights tied to another (e.g. the LM head to the embeddings)
-    own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in state if k in own}
-    untied = [k for k in missing if own[k].data_ptr() not in loaded]
-    if unexpected or untied:
-        raise ValueError(
-            f"{path}: checkpoint does not match the model (missing {untied[:5]}, "
-            f"unexpected {unexpected[:5]})"
-        )
+    load_weights(model, path)
 
 
 def _rng_state() -> dict[str, Any]:

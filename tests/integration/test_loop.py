@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from qa_ray import pruning
 from qa_ray.cli import main
 from qa_ray.train import train_loop_per_worker
 from tests.helpers import RecordingSession, cuda_only_group_rank, ddp_rank, trial_dict
@@ -280,3 +281,46 @@ def test_train_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_p
     empty = tmp_path / "empty.yaml"
     empty.write_text(yaml.safe_dump(dict(cfg, output_dir=str(tmp_path / "nothing"))))
     assert main(["train", str(empty), "--resume"]) == 2
+
+
+# ---- static pruning by importance ------------------------------------------------------------
+
+
+def _not_again(*args):
+    raise AssertionError("importance measured again on resume")
+
+
+def test_a_pruned_lora_trial_resumes_with_the_heads_and_units_it_kept(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Importance is measured once: the checkpoint records what was kept (pruning.json), and
+    the resumed run rebuilds those shapes and ends where an uninterrupted one does."""
+    cfg = _cfg(tiny_model_dir, tmp_path, model__finetune="lora",
+               model__prune={"heads": 0.5, "ffn": 0.5, "batches": 2}, train__max_steps=4,
+               train__save_checkpoints=True, train__checkpoint_steps=2,
+               train__per_device_batch_size=4, data__max_eval_examples=4)  # fmt: skip
+    whole = RecordingSession()
+    through = train_loop_per_worker(cfg, whole)
+    cut = RecordingSession(keep_checkpoints=str(tmp_path / "ckpt"))
+    with pytest.raises(_Stop):
+        train_loop_per_worker(cfg, _StopAfter(cut, step=2))
+    saved = json.loads((tmp_path / "ckpt" / "step_000002" / "pruning.json").read_text())
+    assert [len(h) for h in saved["heads"]] == [1, 1]  # tiny bert: 2 layers x 2 heads
+    assert [len(u) for u in saved["ffn"]] == [64, 64]  # of 128 units
+    rest = RecordingSession(resume_from=str(tmp_path / "ckpt" / "step_000002"))
+    monkeypatch.setattr(pruning, "importance", _not_again)
+    resumed = train_loop_per_worker(cfg, rest)
+    assert resumed["total_params"] == through["total_params"]
+    for key in ("train_loss", "eval_f1"):
+        assert resumed[key] == pytest.approx(through[key], rel=1e-5, abs=1e-6), key
+
+
+def test_every_rank_prunes_the_same_heads_and_units(tiny_model_dir, tmp_path):
+    """Each rank measures importance on its own batches; the scores are summed over ranks, so
+    all prune alike (otherwise DDP refuses the differently shaped replicas)."""
+    cfg = _cfg(tiny_model_dir, tmp_path, model__prune={"heads": 0.5, "ffn": 0.5, "batches": 2},
+               train__max_steps=2, train__per_device_batch_size=4,
+               data__max_eval_examples=4)  # fmt: skip
+    ranks = _spawn(ddp_rank, 2, tmp_path, cfg)
+    assert ranks[0]["pruned"] is not None and ranks[0]["pruned"] == ranks[1]["pruned"]
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-12)

@@ -138,6 +138,14 @@ def test_apply_params_sets_fields_and_alpha_multiple():
     assert base["model"]["lora"]["r"] == 8 and base["train"]["learning_rate"] == 5e-5  # not mutated
 
 
+def test_pruning_axes_fill_an_absent_prune_block_with_its_defaults():
+    base = _base().model_dump()
+    assert base["model"]["prune"] is None
+    cfg = TrialConfig.model_validate(apply_params(base, {"prune_heads": 0.33, "prune_ffn": 0.5}))
+    assert cfg.model.prune is not None
+    assert (cfg.model.prune.heads, cfg.model.prune.ffn, cfg.model.prune.batches) == (0.33, 0.5, 8)
+
+
 def test_axis_values_resolve_fixed_axes_and_drop_lora_axes_without_lora():
     from qa_ray.search_space import axis_values
 
