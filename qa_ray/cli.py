@@ -97,9 +97,11 @@ def _check_resumable(cfg) -> str:
 
 def _cmd_train(args) -> int:
     from qa_ray.config import load_trial_config
+    from qa_ray.tracking import resolve_teacher, resolve_tracking_uri
     from qa_ray.train import train_loop_per_worker
 
     cfg = load_trial_config(args.config, args.overrides)
+    cfg = resolve_teacher(cfg, resolve_tracking_uri(None, None))  # teacher: sweep:SWEEP/TRIAL
     if args.resume:
         newest = _check_resumable(cfg)
         print(f"[qa-ray] resuming from {newest}", flush=True)
@@ -151,7 +153,12 @@ def _cmd_sweep(args) -> int:
 
     from qa_ray.sweep import check_resume, plan, run_sweep
     from qa_ray.sweep_config import load_sweep_config
-    from qa_ray.tracking import credentials_to_environment, redact_uri, resolve_tracking_uri
+    from qa_ray.tracking import (
+        credentials_to_environment,
+        redact_uri,
+        resolve_teacher,
+        resolve_tracking_uri,
+    )
 
     cfg = load_sweep_config(args.sweep, args.overrides)
     if args.constraint:  # validated as the file's own `constraints`
@@ -168,6 +175,7 @@ def _cmd_sweep(args) -> int:
             update={"tracking_uri": credentials_to_environment(cfg.tracking.tracking_uri)}
         )
         cfg = cfg.model_copy(update={"tracking": tracking})
+    cfg = resolve_teacher(cfg, uri)  # a teacher named sweep:SWEEP/TRIAL: its checkpoint folder
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     if args.dry_run:
         print("# resolved sweep config\n" + resolved)

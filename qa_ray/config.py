@@ -261,6 +261,9 @@ class DataConfig(Block):
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 
 
+TEACHER_FROM_SWEEP = "sweep:"
+
+
 class DistillConfig(Block):
     """Knowledge distillation: the loss mixes the task loss with the KL divergence from the
     teacher's softened outputs, ``(1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T)``
@@ -268,11 +271,30 @@ class DistillConfig(Block):
     answer tokens for generative, seq2seq and instruction)."""
 
     teacher: str = Field(
-        description="a local model folder of the same task and tokenizer (e.g. a finished "
-        "trial's checkpoint, or a fine-tuned model's folder)"
+        description="a local model folder of the same task and tokenizer (a fine-tuned "
+        "model's folder, a trial's checkpoint), or `sweep:SWEEP/TRIAL`: the newest checkpoint "
+        "of trial TRIAL of sweep SWEEP (its name or parent run id), looked up in MLflow"
     )
     alpha: float = Field(0.5, gt=0.0, le=1.0, description="the distillation term's weight")
     temperature: float = Field(2.0, gt=0.0, description="softens both distributions")
+
+    @property
+    def from_sweep(self) -> tuple[str, str] | None:
+        """``(sweep, trial)`` for a ``sweep:SWEEP/TRIAL`` teacher, else None."""
+        if not self.teacher.startswith(TEACHER_FROM_SWEEP):
+            return None
+        sweep, _, trial = self.teacher[len(TEACHER_FROM_SWEEP) :].rpartition("/")
+        return sweep, trial
+
+    @model_validator(mode="after")
+    def _sweep_and_trial(self) -> DistillConfig:
+        named = self.from_sweep
+        if named is not None and not all(named):
+            raise ValueError(
+                f"`teacher` names a trial as `sweep:SWEEP/TRIAL` (e.g. "
+                f"sweep:bert-base/trial-3f2a9c1d), but got {self.teacher!r}"
+            )
+        return self
 
 
 class TrainConfig(Block):
@@ -589,7 +611,11 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
                 f"are resolved from the current directory, {os.getcwd()})"
             )
     distill = cfg.train.distill
-    if distill is not None and not os.path.isdir(os.path.expanduser(distill.teacher)):
+    if (
+        distill is not None
+        and distill.from_sweep is None  # looked up in MLflow (tracking.resolve_teacher)
+        and not os.path.isdir(os.path.expanduser(distill.teacher))
+    ):
         errors.append(
             f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
             f"(a local folder; relative paths are resolved from {os.getcwd()})"
@@ -661,7 +687,7 @@ def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
         }
     )
     train = cfg.train
-    if train.distill is not None:
+    if train.distill is not None and train.distill.from_sweep is None:
         teacher = os.path.abspath(os.path.expanduser(train.distill.teacher))
         train = train.model_copy(
             update={"distill": train.distill.model_copy(update={"teacher": teacher})}

@@ -109,6 +109,10 @@ TAG_OUTCOME = "qa_ray.outcome"
 TAG_INFEASIBLE = "qa_ray.infeasible"
 TAG_STOPPED_EARLY_AT = "qa_ray.stopped_early_at"
 TAG_ERROR = "error"  # a failed trial's exception, first 4000 characters
+TAG_CHECKPOINT = "qa_ray.checkpoint"  # the trial's newest checkpoint, where Ray Train keeps it
+# The key Ray's TuneReportCallback adds to a Tune result that came with a checkpoint
+# (ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY; importing it loads Ray Train).
+CHECKPOINT_PATH = "checkpoint_path"
 TAG_PARETO_OPTIMAL = "pareto_optimal"  # "true" | "false", on every scored trial
 TAG_PARETO_RANK = "pareto_rank"  # 0 is the front; absent when the trial is not ranked
 PARETO_FRONT_SIZE = "pareto_front_size"  # parent-run metrics

@@ -26,6 +26,8 @@ from qa_ray import metrics as m
 
 # The tag names live with the metric names; re-exported here for readers of this module.
 from qa_ray.metrics import (
+    CHECKPOINT_PATH,
+    TAG_CHECKPOINT,
     TAG_ERROR,
     TAG_INFEASIBLE,
     TAG_NODE,
@@ -212,6 +214,58 @@ def child_runs(uri: str, parent_run_id: str) -> list:
 
 
 # ---- reading a sweep back (the Pareto report, `qa-ray pareto`) -------------------------------
+
+
+def trial_checkpoint(uri: str, sweep: str, trial: str) -> str:
+    """The newest checkpoint folder of trial ``trial`` of the sweep ``sweep`` (its name or
+    parent run id), as its MLflow run recorded it.
+
+    Raises:
+        ConfigError: no such sweep or trial, no checkpoint recorded, or the folder is not on
+            this machine (a sweep stored on cloud storage: download the folder, pass its path).
+    """
+    from qa_ray.config import ConfigError
+
+    named = f"`train.distill.teacher` = 'sweep:{sweep}/{trial}'"
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError("train.distill.teacher", [f"{named}: {message}"])
+
+    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if store is not None and not os.path.isfile(store):  # looking it up would create it
+        raise fail(f"no MLflow store at {redact_uri(uri)} to find the sweep in")
+    try:
+        parent = find_parent_run(uri, sweep)
+    except ConfigError as exc:
+        raise fail("; ".join(exc.errors)) from None
+    runs = child_runs(uri, parent)
+    names = [r.data.tags.get(TAG_TRIAL_NAME, "") for r in runs]
+    if trial not in names:
+        raise fail(f"the sweep has no such trial (its trials: {', '.join(names) or 'none'})")
+    path = runs[names.index(trial)].data.tags.get(TAG_CHECKPOINT)
+    if not path:
+        raise fail(
+            "the trial recorded no checkpoint (it ran with `train.save_checkpoints: false`, "
+            "or never reported one)"
+        )
+    if not os.path.isdir(path):
+        raise fail(
+            f"its checkpoint {path!r} is not a folder on this machine: copy it here and name "
+            "the folder"
+        )
+    return path
+
+
+def resolve_teacher(cfg, uri: str):
+    """``cfg`` (a sweep's or a trial's config) with a ``sweep:SWEEP/TRIAL`` distillation
+    teacher replaced by that trial's checkpoint folder (:func:`trial_checkpoint`), looked up
+    at ``uri``; other configs are returned as they are."""
+    distill = cfg.train.distill
+    if distill is None or distill.from_sweep is None:
+        return cfg
+    path = trial_checkpoint(uri, *distill.from_sweep)
+    train = cfg.train.model_copy(update={"distill": distill.model_copy(update={"teacher": path})})
+    return cfg.model_copy(update={"train": train})
 
 
 def find_parent_run(uri: str, sweep_or_run: str) -> str:
@@ -483,6 +537,8 @@ class MLflowSweepCallback(Callback):
         for tag, key in ((TAG_NODE, m.WORKER_NODE_IP), (TAG_NODE_ID, m.WORKER_NODE_ID)):
             if result.get(key):
                 self.client.set_tag(rid, tag, str(result[key]))
+        if result.get(CHECKPOINT_PATH):  # Ray Train keeps the newest (num_to_keep counts back)
+            self.client.set_tag(rid, TAG_CHECKPOINT, str(result[CHECKPOINT_PATH]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = self._run_for(trial)

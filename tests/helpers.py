@@ -108,8 +108,9 @@ def ddp_rank(rank: int, world_size: int, init_file: str, cfg: dict, out_dir: str
             "checksum": param_checksum(session.model),
             "syncs": syncs[0],
             # what model.prune kept on this rank, if it pruned
-            "pruned": getattr(getattr(session.model, "module", session.model).config,
-                              "qa_ray_pruning", None),  # fmt: skip
+            "pruned": getattr(
+                getattr(session.model, "module", session.model).config, "qa_ray_pruning", None
+            ),
         }
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)

@@ -263,3 +263,31 @@ def test_sigterm_stops_the_sweep_with_exit_143(tiny_model_dir, tmp_path):
     client = MlflowClient(uri)
     assert client.get_run(parent).info.status == "KILLED"
     assert [r.info.status for r in child_runs(uri, parent)] == ["KILLED"]
+
+
+def test_a_student_sweep_distills_from_a_trial_of_another_sweep_named_in_mlflow(
+    tiny_model_dir, tmp_path
+):
+    """Sweep A's trial reports checkpoints; its MLflow run records the newest; sweep B names
+    it as `teacher: sweep:A/TRIAL` and trains against that folder."""
+    from qa_ray import metrics as m
+    from qa_ray.tracking import find_parent_run
+
+    path, uri = tiny_sweep(tmp_path, [tiny_model_dir("bert")], num_samples=1)
+    one_lr = "search.space={params: {learning_rate: {type: float, low: 1.0e-3, high: 2.0e-3}}}"
+    common = [one_lr, "model.finetune=full", "search.num_samples=1"]
+    assert main(["sweep", str(path), *common, "name=teacher", "train.save_checkpoints=true"]) == 0
+    (teacher,) = child_runs(uri, find_parent_run(uri, "teacher"))
+    folder = Path(teacher.data.tags[m.TAG_CHECKPOINT])
+    assert (folder / "model.safetensors").is_file() and "teacher" in str(folder)
+    trial = teacher.data.tags[m.TAG_TRIAL_NAME]
+    distill = f"train.distill={{teacher: 'sweep:teacher/{trial}', alpha: 0.5}}"
+    assert main(["sweep", str(path), *common, "name=student", distill]) == 0
+    (student,) = child_runs(uri, find_parent_run(uri, "student"))
+    assert student.data.tags[m.TAG_OUTCOME] == "complete"
+    saved = MlflowClient(uri).download_artifacts(
+        find_parent_run(uri, "student"), "sweep_config.yaml", str(tmp_path)
+    )
+    assert str(folder) in Path(saved).read_text()  # the folder it resolved to, for a rerun
+    nobody = "train.distill={teacher: 'sweep:teacher/trial-nobody'}"
+    assert main(["sweep", str(path), *common, "name=s2", nobody]) == 2  # names the trials there

@@ -148,6 +148,8 @@ ROWS = [
     ("distillation axes without a teacher", lambda t: ["sweep", _sweep(t, search__space={"params": {"distill_alpha": {"type": "float", "low": 0.1, "high": 0.9}}})], ["`search.space`", "train.distill"]),
     ("distillation alpha out of range", lambda t: ["sweep", _sweep(t, train__distill={"teacher": str(ASSETS / "wordpiece"), "alpha": 1.5})], ["`train.distill.alpha`", "1.5"]),
     ("distillation teacher not there", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "./no-teacher"})], ["`train.distill.teacher`", "./no-teacher"]),
+    ("distillation teacher trial unnamed", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "sweep:bert-base"})], ["train.distill", "sweep:SWEEP/TRIAL", "sweep:bert-base"]),
+    ("distillation teacher from no store", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "sweep:bert-base/trial-1"})], ["`train.distill.teacher`", "no MLflow store", "bert-base"]),
     ("score with bad predictions", lambda t: ["score", str(ASSETS / "squad_v1_tiny.json"), _file(t, "p.json", "[1, 2]")], ["p.json"]),
 ]  # fmt: skip
 
