@@ -101,17 +101,29 @@ def importance(
     layers = _layers(model)
     heads = [torch.zeros(x.heads, device=x.attention_output.dense.weight.device) for x in layers]
     units = [torch.zeros(x.units, device=x.output.dense.weight.device) for x in layers]
-    for loss in losses:
+    # Gradients for the two projections only: the pass holds no more gradient memory than
+    # they take, so it does not raise the trial's peak (a LoRA trial never holds full grads).
+    measured = {
+        id(w) for x in layers for w in (x.attention_output.dense.weight, x.output.dense.weight)
+    }
+    trained = {p: p.requires_grad for p in model.parameters()}
+    for p in trained:
+        p.requires_grad_(id(p) in measured)
+    try:
+        for loss in losses:
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for i, x in enumerate(layers):
+                    w = x.attention_output.dense.weight
+                    per_column = (w * w.grad).float().sum(0)
+                    heads[i] += per_column.view(x.heads, x.head_size).sum(1).abs()
+                    w = x.output.dense.weight
+                    units[i] += (w * w.grad).float().sum(0).abs()
+    finally:
         model.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            for i, x in enumerate(layers):
-                w = x.attention_output.dense.weight
-                per_column = (w * w.grad).float().sum(0)
-                heads[i] += per_column.view(x.heads, x.head_size).sum(1).abs()
-                w = x.output.dense.weight
-                units[i] += (w * w.grad).float().sum(0).abs()
-    model.zero_grad(set_to_none=True)
+        for p, flag in trained.items():
+            p.requires_grad_(flag)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         for t in (*heads, *units):  # on the model's device: NCCL reduces CUDA tensors only
             torch.distributed.all_reduce(t)

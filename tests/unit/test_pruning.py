@@ -110,3 +110,24 @@ def test_pruning_is_only_for_the_encoders_it_knows_and_full_precision(tiny_model
         ModelConfig(name_or_path="x", prune={"heads": 0.5}, finetune="lora", quantization_bits=4)
     with pytest.raises(ValueError, match="no LoRA, k-bit or pruning"):
         ModelConfig(name_or_path="x", architecture="bilstm_attention", prune={"ffn": 0.5})
+
+
+def test_measuring_holds_gradients_of_the_two_projections_only_and_restores_the_rest():
+    """A LoRA trial never holds full gradients: measuring must not either (it would raise the
+    trial's peak memory), and what trains afterwards is what trained before."""
+    model = _model()
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen before
+    seen = []
+
+    def losses():
+        for s in range(2):
+            seen.append({n for n, p in model.named_parameters() if p.requires_grad})
+            yield model(**_batch(s)).loss
+
+    importance(model, losses())
+    assert all(n.endswith(("attention.output.dense.weight", "output.dense.weight"))
+               for n in seen[0]) and len(seen[0]) == 2 * LAYERS  # fmt: skip
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "bert.embeddings.word_embeddings.weight" not in trainable
+    assert len(trainable) == len(list(model.parameters())) - 1
+    assert all(p.grad is None for p in model.parameters())
