@@ -587,8 +587,17 @@ def build_teacher(
             f"`model.name_or_path` = {cfg.model.name_or_path!r}: their logits do not line up"
         )
     bits = 16 if precision.dtype is not None else 32
+    # The teacher as its folder holds it: none of the student's own shaping (fewer layers,
+    # pruned heads) or training settings.
     teacher_cfg = cfg.model.model_copy(
-        update={"name_or_path": path, "finetune": "full", "quantization_bits": bits}
+        update={
+            "name_or_path": path,
+            "finetune": "full",
+            "quantization_bits": bits,
+            "keep_layers": None,
+            "prune": None,
+            "gradient_checkpointing": False,
+        }
     )
     teacher = build_model(teacher_cfg, device, precision.compute_dtype)
     teacher.eval()

@@ -146,6 +146,22 @@ def test_a_distilled_trial_trains_the_student_and_never_the_teacher(tiny_model_d
     assert param_checksum(trial.model) != before_student
 
 
+def test_a_smaller_student_learns_from_the_whole_teacher(tiny_model_dir, tmp_path):
+    """The student keeps 1 of 2 layers and prunes heads: the teacher keeps all of its own."""
+    from qa_ray.config import TrialConfig
+    from qa_ray.train import setup
+    from tests.helpers import RecordingSession, trial_dict
+
+    teacher = tiny_model_dir("bert")
+    cfg = trial_dict(tiny_model_dir("bert"), tmp_path, model__keep_layers=1,
+                     model__prune={"heads": 0.5, "batches": 1})  # fmt: skip
+    cfg["train"]["distill"] = {"teacher": str(teacher)}
+    trial, _ = setup(TrialConfig.model_validate(cfg), RecordingSession())
+    assert len(trial.unwrapped.bert.encoder.layer) == 1
+    assert len(trial.teacher.bert.encoder.layer) == 2
+    assert trial.teacher.bert.encoder.layer[0].attention.self.query.out_features == 64
+
+
 def test_a_teacher_with_another_vocabulary_is_refused(tiny_model_dir, tmp_path):
     from qa_ray.config import TrialConfig
     from qa_ray.train import setup
