@@ -149,7 +149,6 @@ def _failure_groups(trials) -> list[str]:
 
 
 def _cmd_sweep(args) -> int:
-
     import yaml
 
     from qa_ray.sweep import check_resume, plan, run_sweep

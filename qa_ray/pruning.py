@@ -21,8 +21,6 @@ checkpoint's ``config.json`` says how to rebuild the shapes its weights have
 from __future__ import annotations
 
 import json
-import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +38,6 @@ __all__ = [
     "prune",
     "stored_plan",
 ]
-
-logger = logging.getLogger(__name__)
 
 PLAN_KEY = "qa_ray_pruning"  # in the model config (and its config.json)
 PLAN_FILE = "pruning.json"  # in a checkpoint, LoRA ones included
@@ -220,5 +216,5 @@ def prune(
         "heads": (sum(len(h) for h in heads), sum(len(h) for h in kept["heads"])),
         "ffn_units": (sum(len(u) for u in units), sum(len(u) for u in kept["ffn"])),
         "params": (before, after),
-        "removed_fraction": 1 - after / before if before else math.nan,
+        "removed_fraction": 1 - after / before,
     }

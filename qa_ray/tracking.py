@@ -231,9 +231,6 @@ def trial_checkpoint(uri: str, sweep: str, trial: str) -> str:
     def fail(message: str) -> ConfigError:
         return ConfigError("train.distill.teacher", [f"{named}: {message}"])
 
-    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if store is not None and not os.path.isfile(store):  # looking it up would create it
-        raise fail(f"no MLflow store at {redact_uri(uri)} to find the sweep in")
     try:
         parent = find_parent_run(uri, sweep)
     except ConfigError as exc:
@@ -272,10 +269,16 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
     """The parent run id for a run id or a sweep name (the newest sweep of that name).
 
     Raises:
-        ConfigError: neither names a sweep at ``uri``.
+        ConfigError: neither names a sweep at ``uri`` (or no sqlite store is there: it is
+            not created by looking).
     """
     from qa_ray.config import ConfigError
 
+    store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if store is not None and not os.path.isfile(store):  # looking it up would create it
+        raise ConfigError(
+            sweep_or_run, [f"no MLflow store at {redact_uri(uri)} to find {sweep_or_run!r} in"]
+        )
     client = mlflow_client(uri)
     try:
         return client.get_run(sweep_or_run).info.run_id

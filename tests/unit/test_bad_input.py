@@ -132,6 +132,7 @@ ROWS = [
     ("pareto constraint malformed", lambda t: ["pareto", "x", "--constraint", "memory < lots"], ["`--constraint`", "memory < lots"]),
     ("pareto constraint not finite", lambda t: ["pareto", "x", "--constraint", "peak_memory_mb <= inf"], ["`--constraint`", "inf"]),
     ("pareto constraint unknown metric", lambda t: ["pareto", "x", "--constraint", "vram <= 8000"], ["unknown metric 'vram'"]),
+    ("pareto with no MLflow store here", lambda t: ["pareto", "some-sweep"], ["no MLflow store", "some-sweep"]),
     ("pareto unknown axis", lambda t: ["pareto", "x", "--x", "vram"], ["`--x`", "vram"]),
     ("submit to a malformed address", lambda t: ["submit", _sweep(t), "--address", "head:8265"], ["`--address`", "head:8265"]),
     ("submit to nobody", lambda t: ["submit", _sweep(t), "--address", "http://127.0.0.1:9"], ["`--address`", "no Ray cluster answers"]),
