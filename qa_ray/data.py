@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -451,9 +451,11 @@ def gold_questions(examples: Sequence[QAExample]):
 
 
 def _fingerprint(examples: Sequence[Any]) -> str:
+    # The fields' values as `astuple` lists them, without its deep copy (a third of the time).
     h = hashlib.sha256()
+    names = [f.name for f in fields(examples[0])] if examples else []
     for e in examples:
-        h.update(json.dumps(astuple(e)).encode())
+        h.update(json.dumps([getattr(e, n) for n in names]).encode())
     return h.hexdigest()
 
 

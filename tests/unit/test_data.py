@@ -239,6 +239,25 @@ def test_feature_cache_key_covers_tokenizer_properties_that_change_features():
     assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(ASSETS / "bpe")) in seen
 
 
+def test_data_fingerprint_is_the_field_values_so_existing_caches_still_hit():
+    """The examples' cache key hashes each example's field values in order (what
+    ``dataclasses.astuple`` gives, without its deep copy): caches written before still hit,
+    and any field change misses."""
+    import dataclasses
+    import hashlib
+
+    from qa_ray.data import _fingerprint
+
+    examples = load_examples(str(ASSETS / "squad_v1_tiny.json"))
+    before = hashlib.sha256()
+    for e in examples:
+        before.update(json.dumps(dataclasses.astuple(e)).encode())
+    assert _fingerprint(examples) == before.hexdigest()
+    changed = [dataclasses.replace(examples[0], answer_starts=(0,)), *examples[1:]]
+    assert _fingerprint(changed) != _fingerprint(examples)
+    assert _fingerprint([]) == hashlib.sha256().hexdigest()
+
+
 def test_tokenizing_never_hashes_the_build_function(tmp_path, monkeypatch):
     """datasets hashes a map function with dill unless given a fingerprint, and dill's scan of
     its globals disassembles its bytecode (about 900 lines in a Ray worker's log)."""
