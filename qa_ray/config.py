@@ -426,10 +426,10 @@ def parse_constraints(texts: list[str], task: str) -> list[Constraint]:
     Raises:
         ValueError: every malformed constraint and every metric the task never reports.
     """
-    from qa_ray.tasks import TASKS
+    from qa_ray.tasks import FACTS
 
     reported = [k for k in m.OBJECTIVES if not k.startswith("eval_") or k == m.EVAL_LATENCY_MS]
-    reported += [m.eval_key(s) for s in TASKS[task].SCORES]
+    reported += [m.eval_key(s) for s in FACTS[task].scores]
     out, errors = [], []
     for text in texts:
         try:

@@ -32,7 +32,7 @@ from qa_ray.pareto import (
     parse_constraint,
 )
 from qa_ray.plots import family, model_label
-from qa_ray.tasks import TASKS
+from qa_ray.tasks import FACTS
 from qa_ray.tracking import QUALITATIVE_TABLE, find_parent_run
 
 __all__ = [
@@ -281,7 +281,7 @@ def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
             sweep, tracking.run_params(uri, t["run_id"]), t
         )
     task = tracking.sweep_params(uri, summary.parent_run_id).get("task", "extractive")
-    if task in TASKS and TASKS[task].QUALITATIVE_QUESTIONS:
+    if task in FACTS and FACTS[task].qualitative_questions:
         answers = qualitative_by_trial(uri, trials)
         if answers:
             out["qualitative_answers.json"] = json.dumps(answers, indent=2)

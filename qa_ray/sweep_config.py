@@ -31,7 +31,7 @@ from qa_ray.config import (
     validate_model,
 )
 from qa_ray.search_space import SearchSpace
-from qa_ray.tasks import TASKS
+from qa_ray.tasks import FACTS
 
 __all__ = [
     "Objective",
@@ -134,7 +134,7 @@ class SweepConfig(Block):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"`objectives` must name distinct metrics, but got {names}")
-        scores = {m.eval_key(s) for s in TASKS[self.model.task].SCORES}
+        scores = {m.eval_key(s) for s in FACTS[self.model.task].scores}
         never = [n for n in names if n.startswith("eval_") and n != m.EVAL_LATENCY_MS]
         never = [n for n in never if n not in scores]
         if never:
@@ -216,7 +216,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
     # cluster work; hub datasets are checked where the trials load them.
     sources = [p for p in (trial.data.path, trial.data.eval_path) if p is not None]
     if all(os.path.exists(p) for p in sources):
-        TASKS[trial.model.task].load_train_eval(trial.data)
+        FACTS[trial.model.task].load_train_eval(trial.data)
     return cfg.model_copy(
         update={
             "search": cfg.search.model_copy(update={"space": space}),

@@ -94,6 +94,12 @@ def mlflow_client(uri: str):
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+def open_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``, created if missing (and with it a
+    fresh store, whose schema migrations take seconds: callers overlap this with other work)."""
+    return _experiment_id(mlflow_client(uri), name)
+
+
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp:

@@ -5,7 +5,9 @@ A family is a module (``qa_ray.tasks.extractive``, ``generative``, ``seq2seq``,
 builders and the report look a family up in :data:`TASKS` by ``model.task`` and use only these
 members, so a new family is a new module plus one line in ``_MODULES``. The contract is written
 down to be read and type-checked, not as a base class: families share code by importing it
-(seq2seq evaluates with the generative family's functions).
+(seq2seq evaluates with the generative family's functions). What the driver needs of a family
+(its scores, its qualitative questions, its data loader) is in :data:`FACTS`, readable without
+importing the family and torch with it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     Autocast = Callable[[], contextlib.AbstractContextManager]
     Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
-__all__ = ["TASKS", "EvalOutput", "TaskFamily"]
+__all__ = ["FACTS", "TASKS", "EvalOutput", "FamilyFacts", "TaskFamily"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,60 @@ class TaskFamily(Protocol):
         """Scores the model on the held-out examples (in eval mode, without gradients)."""
         ...
 
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What the driver reads of a family without importing it: a family module imports torch,
+    and the driver validates a sweep and writes its report without torch (a second and a half
+    of a sweep's start, and of its end). The family modules take these members from here.
+
+    Attributes:
+        scores: the family's ``SCORES``.
+        qualitative_questions: the family's ``QUALITATIVE_QUESTIONS``.
+        loader: the :mod:`qa_ray.data` function that is the family's ``load_train_eval``.
+    """
+
+    scores: tuple[str, ...]
+    qualitative_questions: tuple[str, ...] = ()
+    loader: str = "load_train_eval"
+
+    def load_train_eval(self, cfg: DataConfig) -> tuple[Sequence[Any], Sequence[Any]]:
+        """The family's train and held-out examples (raises ``DataError`` on bad data)."""
+        from qa_ray import data
+
+        return getattr(data, self.loader)(cfg)
+
+
+_SQUAD_SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+
+#: Every family's :class:`FamilyFacts` by its ``model.task`` name.
+FACTS: Mapping[str, FamilyFacts] = {
+    "extractive": FamilyFacts(_SQUAD_SCORES),
+    "generative": FamilyFacts(_SQUAD_SCORES),
+    "seq2seq": FamilyFacts(_SQUAD_SCORES),
+    "instruction": FamilyFacts(
+        ("loss", "perplexity"),
+        # The seed's qualitative set: every finished trial's model answers these, logged side
+        # by side.
+        qualitative_questions=(
+            "What is the capital of Australia?",
+            "Explain the theory of relativity in simple terms.",
+            "Write a Python function that returns the sum of two vectors.",
+            "Give three tips for staying healthy.",
+            "Translate 'Good morning, how are you?' into French.",
+            "What are the main causes of climate change?",
+            "Summarize the plot of Romeo and Juliet in two sentences.",
+            "What is the difference between a list and a tuple in Python?",
+            "Who painted the Mona Lisa?",
+            "Explain what a neural network is to a ten-year-old.",
+            "Write a haiku about autumn.",
+            "How many days are there in a leap year?",
+            "Suggest a name for a coffee shop near a university.",
+            "What do you think is the future of artificial intelligence?",
+        ),
+        loader="load_instruction_train_eval",
+    ),
+}
 
 _MODULES = {
     "extractive": "qa_ray.tasks.extractive",

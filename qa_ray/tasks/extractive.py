@@ -30,7 +30,7 @@ import torch
 from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
-from qa_ray.tasks import EvalOutput
+from qa_ray.tasks import FACTS, EvalOutput
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -57,8 +57,8 @@ __all__ = [
 AUTO_CLASS = "AutoModelForQuestionAnswering"
 PEFT_TASK_TYPE = "QUESTION_ANS"
 FRESH_HEADS = ("qa_outputs",)
-QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
-SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+QUALITATIVE_QUESTIONS = FACTS["extractive"].qualitative_questions
+SCORES = FACTS["extractive"].scores
 
 
 def no_answer_last(tokenizer: Tokenizer) -> bool:

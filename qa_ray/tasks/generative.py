@@ -24,7 +24,7 @@ import torch
 from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
 from qa_ray.metrics import score
-from qa_ray.tasks import EvalOutput
+from qa_ray.tasks import FACTS, EvalOutput
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -54,8 +54,8 @@ __all__ = [
 AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 FRESH_HEADS: tuple[str, ...] = ()  # the LM head is the checkpoint's own
-QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
-SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+QUALITATIVE_QUESTIONS = FACTS["generative"].qualitative_questions
+SCORES = FACTS["generative"].scores
 PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 _IGNORE = -100
 _MARGIN = 4  # tokens lost or gained where the context meets the template when re-tokenized

@@ -25,7 +25,7 @@ import torch
 from qa_ray.config import DataConfig
 from qa_ray.data import InstructionExample, cached_features
 from qa_ray.data import load_instruction_train_eval as load_train_eval
-from qa_ray.tasks import EvalOutput
+from qa_ray.tasks import FACTS, EvalOutput
 from qa_ray.tasks.generative import collator, greedy_texts, loss, outputs
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 FRESH_HEADS: tuple[str, ...] = ()
-SCORES = ("loss", "perplexity")
+SCORES = FACTS["instruction"].scores
 # The Stanford Alpaca templates.
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -68,23 +68,7 @@ PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
-# The seed's qualitative set: every finished trial's model answers these, logged side by side.
-QUALITATIVE_QUESTIONS = (
-    "What is the capital of Australia?",
-    "Explain the theory of relativity in simple terms.",
-    "Write a Python function that returns the sum of two vectors.",
-    "Give three tips for staying healthy.",
-    "Translate 'Good morning, how are you?' into French.",
-    "What are the main causes of climate change?",
-    "Summarize the plot of Romeo and Juliet in two sentences.",
-    "What is the difference between a list and a tuple in Python?",
-    "Who painted the Mona Lisa?",
-    "Explain what a neural network is to a ten-year-old.",
-    "Write a haiku about autumn.",
-    "How many days are there in a leap year?",
-    "Suggest a name for a coffee shop near a university.",
-    "What do you think is the future of artificial intelligence?",
-)
+QUALITATIVE_QUESTIONS = FACTS["instruction"].qualitative_questions
 _IGNORE = -100
 
 

@@ -18,6 +18,7 @@ from qa_ray.config import DataConfig
 from qa_ray.data import QAExample, cached_features, load_train_eval
 
 # Same right-padded batches and the same greedy-decode-and-score evaluation as the causal task.
+from qa_ray.tasks import FACTS
 from qa_ray.tasks.generative import collator, context_window, evaluate
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ __all__ = [
 AUTO_CLASS = "AutoModelForSeq2SeqLM"
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
 FRESH_HEADS: tuple[str, ...] = ()
-QUALITATIVE_QUESTIONS: tuple[str, ...] = ()
-SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+QUALITATIVE_QUESTIONS = FACTS["seq2seq"].qualitative_questions
+SCORES = FACTS["seq2seq"].scores
 PROMPT = "question: {question} context: {context}"
 _MARGIN = 4
 

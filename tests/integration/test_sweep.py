@@ -1,6 +1,7 @@
 """A real sweep on local Ray (2 CPUs) with tiny models and a real MLflow store."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -188,6 +189,43 @@ def _read_until(proc, marker: str, timeout: float = 300) -> list[str]:
             break
     assert any(marker in ln for ln in lines), "".join(lines[-30:])
     return lines
+
+
+def test_the_sweep_driver_never_imports_torch_and_trials_start_no_ray_data_actor(
+    tiny_model_dir, tmp_path
+):
+    """The driver validates, runs Tune and writes the report without torch (a second and a
+    half of its start and of its end): no TensorBoard logger (tensorboardX imports torch), while
+    Tune's result.json and progress.csv are still written per trial. No trial starts Ray Data's
+    DatasetManager actor."""
+    import re
+    import subprocess
+    import sys
+
+    path, uri = tiny_sweep(tmp_path, [tiny_model_dir("bert")], num_samples=1)
+    program = (
+        "import sys\n"
+        "from qa_ray.cli import main\n"
+        f"code = main(['sweep', {str(path)!r}])\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "torch imported: False" in done.stdout
+    (trial,) = [p for p in (tmp_path / "runs" / "tiny-sweep").glob("trial-*") if p.is_dir()]
+    assert (trial / "result.json").stat().st_size and (trial / "progress.csv").is_file()
+    assert not list(trial.glob("events.out.tfevents*"))
+    logs = Path(re.search(r"\[qa-ray\] worker logs: (\S+)", done.stdout).group(1))
+    actors = {
+        m
+        for f in logs.glob("worker-*.out")
+        for m in re.findall(r":actor_name:(\w+)", f.read_text())
+    }
+    assert "RayTrainWorker" in actors and "DatasetManager" not in actors, actors
 
 
 def test_ctrl_c_stops_the_sweep_honestly_and_resume_finishes_it(tiny_model_dir, tmp_path):

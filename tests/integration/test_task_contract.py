@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from qa_ray.tasks import TASKS, TaskFamily
+from qa_ray import data
+from qa_ray.tasks import FACTS, TASKS, TaskFamily
 from qa_ray.train import train_loop_per_worker
 from tests.helpers import ASSETS, RecordingSession, trial_dict
 
@@ -33,6 +34,11 @@ def test_every_family_defines_every_member_of_the_contract(name):
             assert got[: len(want)] == want, f"{name}.{member}{got} vs {want}"
     assert isinstance(family.FRESH_HEADS, tuple)
     assert isinstance(family.QUALITATIVE_QUESTIONS, tuple)
+    # What the driver reads without importing the family is what the family uses.
+    facts = FACTS[name]
+    assert family.SCORES == facts.scores
+    assert family.QUALITATIVE_QUESTIONS == facts.qualitative_questions
+    assert family.load_train_eval is getattr(data, facts.loader)
 
 
 # (task, architecture, finetune, bits): the offline tiny-model matrix.

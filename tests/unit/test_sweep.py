@@ -249,3 +249,26 @@ def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_other
     monkeypatch.setenv(name, "3")
     _run_trial({}, base, "/tmp/unused", ("eval_f1",))
     assert _FakeTrainer.env[name] == "3"
+
+
+def test_a_trial_runs_no_ray_data_actor_when_it_passes_no_datasets():
+    """Ray Train V2 gives every run a datasets callback, which starts a Ray Data
+    DatasetManager actor (a process of its own) whether or not the run has datasets. A trial
+    reads its own data, so its trainer leaves that callback out, and keeps it when given
+    datasets. The first assertion fails once Ray stops adding it: then the override can go."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from qa_ray.sweep import _trainer_class
+
+    def names(trainer):
+        return [type(c) for c in trainer._create_default_callbacks()]
+
+    run = RunConfig(storage_path="/tmp/unused")
+    ray_own = names(TorchTrainer(lambda: None, run_config=run))
+    assert DatasetsCallback in ray_own
+    ours = names(_trainer_class()(lambda: None, run_config=run))
+    assert ours == [c for c in ray_own if c is not DatasetsCallback]
+    with_data = _trainer_class()(lambda: None, run_config=run, datasets={"train": [1]})
+    assert DatasetsCallback in names(with_data)
