@@ -208,8 +208,8 @@ TUNE_AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 def _trainer_class():
     """Ray's ``TorchTrainer``, less the Ray Data ``DatasetManager`` actor Train V2 starts for
     every run with or without Ray Datasets: a trial passes none (each worker reads its own
-    data), and that actor is a process importing Ray Data beside the worker's set-up (measured:
-    about a second of a trial's start on 2 cores). With datasets, nothing is dropped."""
+    data), and that actor is a process importing Ray Data beside the worker's set-up (about half
+    a second of a trial's start in probes on 2 cores). With datasets, nothing is dropped."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 

@@ -117,8 +117,8 @@ class TaskFamily(Protocol):
 @dataclass(frozen=True)
 class FamilyFacts:
     """What the driver reads of a family without importing it: a family module imports torch,
-    and the driver validates a sweep and writes its report without torch (a second and a half
-    of a sweep's start, and of its end). The family modules take these members from here.
+    and the driver validates a sweep and writes its report without torch (importing it cost a
+    second and a half of a sweep's start). The family modules take these members from here.
 
     Attributes:
         scores: the family's ``SCORES``.
