@@ -10,10 +10,12 @@ percentages. One deliberate difference: a question without a prediction scores 0
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Reported by the training loop on every `ray.train.report`; read by sweep, tracking, Pareto.
 EVAL_EXACT = "eval_exact"
@@ -133,6 +135,15 @@ OBJECTIVES = (
     TRAIN_LOSS,
     TRAIN_SAMPLES_PER_SECOND,
 )
+
+
+def finite_numbers(result: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a reported result, as floats (no bools, NaN, inf, text or None)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def eval_key(score_name: str) -> str:

@@ -105,7 +105,4 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         raise ValueError(f"an infeasible trial has no {metric!r} and the study no other value")
 
     def _remember(self, trial_id: str, result: dict[str, Any]) -> None:
-        numbers = self._last.setdefault(trial_id, {})
-        for k, v in result.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                numbers[k] = float(v)
+        self._last.setdefault(trial_id, {}).update(m.finite_numbers(result))

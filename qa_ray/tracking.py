@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -421,16 +420,6 @@ def _params(values: dict[str, Any]):
     return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
 
 
-def _numeric(result: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in result.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if math.isfinite(v):
-            out[k] = float(v)
-    return out
-
-
 class MLflowSweepCallback(Callback):
     """Logs every Tune trial as a nested child run of the sweep's parent run.
 
@@ -529,7 +518,9 @@ class MLflowSweepCallback(Callback):
         self._last_step[rid] = step
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [
-            Metric(k, v, ts, step) for k, v in _numeric(result).items() if k in self.metric_keys
+            Metric(k, v, ts, step)
+            for k, v in m.finite_numbers(result).items()
+            if k in self.metric_keys
         ]
         self.client.log_batch(rid, metrics=metrics)
         answers = result.get(m.QUALITATIVE)

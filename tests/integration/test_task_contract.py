@@ -36,8 +36,8 @@ def test_every_family_defines_every_member_of_the_contract(name):
     assert isinstance(family.QUALITATIVE_QUESTIONS, tuple)
     # What the driver reads without importing the family is what the family uses.
     facts = FACTS[name]
-    assert family.SCORES == facts.scores
-    assert family.QUALITATIVE_QUESTIONS == facts.qualitative_questions
+    assert facts.scores == family.SCORES
+    assert facts.qualitative_questions == family.QUALITATIVE_QUESTIONS
     assert family.load_train_eval is getattr(data, facts.loader)
 
 
