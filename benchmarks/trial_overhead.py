@@ -16,6 +16,7 @@ About 6 minutes on a 2-core CPU. Figures go to OUT/trial_overhead.json too.
 With ``--scheduler`` the sweep runs MO-ASHA with its first rung at the trials' last step: no
 trial is stopped, but each starts in a fresh Tune actor, as in any sweep with early stopping
 (a trial that is stopped must lose its actor; without a scheduler actors are reused).
+``--steps 150`` makes the trials about 3 minutes long (about 20 minutes a run).
 """
 
 from __future__ import annotations
@@ -38,14 +39,20 @@ from qa_ray.sweep_config import load_sweep_config
 from qa_ray.tracking import child_runs, find_parent_run, mlflow_client
 
 SWEEP = "sweeps/quickstart.yaml"
-# Fixed work: 20 optimizer steps at an effective batch of 16, 50 questions scored at the end.
-WORK = [
-    "train.max_steps=20",
-    "train.max_train_seconds=null",
-    "train.save_checkpoints=false",
-    "data.max_eval_examples=50",
-    "search.num_samples=3",
-]
+
+
+def fixed_work(steps: int) -> list[str]:
+    """Fixed work: ``steps`` optimizer steps at an effective batch of 16 (20: about 25 s of
+    training here; 150: about 3 minutes), 50 questions scored at the end."""
+    return [
+        f"train.max_steps={steps}",
+        "train.max_train_seconds=null",
+        "train.save_checkpoints=false",
+        "data.max_eval_examples=50",
+        "search.num_samples=3",
+    ]
+
+
 CONFIGS = [
     {"finetune": "full", "learning_rate": 2.0e-4, "warmup_ratio": 0.05, "per_device_batch_size": 16},
     {"finetune": "lora", "learning_rate": 3.0e-4, "warmup_ratio": 0.0, "per_device_batch_size": 16,
@@ -55,14 +62,15 @@ CONFIGS = [
 ]  # fmt: skip
 
 
-# MO-ASHA whose first rung is the last step: a fresh trial actor per trial, no trial stopped.
-SCHEDULER = "search.scheduler=" + json.dumps({"grace": 20})
+def scheduler(steps: int) -> str:
+    """MO-ASHA whose first rung is the last step: a fresh trial actor per trial, none stopped."""
+    return "search.scheduler=" + json.dumps({"grace": steps})
 
 
-def sweep(out: Path, name: str, extra: list[str]) -> dict:
+def sweep(out: Path, name: str, work: list[str], extra: list[str]) -> dict:
     uri = f"sqlite:///{out / 'mlflow.db'}"
     points = "search.initial_points=" + json.dumps(CONFIGS)
-    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", SWEEP, *WORK, *extra, points, f"name={name}",
+    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", SWEEP, *work, *extra, points, f"name={name}",
            f"storage_path={out / 'runs'}", "--tracking-uri", uri]  # fmt: skip
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -105,8 +113,8 @@ def sweep(out: Path, name: str, extra: list[str]) -> dict:
     }
 
 
-def sequential(out: Path) -> dict:
-    base = load_sweep_config(SWEEP, WORK)
+def sequential(out: Path, work: list[str]) -> dict:
+    base = load_sweep_config(SWEEP, work)
     t0, work = time.time(), []
     for i, params in enumerate(CONFIGS):
         # What the sweep derives too (gradient accumulation from the space's effective batch).
@@ -137,16 +145,21 @@ def main() -> int:
     p.add_argument(
         "--scheduler", action="store_true", help="the sweep with MO-ASHA (fresh trial actors)"
     )
+    p.add_argument(
+        "--steps", type=int, default=20, help="optimizer steps per trial (150: 3-minute trials)"
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    seq = sequential(args.out)
-    extra = [SCHEDULER] if args.scheduler else []
-    swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}", extra)
+    work = fixed_work(args.steps)
+    seq = sequential(args.out, work)
+    extra = [scheduler(args.steps)] if args.scheduler else []
+    swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}", work, extra)
     n = len(CONFIGS)
     result = {
         "sequential": seq,
         "sweep": swp,
         "scheduler": args.scheduler,
+        "steps": args.steps,
         "per_trial_overhead_s": (swp["fixed"] - seq["fixed"]) / n,
         "sweep_over_sequential_wall": swp["wall"] / seq["wall"],
     }
