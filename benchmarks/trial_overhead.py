@@ -67,10 +67,10 @@ def scheduler(steps: int) -> str:
     return "search.scheduler=" + json.dumps({"grace": steps})
 
 
-def sweep(out: Path, name: str, work: list[str], extra: list[str]) -> dict:
+def sweep(out: Path, name: str, overrides: list[str]) -> dict:
     uri = f"sqlite:///{out / 'mlflow.db'}"
     points = "search.initial_points=" + json.dumps(CONFIGS)
-    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", SWEEP, *work, *extra, points, f"name={name}",
+    cmd = [sys.executable, "-m", "qa_ray.cli", "sweep", SWEEP, *overrides, points, f"name={name}",
            f"storage_path={out / 'runs'}", "--tracking-uri", uri]  # fmt: skip
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -113,8 +113,8 @@ def sweep(out: Path, name: str, work: list[str], extra: list[str]) -> dict:
     }
 
 
-def sequential(out: Path, work: list[str]) -> dict:
-    base = load_sweep_config(SWEEP, work)
+def sequential(out: Path, overrides: list[str]) -> dict:
+    base = load_sweep_config(SWEEP, overrides)
     t0, work = time.time(), []
     for i, params in enumerate(CONFIGS):
         # What the sweep derives too (gradient accumulation from the space's effective batch).
@@ -152,8 +152,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = fixed_work(args.steps)
     seq = sequential(args.out, work)
-    extra = [scheduler(args.steps)] if args.scheduler else []
-    swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}", work, extra)
+    with_scheduler = [scheduler(args.steps)] if args.scheduler else []
+    swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}", work + with_scheduler)
     n = len(CONFIGS)
     result = {
         "sequential": seq,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from qa_ray import data  # torch-free: the driver validates local data with its loaders
+
 if TYPE_CHECKING:
     import contextlib
 
@@ -122,30 +124,25 @@ class FamilyFacts:
 
     Attributes:
         scores: the family's ``SCORES``.
+        load_train_eval: the family's ``load_train_eval`` (a :mod:`qa_ray.data` function).
         qualitative_questions: the family's ``QUALITATIVE_QUESTIONS``.
-        loader: the :mod:`qa_ray.data` function that is the family's ``load_train_eval``.
     """
 
     scores: tuple[str, ...]
+    load_train_eval: Callable[[DataConfig], tuple[Sequence[Any], Sequence[Any]]]
     qualitative_questions: tuple[str, ...] = ()
-    loader: str = "load_train_eval"
-
-    def load_train_eval(self, cfg: DataConfig) -> tuple[Sequence[Any], Sequence[Any]]:
-        """The family's train and held-out examples (raises ``DataError`` on bad data)."""
-        from qa_ray import data
-
-        return getattr(data, self.loader)(cfg)
 
 
 _SQUAD_SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 
 #: Every family's :class:`FamilyFacts` by its ``model.task`` name.
 FACTS: Mapping[str, FamilyFacts] = {
-    "extractive": FamilyFacts(_SQUAD_SCORES),
-    "generative": FamilyFacts(_SQUAD_SCORES),
-    "seq2seq": FamilyFacts(_SQUAD_SCORES),
+    "extractive": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
+    "generative": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
+    "seq2seq": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
     "instruction": FamilyFacts(
         ("loss", "perplexity"),
+        data.load_instruction_train_eval,
         # The seed's qualitative set: every finished trial's model answers these, logged side
         # by side.
         qualitative_questions=(
@@ -164,7 +161,6 @@ FACTS: Mapping[str, FamilyFacts] = {
             "Suggest a name for a coffee shop near a university.",
             "What do you think is the future of artificial intelligence?",
         ),
-        loader="load_instruction_train_eval",
     ),
 }
 

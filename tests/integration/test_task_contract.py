@@ -10,7 +10,6 @@ import math
 
 import pytest
 
-from qa_ray import data
 from qa_ray.tasks import FACTS, TASKS, TaskFamily
 from qa_ray.train import train_loop_per_worker
 from tests.helpers import ASSETS, RecordingSession, trial_dict
@@ -38,7 +37,7 @@ def test_every_family_defines_every_member_of_the_contract(name):
     facts = FACTS[name]
     assert facts.scores == family.SCORES
     assert facts.qualitative_questions == family.QUALITATIVE_QUESTIONS
-    assert family.load_train_eval is getattr(data, facts.loader)
+    assert family.load_train_eval is facts.load_train_eval
 
 
 # (task, architecture, finetune, bits): the offline tiny-model matrix.
