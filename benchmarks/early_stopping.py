@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 from qa_ray import metrics as m
+from qa_ray.metrics import TAG_OUTCOME
 from qa_ray.pareto import front, hypervolume_history
-from qa_ray.tracking import TAG_OUTCOME, child_runs, find_parent_run
+from qa_ray.tracking.runs import child_runs, find_parent_run
 
 SWEEP = Path(__file__).with_name("early_stopping.yaml")
 MO_ASHA = "search.scheduler={{type: mo_asha, grace: {grace:g}, reduction_factor: 3}}"

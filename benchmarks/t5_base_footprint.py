@@ -16,8 +16,8 @@ import tempfile
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
-from qa_ray.config import ModelConfig
-from qa_ray.models import build_model, model_size
+from qa_ray.config.trial import ModelConfig
+from qa_ray.models.build import build_model, model_size
 
 # google-t5/t5-base's config.json.
 T5_BASE = dict(

@@ -33,10 +33,10 @@ import optuna
 import yaml
 
 from qa_ray import metrics as m
-from qa_ray.config import TrialConfig
-from qa_ray.search_space import apply_params, suggest
-from qa_ray.sweep_config import load_sweep_config
-from qa_ray.tracking import child_runs, find_parent_run, mlflow_client
+from qa_ray.config.trial import TrialConfig
+from qa_ray.search.space import apply_params, suggest
+from qa_ray.sweep.config import load_sweep_config
+from qa_ray.tracking.runs import child_runs, find_parent_run, mlflow_client
 
 SWEEP = "sweeps/quickstart.yaml"
 

@@ -7,12 +7,23 @@ objectives (EM/F1 up, peak memory down) under budgets the search knows
 and records every trial in MLflow under one parent run with the Pareto front
 (:func:`publish_pareto`).
 
-The modules, from the bottom up: ``metrics`` (names, SQuAD scoring), ``pareto`` (the front,
-pure), ``config`` / ``search_space`` / ``sweep_config`` (validated files), ``data`` and
-``tasks`` (the task families), ``models``, ``train`` (the loop), ``scheduler`` and
-``searcher`` (early stopping, budgets), ``tracking`` (MLflow), ``report`` and ``plots``,
-``sweep`` (Ray Tune), ``jobs`` (Ray jobs), ``cli``. The names below load their module on
-first use, so ``import qa_ray`` stays cheap (no torch, Ray or MLflow).
+The packages, bottom up; each imports only from its own layer and those below it
+(``tests/unit/test_layout.py`` holds the code to this):
+
+  0. ``errors``, ``metrics`` (metric and tag names), ``pareto`` (the front, pure) and
+     ``scoring`` (SQuAD scoring): the vocabulary every layer shares
+  1. ``data``: reading and validating datasets, the feature cache
+  2. ``tasks``: the task families (extractive, generative, seq2seq, instruction)
+  3. ``config``: trial files, validated
+  4. ``models`` (building, quantization and LoRA, pruning, the LSTM) and ``search`` (the
+     space, the searcher, the early-stopping schedulers)
+  5. ``training`` (the per-worker loop as a recipe over its parts) and ``tracking`` (MLflow)
+  6. ``report``: the Pareto summary, plots, tables, publishing to MLflow
+  7. ``sweep``: sweep files, Ray Tune, the trial function, resume, the console, Ray jobs
+  8. ``cli``
+
+The names below load their module on first use, so ``import qa_ray`` stays cheap (no torch,
+Ray or MLflow).
 """
 
 from __future__ import annotations
@@ -23,18 +34,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "TrialConfig": "qa_ray.config",
-    "load_trial_config": "qa_ray.config",
-    "SweepConfig": "qa_ray.sweep_config",
-    "load_sweep_config": "qa_ray.sweep_config",
-    "run_sweep": "qa_ray.sweep",
-    "train_loop_per_worker": "qa_ray.train",
-    "MOASHA": "qa_ray.scheduler",
-    "BudgetAwareOptunaSearch": "qa_ray.searcher",
-    "publish_pareto": "qa_ray.report",
-    "summarize": "qa_ray.report",
+    "TrialConfig": "qa_ray.config.trial",
+    "load_trial_config": "qa_ray.config.files",
+    "SweepConfig": "qa_ray.sweep.config",
+    "load_sweep_config": "qa_ray.sweep.config",
+    "run_sweep": "qa_ray.sweep.run",
+    "train_loop_per_worker": "qa_ray.training.loop",
+    "MOASHA": "qa_ray.search.schedulers.mo_asha",
+    "BudgetAwareOptunaSearch": "qa_ray.search.searcher",
+    "publish_pareto": "qa_ray.report.publish",
+    "summarize": "qa_ray.report.summary",
     "front": "qa_ray.pareto",
-    "score": "qa_ray.metrics",
+    "score": "qa_ray.scoring.squad",
 }
 
 __all__ = [
@@ -54,15 +65,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from qa_ray.config import TrialConfig, load_trial_config
-    from qa_ray.metrics import score
+    from qa_ray.config.files import load_trial_config
+    from qa_ray.config.trial import TrialConfig
     from qa_ray.pareto import front
-    from qa_ray.report import publish_pareto, summarize
-    from qa_ray.scheduler import MOASHA
-    from qa_ray.searcher import BudgetAwareOptunaSearch
-    from qa_ray.sweep import run_sweep
-    from qa_ray.sweep_config import SweepConfig, load_sweep_config
-    from qa_ray.train import train_loop_per_worker
+    from qa_ray.report.publish import publish_pareto
+    from qa_ray.report.summary import summarize
+    from qa_ray.scoring.squad import score
+    from qa_ray.search.schedulers.mo_asha import MOASHA
+    from qa_ray.search.searcher import BudgetAwareOptunaSearch
+    from qa_ray.sweep.config import SweepConfig, load_sweep_config
+    from qa_ray.sweep.run import run_sweep
+    from qa_ray.training.loop import train_loop_per_worker
 
 
 def __getattr__(name: str) -> Any:

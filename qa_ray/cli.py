@@ -12,6 +12,9 @@ Exit codes: 0 ok (a sweep: at least one trial completed; with --strict, none fai
 itself failed (a sweep: no trial completed), 2 bad input (config, data, predictions), with a
 message naming the file, the field and the value, 130 / 143 a sweep interrupted by SIGINT /
 SIGTERM (its state saved: the printed --resume command continues it).
+
+Longer than 500 lines: one parser and one short function per subcommand, read side by side;
+what a subcommand does lives in the package it calls.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qa_ray.config import ConfigError
+from qa_ray.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -35,8 +38,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_score(args) -> int:
-    from qa_ray.data import DataError, gold_questions, load_examples, read_json
-    from qa_ray.metrics import score
+    from qa_ray.data.examples import DataError, read_json
+    from qa_ray.data.squad import gold_questions, load_examples
+    from qa_ray.scoring.squad import score
 
     questions = gold_questions(load_examples(args.dataset))
     preds = read_json(args.predictions)
@@ -74,8 +78,8 @@ def _cmd_score(args) -> int:
 def _check_resumable(cfg) -> str:
     """The checkpoint ``qa-ray train --resume`` continues from; bad input when there is none,
     or when it was written for another model or data."""
-    from qa_ray.config import config_differences
-    from qa_ray.train import latest_local_checkpoint
+    from qa_ray.config.files import config_differences
+    from qa_ray.training.session import latest_local_checkpoint
 
     newest = latest_local_checkpoint(cfg.output_dir)
     if newest is None:
@@ -98,9 +102,9 @@ def _check_resumable(cfg) -> str:
 
 
 def _cmd_train(args) -> int:
-    from qa_ray.config import load_trial_config
-    from qa_ray.tracking import resolve_teacher, resolve_tracking_uri
-    from qa_ray.train import train_loop_per_worker
+    from qa_ray.config.files import load_trial_config
+    from qa_ray.tracking.runs import resolve_teacher, resolve_tracking_uri
+    from qa_ray.training.loop import train_loop_per_worker
 
     cfg = load_trial_config(args.config, args.overrides)
     cfg = resolve_teacher(cfg, resolve_tracking_uri(None, None))  # teacher: sweep:SWEEP/TRIAL
@@ -120,7 +124,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from qa_ray.sweep_config import load_sweep_config
+    from qa_ray.sweep.config import load_sweep_config
 
     cfg = load_sweep_config(args.sweep, args.overrides)
     print(f"{args.sweep}: ok ({cfg.search.num_samples} trials over {sorted(cfg.space.params)})")
@@ -134,7 +138,7 @@ def _resume_command(args) -> str:
     if args.address:
         parts += ["--address", args.address]
     if args.tracking_uri:  # its credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD
-        from qa_ray.tracking import split_credentials
+        from qa_ray.tracking.runs import split_credentials
 
         parts += ["--tracking-uri", split_credentials(args.tracking_uri)[0]]
     return shlex.join(parts)
@@ -151,9 +155,11 @@ def _failure_groups(trials) -> list[str]:
 def _cmd_sweep(args) -> int:
     import yaml
 
-    from qa_ray.sweep import check_resume, plan, run_sweep
-    from qa_ray.sweep_config import load_sweep_config
-    from qa_ray.tracking import (
+    from qa_ray.sweep.config import load_sweep_config
+    from qa_ray.sweep.resources import plan
+    from qa_ray.sweep.run import run_sweep
+    from qa_ray.sweep.state import check_resume
+    from qa_ray.tracking.runs import (
         credentials_to_environment,
         redact_uri,
         resolve_teacher,
@@ -183,8 +189,8 @@ def _cmd_sweep(args) -> int:
         print("# resource plan (this machine's resources are counted when the sweep starts)")
         print(json.dumps(plan(cfg), indent=2, default=str))
         return EXIT_OK
-    from qa_ray import plots
-    from qa_ray.config import check_hub_ids
+    from qa_ray.config.paths import check_hub_ids
+    from qa_ray.report import plots
 
     try:  # the report at the end needs them: say so now, not after hours of trials
         plots.check_available()
@@ -229,7 +235,7 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
     """The sweep's last words: why it stopped, or its report; the exit code."""
     import signal
 
-    from qa_ray.tracking import redact_uri
+    from qa_ray.tracking.runs import redact_uri
 
     trials = result.trials
     complete = [t for t in trials if t["status"] == "COMPLETE"]
@@ -257,7 +263,8 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
         for line in groups + [f"{n} x infeasible: {r}" for r, n in counts.most_common()]:
             print(f"  {line}")
         return EXIT_FAILED
-    from qa_ray.report import budget_lines, publish_pareto, trials_table
+    from qa_ray.report.publish import publish_pareto
+    from qa_ray.report.tables import budget_lines, trials_table
 
     summary = publish_pareto(
         uri, result.parent_run_id, cfg.objectives, cfg.constraints, budgets=args.budgets
@@ -293,16 +300,11 @@ def _cmd_pareto(args) -> int:
     from pydantic import ValidationError
 
     from qa_ray.pareto import parse_constraint
-    from qa_ray.report import (
-        budget_lines,
-        find_parent_run,
-        publish_comparison,
-        publish_pareto,
-        sweep_constraints,
-        trials_table,
-    )
-    from qa_ray.sweep_config import OBJECTIVE_METRICS, Objective
-    from qa_ray.tracking import resolve_tracking_uri
+    from qa_ray.report.publish import publish_comparison, publish_pareto
+    from qa_ray.report.summary import sweep_constraints
+    from qa_ray.report.tables import budget_lines, trials_table
+    from qa_ray.sweep.config import OBJECTIVE_METRICS, Objective
+    from qa_ray.tracking.runs import find_parent_run, resolve_tracking_uri
 
     # Checked before reading MLflow: every error at once, exit 2.
     errors, objectives = [], []
@@ -337,7 +339,7 @@ def _cmd_pareto(args) -> int:
 
 
 def _cmd_submit(args) -> int:
-    from qa_ray import jobs
+    from qa_ray.sweep import jobs
 
     job_id = jobs.submit(
         args.sweep,
@@ -359,7 +361,7 @@ def _cmd_submit(args) -> int:
 
 
 def _follow(address: str, job_id: str) -> int:
-    from qa_ray import jobs
+    from qa_ray.sweep import jobs
 
     try:
         status = jobs.follow(address, job_id)
@@ -375,7 +377,7 @@ def _follow(address: str, job_id: str) -> int:
 
 
 def _cmd_job(args) -> int:
-    from qa_ray import jobs
+    from qa_ray.sweep import jobs
 
     if args.action == "status":
         status, message = jobs.job_status(args.address, args.job_id)

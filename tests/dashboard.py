@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from qa_ray.tracking import find_parent_run
+    from qa_ray.tracking.runs import find_parent_run
 
     log = Path(tempfile.mkdtemp(prefix="qa-ray-dashboard-")) / "mlflow-server.log"
     artifacts = Path(args.artifacts_dir).resolve()

@@ -13,7 +13,7 @@ SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
 
 class RecordingSession:
-    """A :class:`qa_ray.train.Session` that keeps every report in memory (one worker, or one
+    """A :class:`qa_ray.training.session.Session` that keeps every report in memory (one worker, or one
     rank of a process group the test set up), and can hand the loop a checkpoint to resume."""
 
     def __init__(
@@ -86,7 +86,7 @@ def ddp_rank(rank: int, world_size: int, init_file: str, cfg: dict, out_dir: str
 
     import torch.distributed as dist
 
-    from qa_ray.train import train_loop_per_worker
+    from qa_ray.training.loop import train_loop_per_worker
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -125,7 +125,7 @@ def cuda_only_group_rank(rank: int, world_size: int, init_file: str, out_dir: st
 
     import torch.distributed as dist
 
-    from qa_ray.train import collective_device
+    from qa_ray.training.session import collective_device
 
     dist.init_process_group(
         "cuda:gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
@@ -222,7 +222,7 @@ def tiny_sweep(tmp_path, models, *, num_samples=4, tracking_uri=None) -> tuple[P
 def official_scores(examples, predictions: dict[str, str]) -> dict[str, float]:
     """The SQuAD v2.0 evaluation of ``predictions`` against ``examples`` (``exact``, ``f1``,
     ``total``, ...): what a task's own scores must equal for the answers it returned."""
-    from qa_ray.metrics import GoldQuestion, score
+    from qa_ray.scoring.squad import GoldQuestion, score
 
     return score([GoldQuestion(e.id, tuple(e.answers)) for e in examples], predictions).scores
 

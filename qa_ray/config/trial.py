@@ -1,25 +1,21 @@
-"""Configuration: one pydantic model per block, validated once, every error reported together.
+"""A trial's configuration: one pydantic model per block, validated once, every error together.
 
 A trial file (``qa-ray train``) has the blocks ``model``, ``data``, ``train`` and ``resources``;
 a sweep file (``qa-ray sweep``) adds ``search``, ``objectives`` and the sweep settings (see
-:mod:`qa_ray.sweep_config`). Unknown keys are errors everywhere (``extra="forbid"``).
+:mod:`qa_ray.sweep.config`). Unknown keys are errors everywhere (``extra="forbid"``).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint, parse_constraint
 
 __all__ = [
     "Block",
-    "ConfigError",
     "DataConfig",
     "DistillConfig",
     "LoraConfig",
@@ -28,33 +24,9 @@ __all__ = [
     "ResourcesConfig",
     "TrainConfig",
     "TrialConfig",
-    "apply_overrides",
     "check_windows",
-    "config_differences",
-    "load_trial_config",
-    "load_yaml",
     "parse_constraints",
-    "validate_model",
 ]
-
-
-class ConfigError(ValueError):
-    """Bad user input: a config, data or predictions file. The CLI exits with code 2.
-
-    Args:
-        source: the file (or ``"command line"``) the errors come from.
-        errors: every problem found, each naming the field, the rule and the value.
-    """
-
-    def __init__(self, source: str, errors: list[str]):
-        self.source = source
-        self.errors = list(errors)
-        lines = "\n".join(f"  - {e}" for e in self.errors)
-        n = len(self.errors)
-        super().__init__(f"{source}: {n} error{'s' if n != 1 else ''}\n{lines}")
-
-    def __reduce__(self):  # crosses Ray process boundaries
-        return (self.__class__, (self.source, self.errors))
 
 
 class Block(BaseModel):
@@ -78,7 +50,7 @@ class LoraConfig(Block):
 
 
 class LstmConfig(Block):
-    """Sizes of the ``bilstm_attention`` baseline (see :mod:`qa_ray.lstm`)."""
+    """Sizes of the ``bilstm_attention`` baseline (see :mod:`qa_ray.models.lstm`)."""
 
     embedding_dim: int = Field(128, gt=0, description="ignored with embeddings_from")
     hidden_size: int = Field(128, gt=0, description="per direction")
@@ -93,7 +65,7 @@ class LstmConfig(Block):
 
 class PruneConfig(Block):
     """Static pruning of attention heads and feed-forward units by importance measured on a
-    few training batches before fine-tuning (see :mod:`qa_ray.pruning`)."""
+    few training batches before fine-tuning (see :mod:`qa_ray.models.pruning`)."""
 
     heads: float = Field(
         0.0,
@@ -465,246 +437,3 @@ def check_windows(model: ModelConfig, data: DataConfig) -> None:
             f"windows, but got (doc_stride={data.doc_stride}, "
             f"max_seq_length={data.max_seq_length})"
         )
-
-
-def _is_branch(part: Any) -> bool:
-    # pydantic names union branches in the location: `str`, `function-after[...]`, `float`
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
-
-
-def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not _is_branch(p)) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return f"`{loc}`: unknown key (value {err['input']!r})"
-    if err["type"] == "missing":
-        return f"`{loc}`: required field is missing"
-    if "but got" in msg:  # our own validators already name fields and values
-        return f"`{loc}`: {msg}" if loc != "(top level)" else msg
-    return f"`{loc}`: {msg}, but got {err['input']!r}"
-
-
-def validate_model(cls: type[BaseModel], data: Any, source: str) -> Any:
-    """Validates ``data`` against ``cls``, raising one :class:`ConfigError` with every error."""
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"expected a mapping at the top level, but got {data!r}"])
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # In a union (`space: str | SearchSpace`), drop "not a string" when another branch
-        # has the real complaint about the same field.
-        branchy = [e for e in errors if any(_is_branch(p) for p in e["loc"])]
-        if len(branchy) > 1:
-            errors = [e for e in errors if not (e in branchy and e["type"] == "string_type")]
-        raise ConfigError(source, list(dict.fromkeys(_format_error(e) for e in errors))) from None
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a YAML mapping, turning I/O and syntax problems into :class:`ConfigError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(str(p), ["file not found"])
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(p), [f"expected a mapping at the top level, but got {data!r}"])
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies ``dotted.key=value`` overrides (values parsed as YAML) to a nested mapping.
-
-    Unknown keys are not caught here but by validation (``extra="forbid"``), which names them.
-    """
-    out = _deepcopy(data)
-    errors = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            errors.append(f"override {item!r}: expected dotted.key=value")
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                errors.append(
-                    f"override {item!r}: `{'.'.join(parts[: i + 1])}` is a value, not a block"
-                )
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
-    if errors:
-        raise ConfigError("command line", errors)
-    return out
-
-
-def config_differences(
-    before: Any, now: Any, *, was: str, may_change: frozenset[str] | set[str] = frozenset()
-) -> list[str]:
-    """One message per setting (dotted key) whose value differs between two config dumps:
-    "`train.max_steps`: {was} 2, but got 3"; keys in ``may_change`` are left out."""
-
-    def walk(a: Any, b: Any, prefix: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [
-                d
-                for k in sorted(set(a) | set(b))
-                for d in walk(a.get(k), b.get(k), f"{prefix}{k}.")
-            ]
-        key = prefix.rstrip(".")
-        if a != b and key not in may_change:
-            return [f"`{key}`: {was} {a!r}, but got {b!r}"]
-        return []
-
-    return walk(before, now, "")
-
-
-def _deepcopy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deepcopy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deepcopy(v) for v in data]
-    return data
-
-
-def resolve_local_path(value: str | None) -> str | None:
-    """Makes a local path absolute (Ray workers run in another directory); hub ids pass through."""
-    if value is None:
-        return None
-    expanded = os.path.expanduser(value)
-    looks_local = value.startswith(("/", "./", "../", "~")) or os.path.exists(expanded)
-    return os.path.abspath(expanded) if looks_local else value
-
-
-_LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".gz")
-
-
-def check_local_paths(cfg: TrialConfig, source: str) -> None:
-    """Fails before any cluster work when a path that is clearly local does not exist."""
-    errors = []
-    for field, value in (
-        ("model.name_or_path", cfg.model.name_or_path),
-        ("data.path", cfg.data.path),
-        ("data.eval_path", cfg.data.eval_path),
-    ):
-        if value is None or os.path.exists(os.path.expanduser(value)):
-            continue
-        first = Path(os.path.expanduser(value)).parts[0] if value else ""
-        if (
-            value.startswith(("/", ".", "~"))
-            or value.endswith(_LOCAL_SUFFIXES)
-            or (first != value and os.path.isdir(first))  # models/x with a models/ folder here
-        ):
-            errors.append(
-                f"`{field}`: no such file or folder, but got {value!r} (relative paths "
-                f"are resolved from the current directory, {os.getcwd()})"
-            )
-    distill = cfg.train.distill
-    if (
-        distill is not None
-        and distill.from_sweep is None  # looked up in MLflow (tracking.resolve_teacher)
-        and not os.path.isdir(os.path.expanduser(distill.teacher))
-    ):
-        errors.append(
-            f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
-            f"(a local folder; relative paths are resolved from {os.getcwd()})"
-        )
-    if errors:
-        raise ConfigError(source, errors)
-
-
-def check_hub_ids(cfg: TrialConfig, source: str, timeout: float = 5.0) -> list[str]:
-    """Checks that the hub ids among the model and data sources exist, before any Ray work.
-
-    Offline (``HF_HUB_OFFLINE=1``) an id must be in the local hub cache; online the hub is asked
-    (``timeout`` seconds). A hub that cannot be reached is not an error: its warning is returned
-    and the trials find out.
-
-    Raises:
-        ConfigError: naming the field, the value and what was looked at.
-    """
-    import huggingface_hub
-    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    errors, warnings = [], []
-    for field, value, repo_type, probe in (
-        ("model.name_or_path", cfg.model.name_or_path, "model", "config.json"),
-        ("data.path", cfg.data.path, "dataset", "README.md"),
-        ("data.eval_path", cfg.data.eval_path, "dataset", "README.md"),
-    ):
-        if value is None or os.path.exists(os.path.expanduser(value)):
-            continue
-        if offline:
-            cached = huggingface_hub.try_to_load_from_cache(value, probe, repo_type=repo_type)
-            if not isinstance(cached, str):
-                errors.append(
-                    f"`{field}`: {value!r} is not a local path, and HF_HUB_OFFLINE is set but "
-                    f"the local hub cache ({huggingface_hub.constants.HF_HUB_CACHE}) has no "
-                    f"{repo_type} by that id"
-                )
-            continue
-        try:
-            huggingface_hub.repo_info(value, repo_type=repo_type, timeout=timeout)
-        except RepositoryNotFoundError:
-            errors.append(
-                f"`{field}`: {value!r} is not a local path (from {os.getcwd()}) and the hub has "
-                f"no {repo_type} by that id (or it is gated/private: log in with `hf auth login`)"
-            )
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            warnings.append(
-                f"`{field}`: could not check {value!r} on the hub ({type(exc).__name__})"
-            )
-    if errors:
-        raise ConfigError(source, errors)
-    return warnings
-
-
-def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
-    """Returns ``cfg`` with its local model/data/output paths made absolute."""
-    lstm = cfg.model.lstm.model_copy(
-        update={"embeddings_from": resolve_local_path(cfg.model.lstm.embeddings_from)}
-    )
-    model = cfg.model.model_copy(
-        update={"name_or_path": resolve_local_path(cfg.model.name_or_path), "lstm": lstm}
-    )
-    data = cfg.data.model_copy(
-        update={
-            "path": resolve_local_path(cfg.data.path),
-            "eval_path": resolve_local_path(cfg.data.eval_path),
-            "cache_dir": resolve_local_path(cfg.data.cache_dir),
-        }
-    )
-    train = cfg.train
-    if train.distill is not None and train.distill.from_sweep is None:
-        teacher = os.path.abspath(os.path.expanduser(train.distill.teacher))
-        train = train.model_copy(
-            update={"distill": train.distill.model_copy(update={"teacher": teacher})}
-        )
-    return cfg.model_copy(
-        update={
-            "model": model,
-            "data": data,
-            "train": train,
-            "output_dir": os.path.abspath(cfg.output_dir),
-        }
-    )
-
-
-def load_trial_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrialConfig:
-    """Loads, overrides and validates a trial file; local paths come back absolute."""
-    data = apply_overrides(load_yaml(path), list(overrides))
-    cfg = validate_model(TrialConfig, data, str(path))
-    check_local_paths(cfg, str(path))
-    return absolutize_paths(cfg)

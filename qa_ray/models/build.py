@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from qa_ray import pruning
-from qa_ray.config import ModelConfig
+from qa_ray.config.trial import ModelConfig
+from qa_ray.models import pruning
 from qa_ray.tasks import TASKS
 
 __all__ = [
@@ -257,7 +257,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def _build_bilstm(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
     """The from-scratch LSTM baseline, sized for the tokenizer at ``cfg.name_or_path``."""
-    from qa_ray.lstm import BiLSTMAttentionConfig, BiLSTMAttentionForQuestionAnswering
+    from qa_ray.models.lstm import BiLSTMAttentionConfig, BiLSTMAttentionForQuestionAnswering
 
     tok = build_tokenizer(cfg)
     lstm = cfg.lstm

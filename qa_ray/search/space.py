@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from qa_ray.config import Block, TrialConfig
+from qa_ray.config.trial import Block, TrialConfig
 
 __all__ = [
     "AXES",

@@ -13,24 +13,21 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from qa_ray import metrics as m
-from qa_ray.config import (
+from qa_ray.config.files import apply_overrides, load_yaml, validate_model
+from qa_ray.config.paths import absolutize_paths, check_local_paths
+from qa_ray.config.trial import (
     Block,
-    ConfigError,
     DataConfig,
     ModelConfig,
     ResourcesConfig,
     TrainConfig,
     TrialConfig,
-    absolutize_paths,
-    apply_overrides,
-    check_local_paths,
     check_precision,
     check_windows,
-    load_yaml,
     parse_constraints,
-    validate_model,
 )
-from qa_ray.search_space import SearchSpace
+from qa_ray.errors import ConfigError
+from qa_ray.search.space import SearchSpace
 from qa_ray.tasks import FACTS
 
 __all__ = [

@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from qa_ray.config import ConfigError
+from qa_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["follow", "job_logs", "job_status", "stop_job", "submit"]
 
@@ -75,7 +78,7 @@ def submit(
     Raises:
         ConfigError: the sweep file is invalid or lies outside ``working_dir``.
     """
-    from qa_ray.sweep_config import load_sweep_config
+    from qa_ray.sweep.config import load_sweep_config
 
     cfg = load_sweep_config(sweep, overrides)  # exit 2 here, before the cluster is touched
     root = Path(working_dir).resolve()
@@ -86,7 +89,7 @@ def submit(
             sweep,
             [f"the sweep file must lie inside the uploaded working dir {root} (run from there)"],
         ) from None
-    from qa_ray.tracking import split_credentials
+    from qa_ray.tracking.runs import split_credentials
 
     # Credentials travel in the job's environment, never on its command line (Ray shows it).
     tracking_uri, secret_env = split_credentials(tracking_uri) if tracking_uri else (None, {})

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from qa_ray import data  # torch-free: the driver validates local data with its loaders
+# torch-free: the driver validates local data with these loaders
+from qa_ray.data.instructions import load_instruction_train_eval
+from qa_ray.data.squad import load_train_eval
 
 if TYPE_CHECKING:
     import contextlib
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from qa_ray.config import DataConfig
+    from qa_ray.config.trial import DataConfig
 
     #: The model a family trains and evaluates: a ``transformers`` model, or a peft model
     #: wrapping one (which forwards the same calls and attributes).
@@ -137,12 +139,12 @@ _SQUAD_SCORES = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoA
 
 #: Every family's :class:`FamilyFacts` by its ``model.task`` name.
 FACTS: Mapping[str, FamilyFacts] = {
-    "extractive": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
-    "generative": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
-    "seq2seq": FamilyFacts(_SQUAD_SCORES, data.load_train_eval),
+    "extractive": FamilyFacts(_SQUAD_SCORES, load_train_eval),
+    "generative": FamilyFacts(_SQUAD_SCORES, load_train_eval),
+    "seq2seq": FamilyFacts(_SQUAD_SCORES, load_train_eval),
     "instruction": FamilyFacts(
         ("loss", "perplexity"),
-        data.load_instruction_train_eval,
+        load_instruction_train_eval,
         # The seed's qualitative set: every finished trial's model answers these, logged side
         # by side.
         qualitative_questions=(

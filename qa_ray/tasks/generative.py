@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features, gold_questions, load_train_eval
-from qa_ray.metrics import score
+from qa_ray.data.examples import QAExample
+from qa_ray.data.features import cached_features
+from qa_ray.data.squad import gold_questions, load_train_eval
+from qa_ray.scoring.squad import score
 from qa_ray.tasks import FACTS, EvalOutput
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from qa_ray.config.trial import DataConfig
     from qa_ray.tasks import Autocast, Collate, Model, Tokenizer
 
 __all__ = [

@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qa_ray.config import DataConfig
-from qa_ray.data import InstructionExample, cached_features
-from qa_ray.data import load_instruction_train_eval as load_train_eval
+from qa_ray.data.examples import InstructionExample
+from qa_ray.data.features import cached_features
+from qa_ray.data.instructions import load_instruction_train_eval as load_train_eval
 from qa_ray.tasks import FACTS, EvalOutput
 from qa_ray.tasks.generative import collator, greedy_texts, loss, outputs
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from qa_ray.config.trial import DataConfig
     from qa_ray.tasks import Autocast, Model, Tokenizer
 
 __all__ = [

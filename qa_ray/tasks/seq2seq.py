@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qa_ray.config import DataConfig
-from qa_ray.data import QAExample, cached_features, load_train_eval
+from qa_ray.data.examples import QAExample
+from qa_ray.data.features import cached_features
+from qa_ray.data.squad import load_train_eval
 
 # Same right-padded batches and the same greedy-decode-and-score evaluation as the causal task.
 from qa_ray.tasks import FACTS
@@ -24,6 +25,7 @@ from qa_ray.tasks.generative import collator, context_window, evaluate
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from qa_ray.config.trial import DataConfig
     from qa_ray.tasks import Tokenizer
 
 __all__ = [

@@ -1,49 +1,31 @@
 """MLflow: one parent run per sweep, one nested child run per trial (tag ``mlflow.parentRunId``).
 
-Ray's ``MLflowLoggerCallback`` makes flat runs; :class:`MLflowSweepCallback` makes the nested
-layout a team reads: the parent carries the sweep config and the Pareto artifacts, each child
-the sampled params, metric curves (one point per evaluation) and final metrics, or status
-FAILED with the error. On ``--resume`` the same parent and children are reused, so no run is
-duplicated.
+The parent carries the sweep config and the Pareto artifacts, each child the sampled params,
+metric curves (one point per evaluation) and final metrics, or status FAILED with the error.
+On ``--resume`` the same parent and children are reused, so no run is duplicated.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import subprocess
 import time
 from importlib import metadata
 from typing import Any
 
-from ray.tune import Callback
-
-from qa_ray import metrics as m
-
 # The tag names live with the metric names; re-exported here for readers of this module.
 from qa_ray.metrics import (
-    CHECKPOINT_PATH,
     TAG_CHECKPOINT,
-    TAG_ERROR,
-    TAG_INFEASIBLE,
-    TAG_NODE,
-    TAG_NODE_ID,
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_ROLE,
-    TAG_STOPPED_EARLY_AT,
     TAG_SWEEP,
-    TAG_TRIAL_ID,
     TAG_TRIAL_NAME,
 )
-from qa_ray.search_space import axis_values
 
 __all__ = [
-    "MLflowSweepCallback",
-    "failure_reason",
     "find_parent_run",
     "log_hypervolume",
     "mlflow_client",
@@ -58,9 +40,6 @@ __all__ = [
     "split_credentials",
     "redact_uri",
     "QUALITATIVE_TABLE",
-    "TAG_PARENT",
-    "TAG_SWEEP",
-    "TAG_TRIAL_ID",
     "child_runs",
     "resolve_tracking_uri",
     "start_parent_run",
@@ -147,7 +126,7 @@ def start_parent_run(
             tags[f"version.{pkg}"] = metadata.version(pkg)
     run = client.create_run(_experiment_id(client, experiment), run_name=sweep_name, tags=tags)
     rid = run.info.run_id
-    client.log_batch(rid, params=_params(params))
+    client.log_batch(rid, params=mlflow_params(params))
     for name, text in artifacts.items():
         client.log_text(rid, text, name)
     return rid
@@ -229,7 +208,7 @@ def trial_checkpoint(uri: str, sweep: str, trial: str) -> str:
         ConfigError: no such sweep or trial, no checkpoint recorded, or the folder is not on
             this machine (a sweep stored on cloud storage: download the folder, pass its path).
     """
-    from qa_ray.config import ConfigError
+    from qa_ray.errors import ConfigError
 
     named = f"`train.distill.teacher` = 'sweep:{sweep}/{trial}'"
 
@@ -277,7 +256,7 @@ def find_parent_run(uri: str, sweep_or_run: str) -> str:
         ConfigError: neither names a sweep at ``uri`` (or no sqlite store is there: it is
             not created by looking).
     """
-    from qa_ray.config import ConfigError
+    from qa_ray.errors import ConfigError
 
     store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     if store is not None and not os.path.isfile(store):  # looking it up would create it
@@ -375,7 +354,7 @@ def start_comparison_run(uri: str, parent_ids: list[str], params: dict[str, Any]
         run_name="compare " + " vs ".join(names),
         tags={TAG_ROLE: "comparison", "qa_ray.compared": ",".join(parent_ids)},
     )
-    client.log_batch(run.info.run_id, params=_params({**params, "sweeps": names}))
+    client.log_batch(run.info.run_id, params=mlflow_params({**params, "sweeps": names}))
     client.set_terminated(run.info.run_id, status="FINISHED")
     return run.info.run_id
 
@@ -414,209 +393,7 @@ def log_hypervolume(uri: str, parent_id: str, history: list[float], front_size: 
     client.log_batch(parent_id, metrics=[*points, Metric(PARETO_FRONT_SIZE, front_size, now, 0)])
 
 
-def _params(values: dict[str, Any]):
+def mlflow_params(values: dict[str, Any]):
     from mlflow.entities import Param
 
     return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
-
-
-class MLflowSweepCallback(Callback):
-    """Logs every Tune trial as a nested child run of the sweep's parent run.
-
-    Args:
-        tracking_uri: the MLflow tracking URI.
-        parent_run_id: the sweep's parent run (see :func:`start_parent_run`).
-        metric_keys: the metrics worth logging as curves (the loop's metric names).
-    """
-
-    def __init__(
-        self,
-        tracking_uri: str,
-        parent_run_id: str,
-        metric_keys: tuple[str, ...],
-        base_config: dict[str, Any] | None = None,
-    ):
-        self.tracking_uri = tracking_uri
-        self.parent_run_id = parent_run_id
-        self.metric_keys = tuple(metric_keys)
-        self.base_config = base_config or {}
-        self._runs: dict[str, str] = {}
-        self._last_step: dict[str, int] = {}  # run id -> newest step logged
-        self._client = None
-
-    def __setstate__(self, state):  # callbacks pickled by an earlier qa-ray lack newer fields
-        state.setdefault("_last_step", {})
-        self.__dict__.update(state)
-
-    def __getstate__(self):  # pickled into Tune's experiment state; the client is not
-        state = self.__dict__.copy()
-        state["_client"] = None
-        return state
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = mlflow_client(self.tracking_uri)
-        return self._client
-
-    def _run_for(self, trial) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        existing = [
-            r
-            for r in child_runs(self.tracking_uri, self.parent_run_id)
-            if r.data.tags.get(TAG_TRIAL_ID) == trial.trial_id
-        ]
-        if existing:  # resumed sweep: keep logging into the trial's run
-            rid = existing[0].info.run_id
-            self.client.update_run(rid, status="RUNNING")
-            logged = self.client.get_metric_history(rid, m.STEP)
-            self._last_step[rid] = max((int(h.value) for h in logged), default=-1)
-        else:
-            parent = self.client.get_run(self.parent_run_id)
-            run = self.client.create_run(
-                parent.info.experiment_id,
-                run_name=trial.trial_name if hasattr(trial, "trial_name") else str(trial),
-                tags={
-                    TAG_PARENT: self.parent_run_id,
-                    TAG_TRIAL_ID: trial.trial_id,
-                    TAG_TRIAL_NAME: str(trial),
-                    TAG_SWEEP: parent.data.tags.get(TAG_SWEEP, ""),
-                    TAG_ROLE: "trial",
-                },
-            )
-            rid = run.info.run_id
-            # The sampled axes, plus the fixed ones (bits, finetune, ...) resolved from the
-            # sweep's base config, so every child says what it trained.
-            params = axis_values(self.base_config, trial.config) if self.base_config else {}
-            self.client.log_batch(rid, params=_params({**params, **trial.config}))
-        self._runs[trial.trial_id] = rid
-        return rid
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
-
-    def _log_worker_output(self, rid: str, result: dict[str, Any]) -> None:
-        """The trial's worker log as artifacts of its run (what ``-v`` would have shown)."""
-        try:
-            logs = _worker_output(result)
-        except Exception as exc:  # a node gone (preempted), no dashboard: the run still ends
-            logger.warning("could not fetch the worker log of run %s: %s", rid, exc)
-            return
-        for name, text in logs.items():
-            self.client.log_text(rid, text, name)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
-        rid = self._run_for(trial)
-        step = int(result.get(m.STEP, result.get(m.TRAINING_ITERATION, 0)))
-        if step <= self._last_step.get(rid, -1):
-            # A resumed trial with no checkpoint to resume from starts over: its history is
-            # already logged up to here, and is not written a second time.
-            return
-        self._last_step[rid] = step
-        ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [
-            Metric(k, v, ts, step)
-            for k, v in m.finite_numbers(result).items()
-            if k in self.metric_keys
-        ]
-        self.client.log_batch(rid, metrics=metrics)
-        answers = result.get(m.QUALITATIVE)
-        if answers:  # appended to the table on every evaluation, so none is lost on a crash
-            self.client.log_table(
-                rid,
-                {
-                    "step": [step] * len(answers),
-                    "question": [a["question"] for a in answers],
-                    "answer": [a["answer"] for a in answers],
-                },
-                QUALITATIVE_TABLE,
-            )
-        for tag, key in ((TAG_NODE, m.WORKER_NODE_IP), (TAG_NODE_ID, m.WORKER_NODE_ID)):
-            if result.get(key):
-                self.client.set_tag(rid, tag, str(result[key]))
-        if result.get(CHECKPOINT_PATH):  # Ray Train keeps the newest (num_to_keep counts back)
-            self.client.set_tag(rid, TAG_CHECKPOINT, str(result[CHECKPOINT_PATH]))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        rid = self._run_for(trial)
-        final = trial.last_result or {}
-        self.client.log_text(rid, json.dumps(final, indent=2, default=str), "final_result.json")
-        if final.get(m.INFEASIBLE):
-            tags = {TAG_OUTCOME: "infeasible", TAG_INFEASIBLE: str(final.get(m.INFEASIBLE_REASON))}
-        elif final.get(m.STOPPED_EARLY_AT) is not None:
-            tags = {TAG_OUTCOME: "pruned", TAG_STOPPED_EARLY_AT: f"{final[m.STOPPED_EARLY_AT]:g}"}
-        else:
-            tags = {TAG_OUTCOME: "complete"}
-        for tag, value in tags.items():
-            self.client.set_tag(rid, tag, value[:4000])
-        self._log_worker_output(rid, final)
-        self.client.set_terminated(rid, status="FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        rid = self._run_for(trial)
-        message = trial_error_text(trial)
-        self.client.set_tag(rid, TAG_ERROR, message[:4000])
-        self.client.log_text(rid, message, "error.txt")
-        self._log_worker_output(rid, trial.last_result or {})
-        self.client.set_terminated(rid, status="FAILED")
-
-
-def _worker_output(result: dict[str, Any]) -> dict[str, str]:
-    """The output of the trial's rank-0 worker process (``worker_pid`` on ``worker_node_id``,
-    from its reports), read through Ray's State API from whichever node ran it:
-    ``{"worker/rank0.out": ..., "worker/rank0.err": ...}`` (Python logging is on stderr)."""
-    from ray.util.state import get_log
-
-    node, pid = result.get(m.WORKER_NODE_ID), result.get(m.WORKER_PID)
-    if not node or not pid:
-        return {}
-    return {
-        f"worker/rank0.{suffix}": "".join(
-            get_log(
-                node_id=node,
-                pid=int(pid),
-                suffix=suffix,
-                tail=-1,
-                timeout=10,
-                filter_ansi_code=True,
-            )
-        )
-        for suffix in ("out", "err")
-    }
-
-
-_EXCEPTION_LINE = re.compile(
-    r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?:\([\w.]*\))?: (.+)$"
-)
-
-
-def failure_reason(text: str) -> str:
-    """The reason a trial failed, from its error text (a traceback, Ray's wrapping included):
-    the last exception's type and the first line of its message, e.g. ``OSError: ... is not
-    a local folder and is not a valid model identifier ...``. Later lines of a message (hints
-    such as "Check your internet connection ...") and traceback frames are left out."""
-    lines = [ln.strip() for ln in text.strip().splitlines()]
-    for line in reversed(lines):
-        match = _EXCEPTION_LINE.match(line)
-        if match:
-            return f"{match.group(1)}: {match.group(2)}"[:400]
-    return (lines[-1] if lines else "unknown error")[:400]
-
-
-def trial_error_text(trial) -> str:
-    """The failed trial's error as Tune recorded it (its error file, else the exception)."""
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        if path and os.path.exists(path):
-            with open(path) as f:
-                return f.read()
-    except OSError:
-        pass
-    with contextlib.suppress(Exception):
-        err = trial.get_error()
-        if err is not None:
-            return str(err)
-    return "trial failed (no error text recorded)"

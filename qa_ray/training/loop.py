@@ -1,458 +1,61 @@
 """The per-worker training loop: ``setup()`` builds a trial, ``train()`` runs it.
 
 ``train_loop_per_worker(config)`` is what every Ray Train worker of a trial runs (``config`` is a
-:class:`~qa_ray.config.TrialConfig` as a dict). Called in-process without Ray (``qa-ray train``)
-it runs the same code as a single worker and writes its results to ``output_dir``.
+:class:`~qa_ray.config.trial.TrialConfig` as a dict). Called in-process without Ray (``qa-ray
+train``) it runs the same code as a single worker and writes its results to ``output_dir``.
 
 Read it as a recipe: :func:`setup` builds the trial's parts (data, model, optimizer, schedule,
-precision) into one :class:`Trial` and restores a checkpoint if there is one; :func:`train` is
-one loop over micro-batches that steps the optimizer, then evaluates, checkpoints and reports.
-The Ray touch points are marked ``# [ray N]`` where the loop calls them:
+precision) into one :class:`~.trial.Trial` and restores a checkpoint if there is one;
+:func:`train` is one loop over micro-batches that steps the optimizer, then evaluates,
+checkpoints and reports. The Ray touch points are marked ``# [ray N]`` where the loop calls
+them:
 
   1. the session: rank, world size and device from the Ray Train context, and the checkpoint
      to resume from (``ray.train.get_checkpoint``)
   2. ``ray.train.torch.prepare_model`` (DDP when a trial has several workers)
   3. ``ray.train.report`` with metrics, and a checkpoint from rank 0
 
-Both sessions, :class:`RaySession` and :class:`LocalSession`, follow :class:`Session`, so the
-loop never asks which one it has.
+Longer than 500 lines because it is the recipe: setup, the loop, budget checks, reports and
+evaluation read top to bottom in one file, as torchtune's recipes and nanoGPT's loop do; every
+part it calls lives in its own module beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
-import json
 import logging
 import math
-import os
-import random
-import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sized
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from qa_ray import metrics as m
-from qa_ray.config import TrainConfig, TrialConfig, parse_constraints
-from qa_ray.models import ModelSize, build_model, build_tokenizer, load_weights, model_size
-from qa_ray.pruning import PLAN_FILE, PLAN_KEY, stored_plan
+from qa_ray.config.trial import TrainConfig, TrialConfig, parse_constraints
+from qa_ray.models.build import build_model, build_tokenizer, model_size
+from qa_ray.models.pruning import stored_plan
 from qa_ray.tasks import TASKS, TaskFamily
+from qa_ray.training.checkpoint import load_checkpoint, save_checkpoint
+from qa_ray.training.distill import build_teacher, distillation_loss
+from qa_ray.training.memory import TrialOutOfMemory, free_memory, is_out_of_memory, peak_memory_mb
+from qa_ray.training.precision import Precision, resolve_precision
+from qa_ray.training.schedule import TimeBudget, lr_factor, warmup_steps
+from qa_ray.training.session import Session, from_rank0, open_session, reduce_values
+from qa_ray.training.trial import Meters, ResumableSampler, Trial
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from qa_ray.pareto import Constraint
-    from qa_ray.tasks import Model, Tokenizer
+    from qa_ray.tasks import Tokenizer
 
-__all__ = [
-    "LocalSession",
-    "Meters",
-    "Precision",
-    "RaySession",
-    "Session",
-    "TimeBudget",
-    "Trial",
-    "TrialOutOfMemory",
-    "distillation_loss",
-    "is_out_of_memory",
-    "latest_local_checkpoint",
-    "lr_factor",
-    "setup",
-    "train",
-    "train_loop_per_worker",
-]
+__all__ = ["setup", "train", "train_loop_per_worker"]
 
 logger = logging.getLogger(__name__)
-
-TRAINING_STATE = "training_state.json"  # step, epoch, position, meters, budget (readable)
-TRAINING_TENSORS = "training_state.pt"  # optimizer, scheduler, scaler, RNG states
-
-
-# ---- sessions --------------------------------------------------------------------------------
-
-
-class Session(Protocol):
-    """Where a worker runs and where its reports go: Ray Train, or in-process."""
-
-    world_rank: int
-    world_size: int
-    device: torch.device
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model ready for this worker (DDP-wrapped across several workers)."""
-        ...
-
-    def latest_checkpoint(self) -> str | None:
-        """A local folder holding the checkpoint to resume from, or ``None``."""
-        ...
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        """Reports metrics (every rank) and a checkpoint (rank 0, or ``None``)."""
-        ...
-
-    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
-        """Keeps the final metrics and predictions (rank 0) where the user reads them."""
-        ...
-
-
-class LocalSession:
-    """Stands in for Ray Train when the loop runs in-process: one worker, files in ``output_dir``.
-
-    Keeps the newest ``keep`` checkpoints under ``output_dir/checkpoints`` and prints one
-    progress line per report. With ``resume``, the newest of them is the one to resume from.
-    """
-
-    world_rank, world_size = 0, 1
-
-    def __init__(self, output_dir: str, keep: int, device: torch.device, resume: bool = False):
-        self.output_dir = Path(output_dir)
-        self.keep = keep
-        self.device = device
-        self.resume = resume
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def latest_checkpoint(self) -> str | None:
-        if not self.resume:
-            return None
-        newest = latest_local_checkpoint(self.output_dir)
-        if newest is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint under {self.output_dir / 'checkpoints'} "
-                "(`output_dir`); run without --resume to start from step 0"
-            )
-        return str(newest)
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        print(_progress_line(metrics), flush=True)
-        if checkpoint_dir is None:
-            return
-        root = self.output_dir / "checkpoints"
-        target = root / f"step_{metrics[m.STEP]:06d}"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, target)
-        for old in _local_checkpoints(self.output_dir)[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if predictions is not None:
-            (self.output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
-
-
-def _local_checkpoints(output_dir: Path) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    done = [p for p in root.glob("step_*") if (p / TRAINING_STATE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.removeprefix("step_")))
-
-
-def latest_local_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint that ``qa-ray train`` wrote under ``output_dir``."""
-    found = _local_checkpoints(Path(output_dir))
-    return found[-1] if found else None
-
-
-class RaySession:
-    """A Ray Train worker: rank and device from its context; reports go to Ray Train."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        import ray.train.torch
-
-        # k-bit weights are placed by bitsandbytes at load time; moving them again is an error.
-        kbit = any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
-        return ray.train.torch.prepare_model(model, move_to_device=not kbit)
-
-    def latest_checkpoint(self) -> str | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()  # after a worker failure, or a resumed sweep
-        return checkpoint.to_directory() if checkpoint is not None else None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        metrics = dict(
-            metrics,
-            **{
-                m.WORKER_NODE_IP: ray.util.get_node_ip_address(),
-                m.WORKER_NODE_ID: ray.get_runtime_context().get_node_id(),
-                m.WORKER_PID: os.getpid(),  # its output: the trial's worker log (MLflow)
-            },
-        )
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
-        pass  # the final report's checkpoint holds them (metrics.json, predictions.json)
-
-
-def _in_ray_worker() -> bool:
-    try:
-        import ray.train
-
-        ray.train.get_context()
-        return True
-    except (ImportError, RuntimeError):
-        return False
-
-
-def open_session(cfg: TrialConfig, resume: bool = False) -> Session:
-    """Ray Train's session inside a Ray worker, else a :class:`LocalSession` on ``output_dir``."""
-    if _in_ray_worker():
-        return RaySession()
-    return LocalSession(
-        cfg.output_dir, cfg.train.checkpoints_to_keep, _resolve_device(cfg), resume=resume
-    )
-
-
-def _resolve_device(cfg: TrialConfig) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("`train.device` is 'cuda' but no CUDA device is visible")
-    if cfg.train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-# ---- collectives: every tensor on a device the process group's backend serves ----------------
-
-
-def collective_device(device: torch.device) -> torch.device:
-    """The device a collective's tensor must live on in this worker's process group.
-
-    Ray Train's process group is NCCL on GPU workers (``"cuda:nccl"``), which serves CUDA
-    tensors only, and gloo on CPU workers (``"cpu:gloo,cuda:gloo"``). A CPU tensor goes where a
-    backend serves the CPU; otherwise the worker's own device.
-    """
-    served = {part.split(":")[0] for part in dist.get_backend_config().split(",") if ":" in part}
-    if "cpu" in served:
-        return torch.device("cpu")
-    if device.type not in served:
-        raise RuntimeError(
-            f"the process group serves {sorted(served)} tensors, but this worker's device is "
-            f"{device}"
-        )
-    return device
-
-
-def _distributed(world_size: int) -> bool:
-    return world_size > 1 and dist.is_initialized()
-
-
-def _from_rank0(values: list[float], session: Session) -> list[float]:
-    """Rank 0's values on every rank (decisions all ranks must share)."""
-    if not _distributed(session.world_size):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=collective_device(session.device))
-    dist.broadcast(t, src=0)
-    return t.tolist()
-
-
-def _reduce(values: list[float], op: dist.ReduceOp.RedOpType, session: Session) -> list[float]:
-    if not _distributed(session.world_size):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=collective_device(session.device))
-    dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
-# ---- precision -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast dtype and loss scaling of a trial; trained parameters always stay fp32.
-
-    On GPU, ``train.precision`` picks the autocast dtype (``auto``: bf16 where supported). On
-    CPU only 16-bit trials autocast (bf16: their frozen weights are bf16); the rest compute fp32.
-    fp16 scales the loss (``GradScaler``); the scaler is a no-op otherwise.
-    """
-
-    device_type: str
-    dtype: torch.dtype | None  # None: no autocast, fp32 compute
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """What k-bit layers compute in, and the dtype of frozen non-quantized weights."""
-        return self.dtype or torch.float32
-
-    @property
-    def scales_loss(self) -> bool:
-        """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
-        return self.dtype == torch.float16
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device_type, enabled=self.scales_loss)
-
-
-def resolve_precision(cfg: TrialConfig, device: torch.device) -> Precision:
-    """The trial's :class:`Precision` on ``device`` (see its docstring for the rules)."""
-    bits, asked = cfg.model.quantization_bits, cfg.train.precision
-    if device.type != "cuda":
-        return Precision(device.type, torch.bfloat16 if bits == 16 else None)
-    if asked == "fp32":
-        return Precision("cuda", None)
-    if asked == "fp16" or (asked == "auto" and not torch.cuda.is_bf16_supported()):
-        return Precision("cuda", torch.float16)
-    return Precision("cuda", torch.bfloat16)
-
-
-# ---- the time budget and the schedule --------------------------------------------------------
-
-_REPLAN_AT = 3  # steps before the first re-plan (the first steps are slower)
-
-
-class TimeBudget:
-    """``train.max_train_seconds`` of wall time from the start of training (evaluations
-    included), and the horizon of the learning-rate schedule.
-
-    A budgeted run re-plans the horizon from its running step time after every step, so its
-    learning rate still warms up and decays over the steps it will really do. Rank 0 decides;
-    the loop broadcasts its decision, so no two ranks ever step with different learning rates.
-    """
-
-    def __init__(self, seconds: float | None, planned_steps: int):
-        self.seconds = seconds
-        self.planned_steps = planned_steps
-        self.horizon = planned_steps
-        self._spent = 0.0  # before this process (a resumed trial)
-        self._since = time.perf_counter()
-
-    def start(self) -> None:
-        """Starts (or, resumed, continues) the clock."""
-        self._since = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self._spent + time.perf_counter() - self._since
-
-    def replan(self, step: int) -> None:
-        if self.seconds is None or step < _REPLAN_AT:
-            return
-        per_step = self.elapsed() / step
-        self.horizon = max(step + 1, min(self.planned_steps, int(self.seconds / per_step)))
-
-    def expired(self) -> bool:
-        return self.seconds is not None and self.elapsed() >= self.seconds
-
-    def state_dict(self) -> dict[str, float]:
-        return {"elapsed": self.elapsed(), "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self._spent, self._since = float(state["elapsed"]), time.perf_counter()
-        self.horizon = int(state["horizon"])
-
-
-def warmup_steps(cfg: TrainConfig, total: int) -> int:
-    if cfg.warmup_steps is not None:
-        return cfg.warmup_steps
-    return round((cfg.warmup_ratio or 0.0) * total)
-
-
-def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
-    """Linear warmup, then linear/cosine decay to 0 (or constant) over ``total`` steps."""
-    warmup = warmup_steps(cfg, total)
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if cfg.lr_scheduler == "constant_with_warmup":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if cfg.lr_scheduler == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max(0.0, 1.0 - progress)
-
-
-# ---- the trial's parts and its running meters ------------------------------------------------
-
-
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` seeded with ``train.seed`` (same order on every rank, a new one
-    every epoch) that can start an epoch part-way, where a resumed trial left it."""
-
-    skip = 0  # samples of this rank to skip at the next iteration only
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
-
-
-@dataclass
-class Trial:
-    """Everything :func:`setup` builds for one trial."""
-
-    cfg: TrialConfig
-    task: TaskFamily
-    session: Session
-    precision: Precision
-    tokenizer: Any
-    model: torch.nn.Module  # DDP-wrapped across several workers
-    size: ModelSize
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    sampler: ResumableSampler
-    loader: DataLoader
-    eval_examples: list
-    eval_features: Dataset | None  # rank 0 only
-    steps_per_epoch: int
-    max_steps: int
-    budget: TimeBudget
-    budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
-    teacher: torch.nn.Module | None = None  # knowledge distillation: frozen, in eval mode
-
-    @property
-    def unwrapped(self) -> Model:
-        """The model without DDP's wrapper: a transformers model, or a peft one wrapping it."""
-        return cast("Model", getattr(self.model, "module", self.model))
-
-    @property
-    def rank0(self) -> bool:
-        return self.session.world_rank == 0
-
-
-@dataclass
-class Meters:
-    """The loop's position and running sums; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0  # epochs started
-    batches_in_epoch: int = 0  # micro-batches of this rank taken in the current epoch
-    loss_sum: float = 0.0  # since the last report
-    loss_batches: int = 0
-    samples: int = 0  # this rank's, since the start
-    train_seconds: float = 0.0  # training only (no evaluation), since the start
-    last_checkpoint_time: float = field(default=0.0, repr=False)
-    last_report_time: float = field(default=0.0, repr=False)
-
-    def take_loss(self) -> float:
-        mean = self.loss_sum / self.loss_batches if self.loss_batches else float("nan")
-        self.loss_sum, self.loss_batches = 0.0, 0
-        return mean
 
 
 # ---- setup -----------------------------------------------------------------------------------
@@ -559,69 +162,6 @@ def _importance_losses(
                 yield task.loss(model, batch)
 
     return losses
-
-
-def build_teacher(
-    cfg: TrialConfig, tokenizer: Tokenizer, device: torch.device, precision: Precision
-) -> torch.nn.Module:
-    """The distillation teacher: the model at ``train.distill.teacher`` for the same task, in
-    the student's precision (16-bit weights when the student autocasts), frozen, in eval mode.
-    It lives in the trial's process, so its memory counts in the trial's peak.
-
-    Raises:
-        ValueError: the teacher's tokenizer is not the student's (their logits would not
-            line up), or the folder is a LoRA adapter (merge it into its base model first).
-    """
-    from transformers import AutoTokenizer
-
-    assert cfg.train.distill is not None
-    path = cfg.train.distill.teacher
-    if (Path(path) / "adapter_config.json").is_file():
-        raise ValueError(
-            f"`train.distill.teacher` = {path!r} is a LoRA adapter: distill from a full model "
-            "folder (merge the adapter into its base model, peft's merge_and_unload)"
-        )
-    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
-            f"`train.distill.teacher` = {path!r} has another vocabulary than "
-            f"`model.name_or_path` = {cfg.model.name_or_path!r}: their logits do not line up"
-        )
-    bits = 16 if precision.dtype is not None else 32
-    # The teacher as its folder holds it: none of the student's own shaping (fewer layers,
-    # pruned heads) or training settings.
-    teacher_cfg = cfg.model.model_copy(
-        update={
-            "name_or_path": path,
-            "finetune": "full",
-            "quantization_bits": bits,
-            "keep_layers": None,
-            "prune": None,
-            "gradient_checkpointing": False,
-        }
-    )
-    teacher = build_model(teacher_cfg, device, precision.compute_dtype)
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
-
-
-def distillation_loss(
-    student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float
-) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` per row of each pair of
-    logits (the distribution is over the last dimension), averaged over rows, then over pairs
-    (``T^2`` keeps the gradient's scale independent of ``T``, Hinton et al. 2015)."""
-    f = torch.nn.functional
-    terms = [
-        f.kl_div(
-            f.log_softmax(s.float() / temperature, dim=-1),
-            f.log_softmax(t.float() / temperature, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        for s, t in zip(student, teacher, strict=True)
-    ]
-    return torch.stack(terms).mean() * temperature**2
 
 
 def training_loss(trial: Trial, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -745,7 +285,7 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
 
             # -- rank 0 decides what all ranks do next: horizon, out of time, checkpoint
             trial.budget.replan(meters.step)
-            horizon, out_of_time, checkpoint_due, progress_due = _from_rank0(
+            horizon, out_of_time, checkpoint_due, progress_due = from_rank0(
                 [
                     trial.budget.horizon,
                     trial.budget.expired(),
@@ -803,8 +343,8 @@ def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
         m.TOTAL_PARAMS: trial.size.total_params,
     }
     if any(c.metric == m.PEAK_MEMORY_MB for c in budgets):
-        values[m.PEAK_MEMORY_MB] = _reduce(
-            [_peak_memory_mb(trial.session.device)], dist.ReduceOp.MAX, trial.session
+        values[m.PEAK_MEMORY_MB] = reduce_values(
+            [peak_memory_mb(trial.session.device)], dist.ReduceOp.MAX, trial.session
         )[0]
     for c in budgets:
         if not c.holds(values):
@@ -856,10 +396,10 @@ def report(
         started = time.perf_counter()
         result, predictions = _evaluate(trial)
         result[m.EVAL_SECONDS] = time.perf_counter() - started
-    peak = _reduce([_peak_memory_mb(session.device)], dist.ReduceOp.MAX, session)[0]
+    peak = reduce_values([peak_memory_mb(session.device)], dist.ReduceOp.MAX, session)[0]
     loss = meters.take_loss()
     # Every rank's mean loss, averaged: the loss of the whole step, as one worker would see it.
-    loss = _reduce([loss], dist.ReduceOp.SUM, session)[0] / session.world_size
+    loss = reduce_values([loss], dist.ReduceOp.SUM, session)[0] / session.world_size
     seconds = meters.train_seconds
     result.update(
         {
@@ -924,115 +464,6 @@ def _evaluate(trial: Trial) -> tuple[dict[str, Any], dict[str, str]]:
     return result, out.predictions
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-_PROGRESS_EVAL = ((m.EVAL_EXACT, ".2f"), (m.EVAL_F1, ".2f"), (m.EVAL_LOSS, ".4f"),
-                  (m.EVAL_PERPLEXITY, ".2f"))  # fmt: skip
-
-
-def _progress_line(r: dict[str, Any]) -> str:
-    evals = " ".join(f"{m.LABELS[k]} {r[k]:{fmt}}" for k, fmt in _PROGRESS_EVAL if k in r)
-    return (
-        f"step {r[m.STEP]} epoch {r[m.EPOCH]:.2f} | loss {r[m.TRAIN_LOSS]:.4f} | "
-        f"lr {r[m.LEARNING_RATE]:.2e} | {evals or 'no eval'} | "
-        f"peak {r[m.PEAK_MEMORY_MB]:.0f} MB | {r[m.TRAIN_SAMPLES_PER_SECOND]:.1f} samples/s"
-    )
-
-
-# ---- checkpoints -----------------------------------------------------------------------------
-
-
-def save_checkpoint(
-    trial: Trial,
-    meters: Meters,
-    metrics: dict[str, Any],
-    predictions: dict[str, str] | None,
-) -> str:
-    """Writes a checkpoint to a new temporary folder (the caller reports, then removes it).
-
-    It holds the model (adapter and trained heads only, for LoRA) and tokenizer as
-    ``save_pretrained`` writes them, so it loads with ``from_pretrained`` /
-    ``PeftModel.from_pretrained``; the trial config; the metrics and predictions of the report;
-    and what resuming needs: optimizer, scheduler and scaler state, RNG states, the loop's
-    meters and position, and the time budget.
-    """
-    path = tempfile.mkdtemp(prefix="qa-ray-ckpt-")
-    trial.unwrapped.save_pretrained(path)
-    trial.tokenizer.save_pretrained(path)
-    files = {
-        "trial_config.json": trial.cfg.model_dump(),
-        # The pruned heads and units (a LoRA checkpoint has no base config.json to hold them).
-        **({PLAN_FILE: plan} if (plan := getattr(trial.unwrapped.config, PLAN_KEY, None)) else {}),
-        "metrics.json": metrics,
-        TRAINING_STATE: {"meters": asdict(meters), "budget": trial.budget.state_dict()},
-    }
-    if predictions is not None:
-        files["predictions.json"] = predictions
-    for name, payload in files.items():
-        Path(path, name).write_text(json.dumps(payload, indent=2))
-    torch.save(
-        {
-            "optimizer": trial.optimizer.state_dict(),
-            "scheduler": trial.scheduler.state_dict(),
-            "scaler": trial.scaler.state_dict(),
-            "rng": _rng_state(),
-        },
-        Path(path, TRAINING_TENSORS),
-    )
-    return path
-
-
-def load_checkpoint(trial: Trial, path: str) -> Meters:
-    """Restores weights, optimizer, scheduler, scaler, RNG, budget from a checkpoint folder
-    written by :func:`save_checkpoint`; returns the meters to continue with."""
-    _load_weights(trial.unwrapped, Path(path))
-    tensors = torch.load(Path(path, TRAINING_TENSORS), map_location="cpu", weights_only=False)
-    trial.optimizer.load_state_dict(tensors["optimizer"])
-    trial.scheduler.load_state_dict(tensors["scheduler"])
-    trial.scaler.load_state_dict(tensors["scaler"])
-    state = json.loads(Path(path, TRAINING_STATE).read_text())
-    trial.budget.load_state_dict(state["budget"])
-    _set_rng_state(tensors["rng"])
-    return Meters(**state["meters"])
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    adapter = path / "adapter_model.safetensors"
-    if adapter.is_file():  # LoRA: the adapters and the heads peft saves with them
-        from peft import set_peft_model_state_dict
-
-        result: Any = set_peft_model_state_dict(model, load_file(adapter))
-        if result.unexpected_keys:
-            raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:5]}")
-        return
-    load_weights(model, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---- entry point -----------------------------------------------------------------------------
 
 
@@ -1042,7 +473,7 @@ def train_loop_per_worker(
     """Fine-tunes and evaluates one configuration; reports metrics at every evaluation.
 
     Args:
-        config: a :class:`~qa_ray.config.TrialConfig` as a dict (validated here).
+        config: a :class:`~qa_ray.config.trial.TrialConfig` as a dict (validated here).
         session: where reports go; ``None`` opens Ray Train's inside a Ray worker, else a
             :class:`LocalSession` writing to ``output_dir``.
         resume: in-process only: continue from ``output_dir``'s newest checkpoint (Ray
@@ -1060,39 +491,13 @@ def train_loop_per_worker(
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        peak = _peak_memory_mb(session.device)
+        peak = peak_memory_mb(session.device)
         reason = f"out of memory at {peak:.0f} MB peak ({type(exc).__name__}: {exc})".splitlines()
         if trial is None or session.world_size > 1:
             # Other ranks may wait in a collective this rank will never join: fail the worker
             # group (Ray Train stops it); the sweep records the trial infeasible.
             raise TrialOutOfMemory(peak, reason[0]) from exc
-        _free_memory(trial)
+        free_memory(trial)
         return report(
             trial, meters, evaluate=False, checkpoint=False, final=True, infeasible=reason[0]
         )
-
-
-class TrialOutOfMemory(RuntimeError):
-    """A trial ran out of memory; ``peak_memory_mb`` is the most it held before."""
-
-    def __init__(self, peak_memory_mb: float, reason: str):
-        super().__init__(reason)
-        self.peak_memory_mb = peak_memory_mb
-
-    def __reduce__(self):  # crosses Ray process boundaries
-        return (type(self), (self.peak_memory_mb, str(self)))
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation: CUDA's ``OutOfMemoryError``, the CPU allocator's ``can't allocate
-    memory``, Python's ``MemoryError``, or :class:`TrialOutOfMemory`."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError | TrialOutOfMemory):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
-def _free_memory(trial: Trial) -> None:
-    trial.optimizer.zero_grad(set_to_none=True)
-    gc.collect()
-    if trial.session.device.type == "cuda":
-        torch.cuda.empty_cache()

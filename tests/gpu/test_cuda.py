@@ -11,8 +11,9 @@ import os
 import torch
 
 from qa_ray import metrics as m
-from qa_ray.config import TrialConfig
-from qa_ray.train import resolve_precision, setup, train, train_loop_per_worker
+from qa_ray.config.trial import TrialConfig
+from qa_ray.training.loop import setup, train, train_loop_per_worker
+from qa_ray.training.precision import resolve_precision
 from tests.helpers import RecordingSession, requires_cuda, trial_dict
 
 
@@ -76,7 +77,7 @@ def test_collectives_of_an_nccl_group_run_on_the_gpu(tmp_path):
     """A one-rank NCCL group (one GPU): the loop's reductions go on CUDA tensors."""
     import torch.distributed as dist
 
-    from qa_ray import train as loop
+    from qa_ray.training import loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
     dist.init_process_group("nccl", rank=0, world_size=1)
@@ -84,7 +85,7 @@ def test_collectives_of_an_nccl_group_run_on_the_gpu(tmp_path):
         assert loop.collective_device(torch.device("cuda:0")).type == "cuda"
         session = RecordingSession(device="cuda:0")
         session.world_size = 1
-        assert loop._reduce([3.0], dist.ReduceOp.MAX, session) == [3.0]
+        assert loop.reduce_values([3.0], dist.ReduceOp.MAX, session) == [3.0]
         t = torch.tensor([1.0, 2.0], device="cuda:0")
         dist.all_reduce(t)
         assert t.tolist() == [1.0, 2.0]

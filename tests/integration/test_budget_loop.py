@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from qa_ray import metrics as m
-from qa_ray import train as loop
 from qa_ray.cli import main
-from qa_ray.train import TrialOutOfMemory, train_loop_per_worker
+from qa_ray.training import loop
+from qa_ray.training.loop import train_loop_per_worker
+from qa_ray.training.memory import TrialOutOfMemory
 from tests.helpers import RecordingSession, trial_dict
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def test_a_model_over_a_size_budget_takes_no_step(tiny_model_dir, tmp_path):
 def test_peak_memory_over_budget_stops_at_that_step(tiny_model_dir, tmp_path, monkeypatch):
     """The peak grows 10 MB a reading; the budget is broken at the 4th reading (step 3 of 6)."""
     readings = iter(range(100, 10_000, 10))
-    monkeypatch.setattr(loop, "_peak_memory_mb", lambda device: float(next(readings)))
+    monkeypatch.setattr(loop, "peak_memory_mb", lambda device: float(next(readings)))
     session = RecordingSession()
     out = train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, ["peak_memory_mb <= 125"]), session)
     # readings: 100 before training, 110 after step 1, 120 after step 2 (then 130 for the
@@ -115,8 +116,8 @@ def test_out_of_memory_on_one_of_several_workers_fails_the_worker_group(
     _oom_at(2, monkeypatch)
     session = RecordingSession()
     session.world_size = 2  # no process group: the error comes before any collective
-    monkeypatch.setattr(loop, "_reduce", lambda values, op, session: values)
-    monkeypatch.setattr(loop, "_from_rank0", lambda values, session: values)
+    monkeypatch.setattr(loop, "reduce_values", lambda values, op, session: values)
+    monkeypatch.setattr(loop, "from_rank0", lambda values, session: values)
     monkeypatch.setattr(session, "prepare", lambda model: model)
     with pytest.raises(TrialOutOfMemory, match="out of memory at") as info:
         train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, []), session)

@@ -10,15 +10,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.config import load_trial_config
-from qa_ray.searcher import OTHER_REASON
-from qa_ray.tracking import (
-    TAG_INFEASIBLE,
-    TAG_OUTCOME,
-    TAG_STOPPED_EARLY_AT,
-    child_runs,
-    find_parent_run,
-)
+from qa_ray.config.files import load_trial_config
+from qa_ray.metrics import TAG_INFEASIBLE, TAG_OUTCOME, TAG_STOPPED_EARLY_AT
+from qa_ray.search.searcher import OTHER_REASON
+from qa_ray.tracking.runs import child_runs, find_parent_run
 from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration

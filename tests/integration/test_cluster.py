@@ -9,7 +9,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.tracking import TAG_NODE_ID, child_runs, find_parent_run
+from qa_ray.metrics import TAG_NODE_ID
+from qa_ray.tracking.runs import child_runs, find_parent_run
 from tests.cluster import LocalCluster
 from tests.dashboard import mlflow_server
 from tests.helpers import tiny_sweep

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.tracking import child_runs, find_parent_run
+from qa_ray.tracking.runs import child_runs, find_parent_run
 from tests.dashboard import find_chromium, mlflow_server, open_pareto_plot
 from tests.helpers import tiny_sweep
 

@@ -18,8 +18,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from qa_ray.tracking import child_runs
-from qa_ray.train import train_loop_per_worker
+from qa_ray.tracking.runs import child_runs
+from qa_ray.training.loop import train_loop_per_worker
 from tests.helpers import ASSETS
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from qa_ray.cli import main
-from qa_ray.config import ModelConfig, TrialConfig
-from qa_ray.data import load_train_eval
-from qa_ray.models import build_model, build_tokenizer
+from qa_ray.config.trial import ModelConfig, TrialConfig
+from qa_ray.data.squad import load_train_eval
+from qa_ray.models.build import build_model, build_tokenizer
 from qa_ray.tasks import generative
-from qa_ray.tracking import child_runs, find_parent_run
+from qa_ray.tracking.runs import child_runs, find_parent_run
 from tests.helpers import official_scores, tiny_sweep, trial_dict
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_falcon_is_quantized_and_a_model_bnb_cannot_quantize_is_an_error(
     # Falcon's projections are FalconLinear, which transformers 5 does not swap for bnb layers;
     # qa-ray builds them as nn.Linear for k-bit. Without that, a "4-bit" trial would silently
     # train full-precision weights: that is an error.
-    from qa_ray import models
+    from qa_ray.models import build as models
 
     mcfg = ModelConfig(
         name_or_path=str(tiny_model_dir("falcon", causal=True)),

@@ -12,7 +12,7 @@ import yaml
 
 from qa_ray.cli import main
 from qa_ray.tasks import instruction
-from qa_ray.tracking import QUALITATIVE_TABLE, child_runs, find_parent_run
+from qa_ray.tracking.runs import QUALITATIVE_TABLE, child_runs, find_parent_run
 from tests.helpers import ASSETS, tiny_sweep, trial_dict
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from qa_ray import pruning
 from qa_ray.cli import main
-from qa_ray.train import train_loop_per_worker
+from qa_ray.models import pruning
+from qa_ray.training.loop import train_loop_per_worker
 from tests.helpers import RecordingSession, cuda_only_group_rank, ddp_rank, trial_dict
 
 pytestmark = pytest.mark.integration
@@ -78,9 +78,9 @@ def test_a_partial_accumulation_ends_each_epoch_and_epoch_is_reported_right(
 ):
     """Micro-batches left at the end of an epoch are stepped, not merged into the next epoch:
     6 micro-batches with accumulation 4 make 2 steps an epoch (4 + 2)."""
-    from qa_ray.config import TrialConfig
-    from qa_ray.data import load_train_eval
-    from qa_ray.models import build_tokenizer
+    from qa_ray.config.trial import TrialConfig
+    from qa_ray.data.squad import load_train_eval
+    from qa_ray.models.build import build_tokenizer
     from qa_ray.tasks import extractive
 
     cfg = _cfg(
@@ -133,8 +133,8 @@ def test_a_16_bit_full_fine_tune_updates_every_weight_the_32_bit_one_does(tiny_m
     """bf16 weights updated in place lose small updates to rounding; a 16-bit full fine-tune
     keeps fp32 master weights (bf16 autocast), so at lr 1e-5 it changes what fp32 changes, and
     its checkpoint holds those changes."""
-    from qa_ray.config import ModelConfig
-    from qa_ray.models import build_model
+    from qa_ray.config.trial import ModelConfig
+    from qa_ray.models.build import build_model
 
     start = {
         k: v.float()
@@ -167,8 +167,8 @@ def test_kbit_trials_keep_frozen_weights_in_the_compute_dtype_and_train_in_fp32(
     """peft's prepare_model_for_kbit_training upcast every non-quantized weight to fp32
     (embeddings, LM head); qa-ray keeps frozen weights in the compute dtype and only what is
     trained in fp32; 4-bit layers compute in the trial's dtype."""
-    from qa_ray.config import ModelConfig
-    from qa_ray.models import build_model
+    from qa_ray.config.trial import ModelConfig
+    from qa_ray.models.build import build_model
 
     mcfg = ModelConfig(
         name_or_path=str(tiny_model_dir("llama", causal=True)),

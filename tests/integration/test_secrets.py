@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from qa_ray.tracking import find_parent_run
+from qa_ray.tracking.runs import find_parent_run
 from tests.dashboard import mlflow_server
 from tests.helpers import tiny_sweep
 

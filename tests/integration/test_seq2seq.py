@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from qa_ray.cli import main
-from qa_ray.config import TrialConfig
-from qa_ray.models import build_tokenizer
+from qa_ray.config.trial import TrialConfig
+from qa_ray.models.build import build_tokenizer
 from tests.helpers import trial_dict
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from qa_ray.cli import main
-from qa_ray.tracking import child_runs
+from qa_ray.tracking.runs import child_runs
 from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.integration
@@ -309,7 +309,7 @@ def test_a_student_sweep_distills_from_a_trial_of_another_sweep_named_in_mlflow(
     """Sweep A's trial reports checkpoints; its MLflow run records the newest; sweep B names
     it as `teacher: sweep:A/TRIAL` and trains against that folder."""
     from qa_ray import metrics as m
-    from qa_ray.tracking import find_parent_run
+    from qa_ray.tracking.runs import find_parent_run
 
     path, uri = tiny_sweep(tmp_path, [tiny_model_dir("bert")], num_samples=1)
     one_lr = "search.space={params: {learning_rate: {type: float, low: 1.0e-3, high: 2.0e-3}}}"

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from qa_ray.tasks import FACTS, TASKS, TaskFamily
-from qa_ray.train import train_loop_per_worker
+from qa_ray.training.loop import train_loop_per_worker
 from tests.helpers import ASSETS, RecordingSession, trial_dict
 
 pytestmark = pytest.mark.integration

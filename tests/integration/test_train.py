@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from qa_ray.cli import main
-from qa_ray.config import ModelConfig, TrialConfig
-from qa_ray.data import load_train_eval
-from qa_ray.models import build_model, build_tokenizer
+from qa_ray.config.trial import ModelConfig, TrialConfig
+from qa_ray.data.squad import load_train_eval
+from qa_ray.models.build import build_model, build_tokenizer
 from qa_ray.tasks import TASKS, extractive
-from qa_ray.train import train_loop_per_worker
+from qa_ray.training.loop import train_loop_per_worker
 from tests.helpers import official_scores, trial_dict
 
 pytestmark = pytest.mark.integration

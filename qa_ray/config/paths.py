@@ -1,0 +1,139 @@
+"""Paths a config names: local data and model folders made absolute and checked, hub ids looked up.
+
+Run in the driver before any cluster work, so a missing file is exit code 2, not a failed trial.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qa_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qa_ray.config.trial import TrialConfig
+
+
+def resolve_local_path(value: str | None) -> str | None:
+    """Makes a local path absolute (Ray workers run in another directory); hub ids pass through."""
+    if value is None:
+        return None
+    expanded = os.path.expanduser(value)
+    looks_local = value.startswith(("/", "./", "../", "~")) or os.path.exists(expanded)
+    return os.path.abspath(expanded) if looks_local else value
+
+
+_LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".gz")
+
+
+def check_local_paths(cfg: TrialConfig, source: str) -> None:
+    """Fails before any cluster work when a path that is clearly local does not exist."""
+    errors = []
+    for field, value in (
+        ("model.name_or_path", cfg.model.name_or_path),
+        ("data.path", cfg.data.path),
+        ("data.eval_path", cfg.data.eval_path),
+    ):
+        if value is None or os.path.exists(os.path.expanduser(value)):
+            continue
+        first = Path(os.path.expanduser(value)).parts[0] if value else ""
+        if (
+            value.startswith(("/", ".", "~"))
+            or value.endswith(_LOCAL_SUFFIXES)
+            or (first != value and os.path.isdir(first))  # models/x with a models/ folder here
+        ):
+            errors.append(
+                f"`{field}`: no such file or folder, but got {value!r} (relative paths "
+                f"are resolved from the current directory, {os.getcwd()})"
+            )
+    distill = cfg.train.distill
+    if (
+        distill is not None
+        and distill.from_sweep is None  # looked up in MLflow (tracking.resolve_teacher)
+        and not os.path.isdir(os.path.expanduser(distill.teacher))
+    ):
+        errors.append(
+            f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
+            f"(a local folder; relative paths are resolved from {os.getcwd()})"
+        )
+    if errors:
+        raise ConfigError(source, errors)
+
+
+def check_hub_ids(cfg: TrialConfig, source: str, timeout: float = 5.0) -> list[str]:
+    """Checks that the hub ids among the model and data sources exist, before any Ray work.
+
+    Offline (``HF_HUB_OFFLINE=1``) an id must be in the local hub cache; online the hub is asked
+    (``timeout`` seconds). A hub that cannot be reached is not an error: its warning is returned
+    and the trials find out.
+
+    Raises:
+        ConfigError: naming the field, the value and what was looked at.
+    """
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    errors, warnings = [], []
+    for field, value, repo_type, probe in (
+        ("model.name_or_path", cfg.model.name_or_path, "model", "config.json"),
+        ("data.path", cfg.data.path, "dataset", "README.md"),
+        ("data.eval_path", cfg.data.eval_path, "dataset", "README.md"),
+    ):
+        if value is None or os.path.exists(os.path.expanduser(value)):
+            continue
+        if offline:
+            cached = huggingface_hub.try_to_load_from_cache(value, probe, repo_type=repo_type)
+            if not isinstance(cached, str):
+                errors.append(
+                    f"`{field}`: {value!r} is not a local path, and HF_HUB_OFFLINE is set but "
+                    f"the local hub cache ({huggingface_hub.constants.HF_HUB_CACHE}) has no "
+                    f"{repo_type} by that id"
+                )
+            continue
+        try:
+            huggingface_hub.repo_info(value, repo_type=repo_type, timeout=timeout)
+        except RepositoryNotFoundError:
+            errors.append(
+                f"`{field}`: {value!r} is not a local path (from {os.getcwd()}) and the hub has "
+                f"no {repo_type} by that id (or it is gated/private: log in with `hf auth login`)"
+            )
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            warnings.append(
+                f"`{field}`: could not check {value!r} on the hub ({type(exc).__name__})"
+            )
+    if errors:
+        raise ConfigError(source, errors)
+    return warnings
+
+
+def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
+    """Returns ``cfg`` with its local model/data/output paths made absolute."""
+    lstm = cfg.model.lstm.model_copy(
+        update={"embeddings_from": resolve_local_path(cfg.model.lstm.embeddings_from)}
+    )
+    model = cfg.model.model_copy(
+        update={"name_or_path": resolve_local_path(cfg.model.name_or_path), "lstm": lstm}
+    )
+    data = cfg.data.model_copy(
+        update={
+            "path": resolve_local_path(cfg.data.path),
+            "eval_path": resolve_local_path(cfg.data.eval_path),
+            "cache_dir": resolve_local_path(cfg.data.cache_dir),
+        }
+    )
+    train = cfg.train
+    if train.distill is not None and train.distill.from_sweep is None:
+        teacher = os.path.abspath(os.path.expanduser(train.distill.teacher))
+        train = train.model_copy(
+            update={"distill": train.distill.model_copy(update={"teacher": teacher})}
+        )
+    return cfg.model_copy(
+        update={
+            "model": model,
+            "data": data,
+            "train": train,
+            "output_dir": os.path.abspath(cfg.output_dir),
+        }
+    )

@@ -1,0 +1,13 @@
+"""The sweep: a validated sweep file translated into Ray Tune, Optuna and MLflow objects, and run.
+
+- :mod:`.config`: the sweep file (search, objectives, budgets, storage, tracking);
+- :mod:`.run`: :func:`~.run.run_sweep`, the driver from start to report;
+- :mod:`.trial`: the Tune trial function, one Ray Train run per trial;
+- :mod:`.tuner`: the Optuna sampler, searcher, scheduler and ``TuneConfig`` from the config;
+- :mod:`.state`: where a sweep keeps its state, resume stages and the settings a resume checks;
+- :mod:`.resources`: the resource plan and Ray start-up;
+- :mod:`.console`: the progress lines and signal handling;
+- :mod:`.jobs`: submitting a sweep to a cluster as a Ray job.
+
+The top layer below the CLI: may import every other package. The driver never imports torch.
+"""

@@ -1,0 +1,146 @@
+"""The Tune trial function: one Ray Train run of the sampled configuration.
+
+``TuneReportCallback`` passes the workers' reports to Tune; an out-of-memory that ends the
+Train run is reported as an infeasible result, not a failure, so the sampler learns the region.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from qa_ray import metrics as m
+from qa_ray.config.files import validate_model
+from qa_ray.config.trial import TrialConfig
+from qa_ray.errors import ConfigError
+from qa_ray.search.space import apply_params
+
+logger = logging.getLogger(__name__)
+
+
+def _reports_to_tune(objectives: tuple[str, ...]):
+    """Ray Tune's ``TuneReportCallback``, for every report of the loop.
+
+    Only evaluations carry the scores; the reports between them (progress every
+    ``train.progress_seconds``, checkpoints, a trial stopped over budget before it was ever
+    scored) go to Tune with the objectives they lack as None: Tune refuses a result without
+    the searcher's metrics, and None tells everyone downstream "not measured here" (MO-ASHA
+    does not rank it, the searcher and MLflow skip it, the console shows it on the live line).
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportsToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{**{k: None for k in objectives}, **metrics[0]}, *metrics[1:]]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return ReportsToTune()
+
+
+def out_of_memory(exc: BaseException) -> tuple[float | None, str] | None:
+    """``(peak MB or None, reason)`` when a failed Ray Train run ran out of memory: a worker's
+    :class:`~qa_ray.training.memory.TrialOutOfMemory` (CUDA or the CPU allocator, with the memory it
+    held), or Ray's memory monitor killing a worker (``ray.exceptions.OutOfMemoryError``).
+    Anything else: None."""
+    import ray.exceptions
+
+    from qa_ray.training.memory import TrialOutOfMemory
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TrialOutOfMemory):
+            return e.peak_memory_mb, str(e)
+        if isinstance(e, ray.exceptions.OutOfMemoryError):
+            return None, f"out of memory: {str(e).strip().splitlines()[0]}"
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None
+
+
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+# default): a report reaches Tune, and a finished run is noticed, up to that much later. A poll
+# is one small RPC per worker; at half a second a trial ends about 2 s sooner. The controller
+# takes these variables from the process that calls fit(); one set by the user wins.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# Tune's switch for the loggers it adds unless given (CSV, JSON, TensorBoard).
+TUNE_AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def _trainer_class():
+    """Ray's ``TorchTrainer``, less the Ray Data ``DatasetManager`` actor Train V2 starts for
+    every run with or without Ray Datasets: a trial passes none (each worker reads its own
+    data), and that actor is a process importing Ray Data beside the worker's set-up (about half
+    a second of a trial's start in probes on 2 cores). With datasets, nothing is dropped."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class Trainer(TorchTrainer):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
+def run_trial(
+    config: dict[str, Any], base: dict[str, Any], storage_path: str, objectives: tuple[str, ...]
+) -> None:
+    """One Tune trial: a Ray Train run of the sampled configuration."""
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from qa_ray.training.loop import train_loop_per_worker
+
+    ctx = tune.get_context()
+    merged = apply_params(base, config)
+    try:
+        trial_cfg = validate_model(TrialConfig, merged, "sampled configuration")
+    except ConfigError as exc:  # one line, so it is the failure's printed reason
+        raise ValueError(f"sampled configuration is invalid: {'; '.join(exc.errors)}") from None
+    r = trial_cfg.resources
+    from ray.train import TrainingFailedError
+
+    trainer = _trainer_class()(
+        train_loop_per_worker,
+        train_loop_config=trial_cfg.model_dump(),
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=f"{ctx.get_experiment_name()}-train-{ctx.get_trial_name()}",
+            storage_path=storage_path,
+            callbacks=[_reports_to_tune(objectives)],
+            checkpoint_config=CheckpointConfig(num_to_keep=trial_cfg.train.checkpoints_to_keep),
+            # A lost worker (preemption, dead node, OOM kill) restarts the worker group, which
+            # resumes from the trial's last checkpoint (ray.train.get_checkpoint in the loop).
+            failure_config=FailureConfig(max_failures=r.max_failures),
+        ),
+    )
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise  # once the restarts are used up: the trial is FAILED
+        # Out of memory is an answer, not an error: the trial is infeasible with what it
+        # held, so the sampler learns the region (a FAILED trial teaches it nothing).
+        peak, reason = oom
+        tune.report(
+            {
+                **{k: None for k in objectives},
+                m.INFEASIBLE: 1.0,
+                m.INFEASIBLE_REASON: reason,
+                **({m.PEAK_MEMORY_MB: peak} if peak is not None else {}),
+            }
+        )

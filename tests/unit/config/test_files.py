@@ -1,0 +1,83 @@
+"""Trial files: bad values named by field, every error at once, overrides, missing data."""
+
+import pytest
+import yaml
+
+from qa_ray.cli import main
+from qa_ray.config.files import apply_overrides, load_trial_config
+from qa_ray.errors import ConfigError
+from tests.helpers import ASSETS
+
+
+def _write(tmp_path, data, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _trial(tmp_path):
+    return {
+        "model": {"name_or_path": str(tmp_path)},
+        "data": {"path": str(ASSETS / "squad_v1_tiny.json")},
+        "train": {"learning_rate": 1e-4},
+    }
+
+
+@pytest.mark.parametrize(
+    "block, field, value, expected",
+    [
+        ("model", "quantization_bits", 3, "`model.quantization_bits`"),
+        ("model", "finetune", "prefix", "`model.finetune`"),
+        ("data", "doc_stride", 300, "doc_stride < max_seq_length / 2"),
+        (
+            "train",
+            "learning_rate",
+            -1,
+            "`train.learning_rate`: Input should be greater than 0, but got -1",
+        ),
+        ("train", "warmup_steps", 10, "set `warmup_ratio` or `warmup_steps`, not both"),
+        ("resources", "num_workers", 0, "`resources.num_workers`"),
+        ("train", "bogus", 1, "`train.bogus`: unknown key"),
+    ],
+)
+def test_bad_value_in_each_block_exits_2_naming_field(
+    tmp_path, capsys, block, field, value, expected
+):
+    data = _trial(tmp_path)
+    data.setdefault(block, {})[field] = value
+    if field == "warmup_steps":
+        data["train"]["warmup_ratio"] = 0.1
+    path = _write(tmp_path, data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err
+
+
+def test_all_errors_reported_together(tmp_path):
+    data = _trial(tmp_path)
+    data["train"].update(learning_rate=0, per_device_batch_size=0)
+    data["model"]["quantization_bits"] = 4  # without lora
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(_write(tmp_path, data))
+    assert len(e.value.errors) == 3
+    assert "needs `finetune: lora`" in str(e.value)
+
+
+def test_overrides_validated_like_the_file(tmp_path):
+    path = _write(tmp_path, _trial(tmp_path))
+    cfg = load_trial_config(path, ["train.learning_rate=3e-4", "model.lora.r=4"])
+    assert cfg.train.learning_rate == 3e-4 and cfg.model.lora.r == 4
+    with pytest.raises(ConfigError, match="`train.lr`: unknown key"):
+        load_trial_config(path, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_missing_local_data_is_caught_before_training(tmp_path, capsys):
+    data = _trial(tmp_path)
+    data["data"]["path"] = "nowhere/dev.json.gz"
+    assert main(["train", str(_write(tmp_path, data))]) == 2
+    assert (
+        "`data.path`: no such file or folder, but got 'nowhere/dev.json.gz'"
+        in capsys.readouterr().err
+    )

@@ -1,0 +1,165 @@
+"""MO-ASHA's decisions on synthetic results: rungs, Pareto ranks, ties, budgets, its state."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from qa_ray import metrics as m
+from qa_ray.pareto import crowding_distances, pareto_order, parse_constraint
+from qa_ray.search.schedulers.mo_asha import MOASHA, EarlyStopMarks
+
+STOP, GO = TrialScheduler.STOP, TrialScheduler.CONTINUE
+OBJECTIVES = [(m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min")]
+
+
+def r(step, f1, mb, **more):
+    return {m.STEP: step, m.EVAL_F1: f1, m.PEAK_MEMORY_MB: mb, **more}
+
+
+def sched(**kw):
+    return MOASHA(OBJECTIVES, **{"grace": 10, "reduction_factor": 3, **kw})
+
+
+def test_rungs_are_grace_times_powers_of_the_reduction_factor():
+    s = sched()
+    assert [s.rung(k) for k in range(4)] == [10, 30, 90, 270]
+    assert [s.rung_index(t) for t in (0, 9.9, 10, 29, 30, 89, 90, 1000)] == [
+        -1, -1, 0, 0, 1, 1, 2, 4
+    ]  # fmt: skip
+
+
+def test_nothing_is_stopped_before_the_first_rung():
+    s = sched()
+    for i in range(5):
+        assert s.decide(f"t{i}", r(5, 10.0 * i, 100)) == GO
+    assert s.rungs == {}
+
+
+def test_the_first_trial_at_a_rung_goes_on_then_the_best_third():
+    s = sched()
+    assert s.decide("a", r(10, 50.0, 100)) == GO  # alone at the rung
+    assert s.decide("b", r(10, 40.0, 200)) == STOP  # dominated by a; 1 of 2 kept
+    assert s.decide("c", r(10, 60.0, 90)) == GO  # dominates both
+    assert s.decide("d", r(10, 45.0, 150)) == STOP  # 4 trials: best 2 kept, d is 3rd or worse
+    assert s.stopped == {"b": 0, "d": 0}
+
+
+def test_rank_is_pareto_rank_not_one_metric():
+    """b has the lowest F1 of three, so ASHA on F1 would stop it (one of three goes on... two
+    here, rf 1.5); on the front with a, it goes on, and the dominated x ranks below it."""
+    s = sched(reduction_factor=1.5)
+    assert s.decide("a", r(10, 50.0, 200)) == GO
+    assert s.decide("x", r(10, 40.0, 300)) == GO  # 2 of 2 kept
+    assert s.decide("b", r(10, 30.0, 100)) == GO  # rank 0 with a: 2 of 3 kept
+    assert pareto_order([s.rungs[0][k] for k in ("a", "x", "b")])[-1] == 1  # x last
+
+
+def test_ties_on_the_front_keep_the_spread_out_trials():
+    """Three trials on one front, 2 kept: the one arriving between the two ends is stopped;
+    five on it: the order keeps the ends first (infinite crowding distance)."""
+    s = sched(reduction_factor=1.5)  # 2 of 3 kept
+    assert s.decide("a", r(10, 10.0, 100)) == GO
+    assert s.decide("e", r(10, 40.0, 400)) == GO
+    assert s.decide("c", r(10, 21.0, 210)) == STOP  # on the front, but in its middle
+    assert s.decide("z", r(10, 50.0, 500)) == GO  # a new end of the front: 3 of 4 kept
+    points = [(10, 100), (20, 200), (21, 210), (22, 220), (40, 400)]
+    order = pareto_order([(-f1, mb) for f1, mb in points])
+    assert set(order[:2]) == {0, 4}
+
+
+def test_a_trial_is_judged_once_per_rung_and_again_at_the_next():
+    s = sched()
+    assert s.decide("a", r(10, 50.0, 100)) == GO
+    assert s.decide("b", r(10, 60.0, 90)) == GO
+    assert s.decide("a", r(20, 1.0, 999)) == GO  # between rungs: not judged again
+    assert s.decide("b", r(30, 60.0, 90)) == GO  # rung 1: alone there
+    assert s.decide("a", r(30, 40.0, 100)) == STOP  # rung 1: dominated by b
+    assert s.stopped == {"a": 1}
+
+
+def test_a_final_result_is_recorded_but_never_stopped():
+    s = sched()
+    assert s.decide("a", r(10, 50.0, 100)) == GO
+    assert s.decide("b", r(10, 40.0, 200, **{m.FINAL_REPORT: 1.0})) == GO  # would be stopped
+    assert "b" in s.rungs[0] and s.stopped == {}
+    assert s.decide("c", r(10, 45.0, 150)) == STOP  # b still counts: 1 of 3 kept
+
+
+def test_a_trial_past_several_rungs_is_recorded_at_each():
+    s = sched()
+    assert s.decide("a", r(95, 50.0, 100)) == GO
+    assert all("a" in s.rungs[k] for k in (0, 1, 2))
+
+
+def test_results_without_every_objective_are_not_ranked():
+    s = sched()
+    assert s.decide("a", {m.STEP: 10, m.PEAK_MEMORY_MB: 100.0}) == GO
+    assert s.decide("a", {m.STEP: 10, m.EVAL_F1: math.nan, m.PEAK_MEMORY_MB: 100.0}) == GO
+    assert s.rungs == {}
+
+
+def test_over_budget_stops_at_once_and_is_never_ranked():
+    s = sched(constraints=[parse_constraint("peak_memory_mb <= 500")])
+    assert s.decide("a", r(2, 50.0, 600)) == STOP  # before the first rung
+    assert s.decide("b", r(10, 90.0, 100, **{m.INFEASIBLE: 1.0})) == STOP  # the loop said so
+    assert s.decide("c", r(10, 10.0, 400)) == GO
+    assert s.rungs == {0: {"c": [-10.0, 400.0]}}
+    assert s.stopped == {}  # stopped for a budget, not by rank
+
+
+def test_constraints_on_scores_do_not_stop_early():
+    """``eval_f1 >= 50`` can still be met later: it is not a budget."""
+    s = sched(constraints=[parse_constraint("eval_f1 >= 50")])
+    assert s.decide("a", r(2, 10.0, 100)) == GO
+
+
+def test_time_attr_train_seconds():
+    s = sched(time_attr=m.TRAIN_SECONDS, grace=60)
+    assert s.decide("a", {m.TRAIN_SECONDS: 59.0, m.EVAL_F1: 1.0, m.PEAK_MEMORY_MB: 1.0}) == GO
+    assert s.rungs == {}
+    s.decide("a", {m.TRAIN_SECONDS: 61.0, m.EVAL_F1: 1.0, m.PEAK_MEMORY_MB: 1.0})
+    assert s.rungs == {0: {"a": [-1.0, 1.0]}}
+
+
+def test_rungs_survive_the_driver(tmp_path):
+    """Tune keeps no scheduler state: a resumed sweep (or an extension) reads the file."""
+    path = str(tmp_path / "mo_asha.json")
+    s = sched(state_file=path)
+    s.decide("a", r(10, 50.0, 100))
+    s.decide("b", r(10, 40.0, 200))
+    again = sched(state_file=path)  # an extension builds a new one
+    assert again.rungs == s.rungs and again.stopped == {"b": 0}
+    unpickled = pickle.loads(pickle.dumps(sched(state_file=path)))  # Tuner.restore
+    s.decide("c", r(10, 70.0, 50))
+    restored = pickle.loads(pickle.dumps(unpickled))
+    assert "c" in restored.rungs[0]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="reduction_factor > 1"):
+        sched(reduction_factor=1)
+
+
+def test_crowding_distance_and_order():
+    pts = [(0, 4), (1, 3), (2, 2.5), (4, 0), (5, 5)]  # minimization; (5, 5) is dominated
+    d = crowding_distances(pts[:4])
+    # (1, 3): gaps 2/4 + 1.5/4; (2, 2.5): gaps 3/4 + 3/4
+    assert d[0] == d[3] == math.inf and d[1:3] == [0.875, 1.5]
+    assert pareto_order(pts) == [0, 3, 2, 1, 4]
+
+
+def test_early_stop_marks_only_stopped_results():
+    marks = EarlyStopMarks(m.STEP)
+    stopped, finished, over = (
+        r(30, 1.0, 1.0, done=True),
+        r(40, 1.0, 1.0),
+        r(5, 1.0, 1.0, done=True, **{m.INFEASIBLE: 1.0}),
+    )
+    for result in (stopped, finished, over):
+        marks.on_trial_result(0, [], None, result)
+    assert stopped[m.STOPPED_EARLY_AT] == 30
+    assert m.STOPPED_EARLY_AT not in finished and m.STOPPED_EARLY_AT not in over

@@ -1,0 +1,100 @@
+"""Budgets, infeasible trials and early stops reach a real Optuna study through the searcher."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from qa_ray import metrics as m
+from qa_ray.pareto import parse_constraint
+from qa_ray.search.searcher import OTHER_REASON, BudgetAwareOptunaSearch
+
+State = optuna.trial.TrialState
+
+
+def _searcher(sampler="tpe", constraints=("peak_memory_mb <= 1000",)):
+    sampler = {
+        "tpe": optuna.samplers.TPESampler(seed=0),
+        "nsga2": optuna.samplers.NSGAIISampler(seed=0),
+    }[sampler]
+    return BudgetAwareOptunaSearch(
+        space={"x": FloatDistribution(0.0, 1.0)},
+        metric=[m.EVAL_F1, m.PEAK_MEMORY_MB],
+        mode=["max", "min"],
+        sampler=sampler,
+        constraints=[parse_constraint(c) for c in constraints],
+    )
+
+
+def _run(searcher, trial_id, results, **complete):
+    assert searcher.suggest(trial_id) is not None
+    for r in results[:-1]:
+        searcher.on_trial_result(trial_id, r)
+    searcher.on_trial_complete(trial_id, results[-1], **complete)
+
+
+def _trial(searcher, trial_id) -> optuna.trial.FrozenTrial:
+    number = searcher._ot_trials[trial_id].number
+    return searcher._ot_study.trials[number]
+
+
+def test_feasible_over_budget_and_out_of_memory_trials():
+    s = _searcher()
+    _run(s, "ok", [{m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0}])
+    _run(s, "big", [{m.EVAL_F1: 90.0, m.PEAK_MEMORY_MB: 1500.0}])  # best F1, over budget
+    oom = {m.EVAL_F1: None, m.PEAK_MEMORY_MB: None, m.INFEASIBLE: 1.0}
+    _run(s, "oom", [{m.EVAL_F1: 20.0, m.PEAK_MEMORY_MB: 700.0}, {**oom, "x": 1}])
+    ok, big, oom = (_trial(s, t) for t in ("ok", "big", "oom"))
+    assert ok.state == big.state == oom.state == State.COMPLETE
+    budget = "peak_memory_mb <= 1000"
+    assert ok.constraints == {budget: -200.0, OTHER_REASON: 0.0}
+    assert big.constraints == {budget: 500.0, OTHER_REASON: 0.0}
+    # out of memory: no budget shows it, the last value says "infeasible for another reason";
+    # its values are what it measured before (its last evaluation)
+    assert oom.constraints == {budget: -300.0, OTHER_REASON: 1.0}  # 700 MB when last seen
+    assert oom.values == [20.0, 700.0]
+    # Optuna's own view: only the feasible trial can be best, however good the others look
+    assert [t.number for t in s._ot_study.best_trials] == [ok.number]
+
+
+def test_an_unscored_infeasible_trial_gets_the_worst_value_seen():
+    s = _searcher()
+    _run(s, "a", [{m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0}])
+    _run(s, "b", [{m.EVAL_F1: 10.0, m.PEAK_MEMORY_MB: 900.0}])
+    _run(s, "c", [{m.EVAL_F1: None, m.PEAK_MEMORY_MB: 1200.0, m.INFEASIBLE: 1.0}])
+    c = _trial(s, "c")
+    assert c.values == [10.0, 1200.0]
+    assert list(c.constraints.values()) == [200.0, 0.0]
+
+
+def test_a_trial_stopped_early_is_pruned_not_complete():
+    s = _searcher()
+    _run(s, "p", [{m.EVAL_F1: 5.0, m.PEAK_MEMORY_MB: 300.0, m.STOPPED_EARLY_AT: 30}])
+    p = _trial(s, "p")
+    assert p.state == State.PRUNED and p.values is None
+    assert p.user_attrs["qa_ray.stopped_early_at"] == 30
+    assert list(p.constraints.values()) == [-700.0, 0.0]
+
+
+def test_errors_stay_failed():
+    s = _searcher()
+    assert s.suggest("e") is not None
+    s.on_trial_complete("e", None, error=True)
+    assert _trial(s, "e").state == State.FAIL
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_the_samplers_keep_sampling_with_infeasible_and_pruned_trials(sampler):
+    s = _searcher(sampler)
+    for i in range(12):
+        x = s.suggest(f"t{i}")["x"]
+        result = {m.EVAL_F1: 100 * x, m.PEAK_MEMORY_MB: 2000 * x}
+        if i % 4 == 3:
+            result = {m.EVAL_F1: None, m.PEAK_MEMORY_MB: None, m.INFEASIBLE: 1.0}
+        elif i % 4 == 2:
+            result[m.STOPPED_EARLY_AT] = 10
+        s.on_trial_complete(f"t{i}", result)
+    states = [t.state for t in s._ot_study.trials]
+    assert states.count(State.PRUNED) == 3 and states.count(State.COMPLETE) == 9
+    assert all(t.number in {0, 1, 4, 5, 8, 9} for t in s._ot_study.best_trials)

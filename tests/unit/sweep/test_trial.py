@@ -1,0 +1,135 @@
+"""The Tune trial function: out of memory found in a failed run, reports to Tune, the Train run it builds."""
+
+from tests.unit.sweep.test_resources import _cfg
+
+# ---- out of memory is infeasible, other failures stay failures ---------------------------------
+
+
+def _worker_group_error(failure: Exception):
+    from ray.train import WorkerGroupError
+
+    return WorkerGroupError("rank 0 failed", {0: failure})
+
+
+def test_out_of_memory_is_found_in_a_failed_training_run():
+    import ray.exceptions
+
+    from qa_ray.sweep.trial import out_of_memory
+    from qa_ray.training.memory import TrialOutOfMemory
+
+    oom = TrialOutOfMemory(23456.0, "out of memory at 23456 MB peak (OutOfMemoryError: CUDA)")
+    assert out_of_memory(_worker_group_error(oom)) == (23456.0, str(oom))
+    # as Ray hands a worker's exception over: a RayTaskError that is also the original type
+    wrapped = ray.exceptions.RayTaskError("train_fn", "Traceback ...", oom).as_instanceof_cause()
+    assert out_of_memory(_worker_group_error(wrapped))[0] == 23456.0
+    killed = ray.exceptions.OutOfMemoryError(
+        "Task was killed due to the node running low on memory.\nMemory on the node was 30.1GB / 31.0GB"
+    )
+    assert out_of_memory(_worker_group_error(killed)) == (
+        None,
+        "out of memory: Task was killed due to the node running low on memory.",
+    )
+    chained = RuntimeError("step failed")
+    chained.__cause__ = oom
+    assert out_of_memory(_worker_group_error(chained))[0] == 23456.0
+
+
+def test_other_failures_are_not_out_of_memory():
+    from qa_ray.sweep.trial import out_of_memory
+
+    assert out_of_memory(_worker_group_error(ValueError("shape mismatch"))) is None
+    assert out_of_memory(_worker_group_error(RuntimeError("NCCL timeout"))) is None
+
+
+def test_every_report_reaches_tune_with_every_objective_key(monkeypatch):
+    """Reports between evaluations (progress, checkpoints, a trial stopped over budget before
+    it was scored) have no scores: they reach Tune with them as None (Tune refuses a result
+    without the searcher's metrics)."""
+    from ray.tune.integration import ray_train
+
+    from qa_ray import metrics as m
+    from qa_ray.sweep.trial import _reports_to_tune
+
+    sent = []
+    monkeypatch.setattr(ray_train, "_in_tune_session", lambda: True)
+    monkeypatch.setattr(ray_train.TuneReportCallback, "__init__", lambda self: None)
+    monkeypatch.setattr(
+        ray_train.TuneReportCallback,
+        "after_report",
+        lambda self, ctx, metrics, ckpt: sent.append(metrics[0]),
+    )
+    cb = _reports_to_tune((m.EVAL_F1, m.PEAK_MEMORY_MB))
+    cb.after_report(None, [{m.STEP: 3, m.PEAK_MEMORY_MB: 900.0}], None)  # progress
+    cb.after_report(None, [{m.STEP: 4, m.EVAL_F1: 1.0, m.PEAK_MEMORY_MB: 900.0}], None)
+    cb.after_report(None, [{m.STEP: 0, m.PEAK_MEMORY_MB: 9e9, m.INFEASIBLE: 1.0}], None)
+    assert [(r[m.STEP], r[m.EVAL_F1], r[m.PEAK_MEMORY_MB]) for r in sent] == [
+        (3, None, 900.0),
+        (4, 1.0, 900.0),
+        (0, None, 9e9),
+    ]
+
+
+class _FakeTrainer:
+    env: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def fit(self):
+        import os
+
+        _FakeTrainer.env = dict(os.environ)
+
+
+def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_otherwise(
+    monkeypatch,
+):
+    """Ray Train's controller copies RAY_TRAIN_* variables from the process calling fit():
+    the trial function sets the poll interval there, and leaves one the user set alone."""
+    import ray.train.torch
+    from ray import tune
+
+    from qa_ray.sweep import trial as sweep
+    from qa_ray.sweep.trial import run_trial
+
+    class _Ctx:
+        def get_experiment_name(self):
+            return "exp"
+
+        def get_trial_name(self):
+            return "trial-1"
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", _FakeTrainer)
+    monkeypatch.setattr(tune, "get_context", lambda: _Ctx())
+    monkeypatch.setattr(sweep, "_reports_to_tune", lambda objectives: ray.train.UserCallback())
+    base = _cfg().trial_config().model_dump()
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(name, raising=False)
+    run_trial({}, base, "/tmp/unused", ("eval_f1",))
+    assert _FakeTrainer.env[name] == "0.5"
+    monkeypatch.setenv(name, "3")
+    run_trial({}, base, "/tmp/unused", ("eval_f1",))
+    assert _FakeTrainer.env[name] == "3"
+
+
+def test_a_trial_runs_no_ray_data_actor_when_it_passes_no_datasets():
+    """Ray Train V2 gives every run a datasets callback, which starts a Ray Data
+    DatasetManager actor (a process of its own) whether or not the run has datasets. A trial
+    reads its own data, so its trainer leaves that callback out, and keeps it when given
+    datasets. The first assertion fails once Ray stops adding it: then the override can go."""
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from qa_ray.sweep.trial import _trainer_class
+
+    def names(trainer):
+        return [type(c) for c in trainer._create_default_callbacks()]
+
+    run = RunConfig(storage_path="/tmp/unused")
+    ray_own = names(TorchTrainer(lambda: None, run_config=run))
+    assert DatasetsCallback in ray_own
+    ours = names(_trainer_class()(lambda: None, run_config=run))
+    assert ours == [c for c in ray_own if c is not DatasetsCallback]
+    with_data = _trainer_class()(lambda: None, run_config=run, datasets={"train": [1]})
+    assert DatasetsCallback in names(with_data)

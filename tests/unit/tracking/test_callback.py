@@ -1,0 +1,59 @@
+"""The MLflow sweep callback: failure reasons, and a resumed trial's history."""
+
+from qa_ray.tracking.callback import failure_reason
+
+
+def test_failure_reason_is_the_exceptions_own_first_line():
+    hub = """Traceback (most recent call last):
+  File "x.py", line 3, in <module>
+    load()
+ray.exceptions.RayTaskError(TrainingFailedError): ray::run_trial() (pid=1)
+  File "y.py", line 9, in load
+OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them.
+Check your internet connection or see how to run the library in offline mode at 'https://x'.
+"""
+    assert failure_reason(hub) == (
+        "OSError: We couldn't connect to 'https://huggingface.co' to load the files, and "
+        "couldn't find them."
+    )
+    sampled = (
+        "ValueError: sampled configuration is invalid: `model.lora.r`: Input should be "
+        "greater than 0, but got 0\n"
+    )
+    assert failure_reason(sampled) == sampled.strip()
+    assert failure_reason("") == "unknown error"
+    assert failure_reason("something odd\nlast words") == "last words"
+
+
+def test_a_trial_that_starts_over_on_resume_writes_no_second_history(tmp_path):
+    """The resumed sweep's callback (a new one, as Tune unpickles it) finds the child run and
+    skips the steps it already holds."""
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from qa_ray.tracking.callback import MLflowSweepCallback
+    from qa_ray.tracking.runs import child_runs, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "t", "s", params={}, artifacts={})
+    trial = SimpleNamespace(trial_id="abc_00001", trial_name="trial-1", config={"lr": 0.1})
+    first = MLflowSweepCallback(uri, parent, ("step", "train_loss"))
+    resumed = pickle.loads(pickle.dumps(first))
+    for step in (60, 120):
+        first.on_trial_result(0, [], trial, {"step": step, "train_loss": 1.0 / step})
+    resumed = pickle.loads(pickle.dumps(resumed))
+    for step in (60, 120, 180):  # started over without a checkpoint
+        resumed.on_trial_result(0, [], trial, {"step": step, "train_loss": 2.0 / step})
+    (run,) = child_runs(uri, parent)
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [(h.step, h.value) for h in history] == [(60, 1 / 60), (120, 1 / 120), (180, 2 / 180)]
+
+
+class _Trial:
+    def __init__(self, trial_id: str, name: str):
+        self.trial_id, self.trial_name, self.config = trial_id, name, {}
+
+    def __str__(self):
+        return self.trial_name
