@@ -3,11 +3,22 @@
 Asynchronous successive halving (Li et al. 2020) ranks the trials that reached a rung by one
 metric; MO-ASHA (Schmucker et al. 2021, arXiv:2106.12639; Syne Tune's ``MOASHA``) ranks them
 by Pareto rank instead, so a trial goes on while it is in the best ``1/reduction_factor`` of
-the trials that reached its rung *on the front*, not on one objective. Within a non-dominated
-rank, ties are broken by crowding distance (NSGA-II's): the trials kept spread along the front
-rather than bunching at one end of it. This is the stopping variant (no pausing, no
-promotion), as Ray's ``ASHAScheduler`` is. A trial's final result (the loop marks it) is
-recorded at its rung but never stopped: the trial has already run its course.
+the trials that reached its rung *on the front*, not on one objective. As Syne Tune's
+``NonDominatedPriority``, the order starts from the best first objective and a trial goes on
+when its place ``i`` (0 = best) among the ``n`` trials at the rung has ``i / n <= 1 / rf``
+(2 of 3 go on at rf 3, 1 of 2, 4 of 9).
+
+Within a non-dominated rank the order is by the objectives that learn (F1, EM, loss), best
+first, and only then by those the configuration sets (:data:`qa_ray.metrics.BUDGET_METRICS`:
+peak memory, footprint, parameters). Memory is no learning curve: it is known after the first
+steps and will not change, so it decides dominance exactly, but it is no reason to keep a
+trial that trails on F1 (with crowding distance, the lowest-memory trial is always an end of
+the front and was never stopped, however poor). The order never depends on arrival: ties go
+to the trial id.
+
+This is the stopping variant (no pausing, no promotion), as Ray's ``ASHAScheduler`` is. A
+trial's final result (the loop marks it) is recorded at its rung but never stopped: the trial
+has already run its course.
 
 Rungs are at ``grace * reduction_factor**k`` of ``time_attr`` (optimizer steps, or seconds of
 training). A trial is judged at its first result at or past a rung; results come at the
@@ -33,7 +44,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from qa_ray import metrics as m
-from qa_ray.pareto import Constraint, pareto_order
+from qa_ray.pareto import Constraint, dominates
 
 __all__ = ["MOASHA", "EarlyStopMarks"]
 
@@ -47,8 +58,8 @@ class MOASHA(FIFOScheduler):
         objectives: ``(metric, "min" | "max")`` pairs, the sweep's objectives.
         time_attr: the result key the rungs count (``step`` or ``train_seconds``).
         grace: the first rung; no trial is stopped by rank before it.
-        reduction_factor: rungs at ``grace * rf**k``; the best ``ceil(n / rf)`` of the ``n``
-            trials recorded at a rung go on.
+        reduction_factor: rungs at ``grace * rf**k``; of the ``n`` trials recorded at a
+            rung, those at places ``i <= n / rf`` (0 = best) go on.
         constraints: budgets; a result breaking one on a metric that only grows stops its
             trial at once.
         state_file: where the rungs are kept between driver runs (JSON); ``None``: in memory.
@@ -75,6 +86,11 @@ class MOASHA(FIFOScheduler):
         self.grace = grace
         self.reduction_factor = reduction_factor
         self.budgets = tuple(c for c in constraints if c.is_budget)
+        # Within a non-dominated rank: the learning objectives first, then the set ones.
+        learning = [i for i, (k, _) in enumerate(self.objectives) if k not in m.BUDGET_METRICS]
+        self._tie_order = tuple(
+            learning + [i for i in range(len(self.objectives)) if i not in learning]
+        )
         self.state_file = state_file
         # rung index -> {trial id: objective values in minimization form}, in arrival order
         self.rungs: dict[int, dict[str, list[float]]] = {}
@@ -124,11 +140,27 @@ class MOASHA(FIFOScheduler):
         return decision
 
     def keeps(self, k: int, trial_id: str) -> bool:
-        """Whether ``trial_id`` is in the best ``ceil(n / rf)`` of the ``n`` trials at rung k."""
-        ids = list(self.rungs[k])
-        order = pareto_order([self.rungs[k][i] for i in ids])
-        kept = max(1, math.ceil(len(ids) / self.reduction_factor))
-        return ids.index(trial_id) in order[:kept]
+        """Whether ``trial_id``'s place ``i`` in :meth:`order` of the ``n`` trials at rung k
+        has ``i / n <= 1 / rf`` (Syne Tune's MOASHA rule)."""
+        order = self.order(k)
+        return order.index(trial_id) * self.reduction_factor <= len(order) * (1 + 1e-9)
+
+    def order(self, k: int) -> list[str]:
+        """The trial ids at rung k, best first: by non-dominated rank, then within a rank by
+        the learning objectives, then by the set ones (memory), then by id."""
+        remaining = dict(self.rungs[k])
+        out: list[str] = []
+        while remaining:
+            layer = [
+                i
+                for i, p in remaining.items()
+                if not any(dominates(q, p) for q in remaining.values())
+            ]
+            layer.sort(key=lambda i: ([remaining[i][d] for d in self._tie_order], i))
+            out += layer
+            for i in layer:
+                del remaining[i]
+        return out
 
     # ---- Ray Tune ----------------------------------------------------------------------------
 

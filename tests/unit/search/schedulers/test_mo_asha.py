@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 
@@ -58,14 +59,64 @@ def test_rank_is_pareto_rank_not_one_metric():
     assert pareto_order([s.rungs[0][k] for k in ("a", "x", "b")])[-1] == 1  # x last
 
 
-def test_ties_on_the_front_keep_the_spread_out_trials():
-    """Three trials on one front, 2 kept: the one arriving between the two ends is stopped;
-    five on it: the order keeps the ends first (infinite crowding distance)."""
-    s = sched(reduction_factor=1.5)  # 2 of 3 kept
-    assert s.decide("a", r(10, 10.0, 100)) == GO
-    assert s.decide("e", r(10, 40.0, 400)) == GO
-    assert s.decide("c", r(10, 21.0, 210)) == STOP  # on the front, but in its middle
-    assert s.decide("z", r(10, 50.0, 500)) == GO  # a new end of the front: 3 of 4 kept
+def test_a_non_dominated_newcomer_is_not_stopped_behind_an_earlier_arrival():
+    """Crowding distance gives both ends of a front (every point, with two trials) inf and
+    ties went to the earlier arrival: a LoRA trial first, then a better full fine-tune, and
+    the full one was stopped. The order starts from the best F1 instead, as Syne Tune's."""
+    s = sched()
+    assert s.decide("lora", r(10, 30.0, 3000)) == GO
+    assert s.decide("full", r(10, 70.0, 9000)) == GO  # 1 of 2 kept: the best F1
+    assert s.order(0) == ["full", "lora"]
+
+
+def test_the_decisions_do_not_depend_on_arrival_order():
+    """Four trials, rf 4 (places i <= 1 go on): whichever order they come in, the best-F1
+    trial c (it was stopped behind a, F1 10 at 1000 MB, when a came first) goes on when it
+    comes last, and so does a; the two dominated ones are stopped when they come last."""
+    results = {
+        "a": r(10, 10.0, 1000),
+        "b": r(10, 5.0, 2000),
+        "d": r(10, 8.0, 3000),
+        "c": r(10, 60.0, 8000),
+    }
+    for order in itertools.permutations(results):
+        s = sched(reduction_factor=4)
+        decisions = [s.decide(i, results[i]) for i in order]
+        assert s.order(0) == ["c", "a", "d", "b"]
+        assert decisions[-1] == {"a": GO, "c": GO, "b": STOP, "d": STOP}[order[-1]], order
+
+
+def test_the_places_kept_follow_syne_tunes_rank_over_n():
+    """A trial at place i of n goes on when i / n <= 1 / rf: 2 of 3 at rf 3 (ceil(n / rf)
+    kept 1), 1 of 2, 4 of 9."""
+    s = sched()
+    for n in (1, 2, 3, 9):
+        s.rungs[5] = {f"t{i}": [-100.0 + i, 100.0 + i] for i in range(n)}  # a chain: t0 best
+        kept = [i for i in range(n) if s.keeps(5, f"t{i}")]
+        assert len(kept) == {1: 1, 2: 1, 3: 2, 9: 4}[n] and kept == list(range(len(kept)))
+
+
+def test_the_lowest_memory_trial_is_no_shelter_for_a_poor_one():
+    """Memory is set by the configuration: it decides dominance, but within the front the
+    trials go by F1. With crowding distance the cheapest trial is an end of the front and
+    was never stopped; here a poor cheap one is, and the stops do not fall on the F1 end."""
+    s = sched()
+    assert s.decide("full", r(10, 70.0, 9000)) == GO
+    assert s.decide("lora16", r(10, 65.0, 8000)) == STOP  # place 1 of 2: 1 / 2 > 1 / 3
+    assert s.decide("lora8", r(10, 60.0, 7000)) == STOP  # place 2 of 3
+    assert s.decide("tiny", r(10, 10.0, 1000)) == STOP  # on the front too, place 3 of 4
+    assert s.order(0) == ["full", "lora16", "lora8", "tiny"]
+
+
+def test_within_a_rank_the_learning_objective_goes_first_whatever_the_listed_order():
+    s = MOASHA([(m.PEAK_MEMORY_MB, "min"), (m.EVAL_F1, "max")], grace=10)
+    s.decide("tiny", {m.STEP: 10, m.EVAL_F1: 10.0, m.PEAK_MEMORY_MB: 1000.0})
+    s.decide("full", {m.STEP: 10, m.EVAL_F1: 70.0, m.PEAK_MEMORY_MB: 9000.0})
+    assert s.order(0) == ["full", "tiny"]
+
+
+def test_crowding_distance_keeps_the_spread_out_points_first():
+    """pareto_order (the Pareto report's) still spreads a front: the ends go first."""
     points = [(10, 100), (20, 200), (21, 210), (22, 220), (40, 400)]
     order = pareto_order([(-f1, mb) for f1, mb in points])
     assert set(order[:2]) == {0, 4}
@@ -86,7 +137,7 @@ def test_a_final_result_is_recorded_but_never_stopped():
     assert s.decide("a", r(10, 50.0, 100)) == GO
     assert s.decide("b", r(10, 40.0, 200, **{m.FINAL_REPORT: 1.0})) == GO  # would be stopped
     assert "b" in s.rungs[0] and s.stopped == {}
-    assert s.decide("c", r(10, 45.0, 150)) == STOP  # b still counts: 1 of 3 kept
+    assert s.decide("c", r(10, 35.0, 250)) == STOP  # b still counts: c is third, 2 of 3 kept
 
 
 def test_a_trial_past_several_rungs_is_recorded_at_each():
