@@ -22,7 +22,8 @@ has already run its course.
 
 Rungs are at ``grace * reduction_factor**k`` of ``time_attr`` (optimizer steps, or seconds of
 training). A trial is judged at its first result at or past a rung; results come at the
-loop's evaluations, so ``train.eval_steps`` sets how close to a rung that is. A result that
+loop's evaluations, so ``train.eval_steps`` sets how close to a rung that is. A result past
+several rungs at once is recorded at the highest only, as Ray's and Syne Tune's ASHA do. A result that
 breaks a budget (the loop marks it infeasible) stops its trial at once; it is never ranked.
 
 Ray Tune does not save a scheduler's state with the experiment, so the rungs are written to
@@ -128,8 +129,9 @@ class MOASHA(FIFOScheduler):
         key = [
             -v if mode == "max" else v for v, (_, mode) in zip(point, self.objectives, strict=True)
         ]
-        for j in range(self.judged.get(trial_id, -1) + 1, k + 1):  # rungs it passed at once
-            self.rungs.setdefault(j, {})[trial_id] = key
+        # A result past several rungs is recorded at the highest only (Ray's and Syne Tune's
+        # ASHA): its better-trained value at the lower rungs would make them harsher.
+        self.rungs.setdefault(k, {})[trial_id] = key
         self.judged[trial_id] = k
         # A trial's last result is recorded for the others, but it has run its course.
         keep = result.get(m.FINAL_REPORT) or self.keeps(k, trial_id)

@@ -140,10 +140,14 @@ def test_a_final_result_is_recorded_but_never_stopped():
     assert s.decide("c", r(10, 35.0, 250)) == STOP  # b still counts: c is third, 2 of 3 kept
 
 
-def test_a_trial_past_several_rungs_is_recorded_at_each():
+def test_a_trial_past_several_rungs_is_recorded_at_the_highest_only():
+    """As Ray's ASHA and Syne Tune's: a first evaluation at step 95 recorded at rungs 10 and
+    30 too would set its better-trained F1 against trials judged there at 10 and 30."""
     s = sched()
     assert s.decide("a", r(95, 50.0, 100)) == GO
-    assert all("a" in s.rungs[k] for k in (0, 1, 2))
+    assert s.rungs == {2: {"a": [-50.0, 100.0]}} and s.judged == {"a": 2}
+    assert s.decide("b", r(10, 40.0, 100)) == GO  # alone at rung 0, not behind a's 50
+    assert s.decide("a", r(100, 1.0, 999)) == GO  # rung 2 again: not judged twice
 
 
 def test_results_without_every_objective_are_not_ranked():
