@@ -27,7 +27,9 @@ several rungs at once is recorded at the highest only, as Ray's and Syne Tune's 
 breaks a budget (the loop marks it infeasible) stops its trial at once; it is never ranked.
 
 Ray Tune does not save a scheduler's state with the experiment, so the rungs are written to
-``state_file`` at every decision and read back on ``--resume`` and by a sweep's extensions.
+``state_file`` at every decision and read back on ``--resume`` and by a sweep's extensions. A
+trial stopped there stays stopped: Tune's saved state may predate the stop (the driver died in
+between) and would run it on.
 
 The stop itself reaches Optuna and MLflow through :class:`EarlyStopMarks`.
 """
@@ -115,6 +117,8 @@ class MOASHA(FIFOScheduler):
 
     def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
         """CONTINUE or STOP for one result (Tune-free, so it can be tested on its own)."""
+        if trial_id in self.stopped:  # stopped before a driver crash Tune's state predates
+            return TrialScheduler.STOP
         if result.get(m.INFEASIBLE) or any(
             _number(result.get(c.metric)) is not None and not c.holds(result) for c in self.budgets
         ):
@@ -170,8 +174,11 @@ class MOASHA(FIFOScheduler):
         return True  # the objectives are given here, not by Tune's single metric
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        stopped_before = trial.trial_id in self.stopped
         decision = self.decide(trial.trial_id, result)
-        if decision == TrialScheduler.STOP:
+        if stopped_before:
+            logger.info("trial %s was stopped before the driver restarted: stopped again", trial)
+        elif decision == TrialScheduler.STOP:
             k = self.stopped.get(trial.trial_id)
             logger.info(
                 "trial %s stopped at %s %s: %s",

@@ -194,6 +194,19 @@ def test_rungs_survive_the_driver(tmp_path):
     assert "c" in restored.rungs[0]
 
 
+def test_a_trial_stopped_before_a_driver_crash_stays_stopped(tmp_path):
+    """mo_asha.json recorded b's STOP; Tune's saved state did not, so --resume runs b on.
+    Its next result, at the next rung and good enough to go on there, is a STOP."""
+    path = str(tmp_path / "mo_asha.json")
+    s = sched(state_file=path)
+    s.decide("a", r(10, 50.0, 100))
+    assert s.decide("b", r(10, 40.0, 200)) == STOP
+    resumed = sched(state_file=path)
+    assert resumed.decide("b", r(30, 90.0, 50)) == STOP  # alone at rung 1: would go on
+    assert resumed.decide("b", r(12, 40.0, 200)) == STOP  # a result replayed from before
+    assert resumed.rungs == s.rungs and resumed.stopped == {"b": 0}
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="reduction_factor > 1"):
         sched(reduction_factor=1)
