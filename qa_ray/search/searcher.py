@@ -8,10 +8,17 @@ budget reaches it without scores. :class:`BudgetAwareOptunaSearch` tells Optuna 
 
 - every finished trial with its constraint values (Optuna 5's ``Trial.set_constraint``, which
   TPE, NSGA-II and ``Study.best_trials`` read; ``<= 0`` is feasible): one per budget, named by
-  its text, and :data:`OTHER_REASON` for "infeasible for another reason" (out of memory);
+  its text, and :data:`OTHER_REASON` for "infeasible for another reason" (out of memory).
+  The samplers rank infeasible trials by the sum of the positive values, so each is a
+  fraction of its bound (``0.25``: 25 % over), not MB or parameters, which would not add up;
+  out of memory counts ``1.0``, as far as a trial at twice its budget (it was read as 1 MB
+  over). A trial stopped early gets values for its budgets only: its other constraints
+  (``eval_f1 >= 50``) were not measured at its end;
 - an infeasible trial COMPLETE with what it measured; an objective it never measured (a trial
   stopped before its first evaluation) is given the worst value the study has seen for it
-  (``0`` for a score if none), so it sorts last, and the constraint values mark it infeasible;
+  (if none: ``0`` for a score, the budget's bound for a cost), so it sorts last, and the
+  constraint values mark it infeasible; a trial Optuna cannot be told is told FAIL, never left
+  RUNNING;
 - a trial MO-ASHA stopped (:data:`qa_ray.metrics.STOPPED_EARLY_AT` in its last result)
   PRUNED, with its rung in the user attributes.
 """
@@ -62,27 +69,34 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._remember(trial_id, result)
         seen = self._last.pop(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        for name, value in self.violations(seen, result).items():
-            ot_trial.set_constraint(name, value)
         infeasible = bool(result.get(m.INFEASIBLE))
+        pruned = result.get(m.STOPPED_EARLY_AT) is not None and not infeasible
+        for name, value in self.violations(seen, result, pruned=pruned).items():
+            ot_trial.set_constraint(name, value)
         if infeasible:
             ot_trial.set_user_attr("qa_ray.infeasible", str(result.get(m.INFEASIBLE_REASON)))
-        stopped_at = result.get(m.STOPPED_EARLY_AT)
         try:
-            if stopped_at is not None and not infeasible:
-                ot_trial.set_user_attr("qa_ray.stopped_early_at", stopped_at)
+            if pruned:
+                ot_trial.set_user_attr("qa_ray.stopped_early_at", result[m.STOPPED_EARLY_AT])
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 self._ot_study.tell(ot_trial, self._values(seen))
         except Exception as exc:  # as OptunaSearch does: e.g. a NaN objective
-            logger.warning("optuna could not be told trial %s: %s", trial_id, exc)
+            logger.warning("optuna could not be told trial %s: %s; told FAIL", trial_id, exc)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
-    def violations(self, seen: dict[str, float], result: dict[str, Any]) -> dict[str, float]:
-        """Per budget, its measured excess (0 when unmeasured); then :data:`OTHER_REASON`:
-        1.0 if the trial is infeasible for a reason no budget shows, else 0.0."""
+    def violations(
+        self, seen: dict[str, float], result: dict[str, Any], pruned: bool = False
+    ) -> dict[str, float]:
+        """Per constraint, its measured excess as a fraction of its bound (0 when unmeasured,
+        or, for a ``pruned`` trial, when it is no budget: a partial F1 says nothing of the
+        final one); then :data:`OTHER_REASON`: 1.0 if the trial is infeasible for a reason no
+        budget shows, else 0.0."""
         values = {
-            str(c): c.violation(seen[c.metric]) if c.metric in seen else 0.0
+            str(c): _relative(c, seen[c.metric])
+            if c.metric in seen and (c.is_budget or not pruned)
+            else 0.0
             for c in self.constraints
         }
         other = bool(result.get(m.INFEASIBLE)) and not any(v > 0 for v in values.values())
@@ -102,7 +116,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             return min(values) if mode == "max" else max(values)
         if mode == "max":
             return 0.0  # scores (F1, EM) are >= 0
+        bounds = [c.bound for c in self.constraints if c.metric == metric and c.is_upper]
+        if bounds:  # no trial measured it yet: the budget is as bad as a feasible one gets
+            return max(bounds)
         raise ValueError(f"an infeasible trial has no {metric!r} and the study no other value")
 
     def _remember(self, trial_id: str, result: dict[str, Any]) -> None:
         self._last.setdefault(trial_id, {}).update(m.finite_numbers(result))
+
+
+def _relative(c: Constraint, value: float) -> float:
+    """``c``'s violation at ``value`` as a fraction of its bound (as is for a bound of 0)."""
+    return c.violation(value) / (abs(c.bound) or 1.0)

@@ -48,11 +48,11 @@ def test_feasible_over_budget_and_out_of_memory_trials():
     ok, big, oom = (_trial(s, t) for t in ("ok", "big", "oom"))
     assert ok.state == big.state == oom.state == State.COMPLETE
     budget = "peak_memory_mb <= 1000"
-    assert ok.constraints == {budget: -200.0, OTHER_REASON: 0.0}
-    assert big.constraints == {budget: 500.0, OTHER_REASON: 0.0}
+    assert ok.constraints == {budget: -0.2, OTHER_REASON: 0.0}  # 20 % under
+    assert big.constraints == {budget: 0.5, OTHER_REASON: 0.0}
     # out of memory: no budget shows it, the last value says "infeasible for another reason";
     # its values are what it measured before (its last evaluation)
-    assert oom.constraints == {budget: -300.0, OTHER_REASON: 1.0}  # 700 MB when last seen
+    assert oom.constraints == {budget: -0.3, OTHER_REASON: 1.0}  # 700 MB when last seen
     assert oom.values == [20.0, 700.0]
     # Optuna's own view: only the feasible trial can be best, however good the others look
     assert [t.number for t in s._ot_study.best_trials] == [ok.number]
@@ -65,7 +65,7 @@ def test_an_unscored_infeasible_trial_gets_the_worst_value_seen():
     _run(s, "c", [{m.EVAL_F1: None, m.PEAK_MEMORY_MB: 1200.0, m.INFEASIBLE: 1.0}])
     c = _trial(s, "c")
     assert c.values == [10.0, 1200.0]
-    assert list(c.constraints.values()) == [200.0, 0.0]
+    assert list(c.constraints.values()) == pytest.approx([0.2, 0.0])
 
 
 def test_a_trial_stopped_early_is_pruned_not_complete():
@@ -74,7 +74,53 @@ def test_a_trial_stopped_early_is_pruned_not_complete():
     p = _trial(s, "p")
     assert p.state == State.PRUNED and p.values is None
     assert p.user_attrs["qa_ray.stopped_early_at"] == 30
-    assert list(p.constraints.values()) == [-700.0, 0.0]
+    assert list(p.constraints.values()) == pytest.approx([-0.7, 0.0])
+
+
+def _excess(t: optuna.trial.FrozenTrial) -> float:
+    """What Optuna's samplers rank infeasible trials by: the sum of the positive values."""
+    return sum(max(v, 0.0) for v in t.constraints.values())
+
+
+def test_out_of_memory_weighs_as_twice_the_budget_not_as_one_mb_over():
+    """The OOM flag (1.0) was summed with excesses in MB: an OOM read as 1 MB over, 500x
+    better than a trial 500 MB over; and MB were summed with parameters."""
+    s = _searcher(constraints=("peak_memory_mb <= 1000", "trainable_params <= 1000000"))
+    _run(s, "ok", [{m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0, m.TRAINABLE_PARAMS: 1e5}])
+    _run(s, "over", [{m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 1500.0, m.TRAINABLE_PARAMS: 2e6}])
+    _run(s, "oom", [{m.EVAL_F1: 20.0, m.PEAK_MEMORY_MB: 700.0, m.TRAINABLE_PARAMS: 1e5},
+                    {m.INFEASIBLE: 1.0}])  # fmt: skip
+    over, oom = _trial(s, "over"), _trial(s, "oom")
+    assert list(over.constraints.values()) == pytest.approx([0.5, 1.0, 0.0])  # 50 %, 100 %
+    assert _excess(oom) == 1.0 and _excess(over) == pytest.approx(1.5)
+
+
+def test_a_pruned_trial_is_not_judged_on_a_score_constraint_by_its_partial_f1():
+    s = _searcher(constraints=("peak_memory_mb <= 1000", "eval_f1 >= 50"))
+    _run(s, "p", [{m.EVAL_F1: 30.0, m.PEAK_MEMORY_MB: 300.0, m.STOPPED_EARLY_AT: 30}])
+    p = _trial(s, "p")
+    assert p.state == State.PRUNED
+    assert p.constraints == {
+        "peak_memory_mb <= 1000": pytest.approx(-0.7),  # a budget: measured for good
+        "eval_f1 >= 50": 0.0,  # F1 30 at step 30 says nothing of its final F1 (was 20)
+        OTHER_REASON: 0.0,
+    }
+    _run(s, "done", [{m.EVAL_F1: 30.0, m.PEAK_MEMORY_MB: 300.0}])  # at its end it counts
+    assert _trial(s, "done").constraints["eval_f1 >= 50"] == pytest.approx(0.4)
+
+
+def test_an_out_of_memory_before_any_report_and_any_completed_trial_is_told():
+    """_worst had no peak memory to take and raised; the trial stayed RUNNING."""
+    s = _searcher()
+    assert s.suggest("oom") is not None
+    s.on_trial_complete("oom", {m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: "out of memory"})
+    oom = _trial(s, "oom")
+    assert oom.state == State.COMPLETE and oom.values == [0.0, 1000.0]  # the budget's bound
+    assert oom.constraints == {"peak_memory_mb <= 1000": 0.0, OTHER_REASON: 1.0}
+    s = _searcher(constraints=())  # no bound to take: FAIL, never RUNNING
+    assert s.suggest("oom") is not None
+    s.on_trial_complete("oom", {m.INFEASIBLE: 1.0})
+    assert _trial(s, "oom").state == State.FAIL
 
 
 def test_errors_stay_failed():
