@@ -1,0 +1,340 @@
+"""Replays early-stopping rules on a learning-curve table: the real scheduler objects, driven
+through the calls Ray Tune makes, over many random draws of configurations and orders.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/replay.py TABLE.json [--draws 200] [--fixed 10.5]
+
+``TABLE.json`` is a table of ``qa_ray/curves.py`` (``python -m qa_ray.curves``), or a
+synthetic one (``benchmarks/curves/synthetic.py``). Only its ``complete`` and ``infeasible``
+trials are drawn: a pruned trial's curve ends where it was stopped.
+
+One draw: N configurations of the table in a random order, run on W workers (1 and 4). A
+worker starts the next configuration when it frees; each result arrives at the trial's start
+plus a fixed cost (``--fixed``, default 10.5 s: the measured start-up of a trial here) plus
+its recorded ``train_seconds``. Each result goes to ``on_trial_result`` (the trial's last one
+marked ``final_report``, an ``infeasible`` trial's last one marked so); a STOP or the last
+result ends the trial (``on_trial_complete``). The draws are the same for every rule.
+
+Per rule, against running every trial of the draw to its end:
+
+- compute: optimizer steps and simulated seconds (fixed costs included) spent;
+- hypervolume of the trials that ran to their end and are feasible, relative to that of
+  running everything (reference point: 0 for a score, the budget for a budgeted metric, else
+  the table's worst + 10 %): mean, interquartile mean with a 95 % bootstrap interval, and
+  the fraction of draws at >= 95 %;
+- where compute goes: the share of steps run before each rung (MO-ASHA's first grace's rungs)
+  and the share of seconds that are fixed costs.
+
+Baselines: run everything; a random 40 % of the configurations run fully (the rest not at
+all); keep the top third on the first objective after the first rung; MO-ASHA at two graces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from qa_ray import metrics as m
+from qa_ray.pareto import hypervolume_history, parse_constraint
+from qa_ray.report import reference_point
+from qa_ray.scheduler import MOASHA
+
+STOP = TrialScheduler.STOP
+FIXED_SECONDS = 10.5
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    objectives: tuple[tuple[str, str], ...]
+    constraints: tuple  # Constraint
+    trials: tuple[dict, ...]  # complete and infeasible ones, with rows
+    reference: tuple[float, ...]
+
+
+def load_table(path: str) -> Table:
+    with open(path) as f:
+        raw = json.load(f)
+    objectives = tuple((k, mode) for k, mode in raw["objectives"])
+    constraints = tuple(parse_constraint(c) for c in raw.get("constraints", []))
+    trials = tuple(
+        t for t in raw["trials"] if t["outcome"] in ("complete", "infeasible") and t["rows"]
+    )
+    budgets = {c.metric: c.bound for c in constraints if c.is_upper}
+    finals = [t["rows"][-1] for t in trials]
+    ref = reference_point(finals, objectives, {k: v for k, v in budgets.items()})
+    return Table(objectives, constraints, trials, tuple(ref))
+
+
+# ---- rules -------------------------------------------------------------------------------------
+
+
+class TopAfterFirstRung(FIFOScheduler):
+    """At its first result at or past ``rung``, a trial goes on if it is in the best third (by
+    the first objective) of the trials that reached the rung so far; never judged again."""
+
+    def __init__(self, objective: tuple[str, str], rung: float, time_attr: str = m.STEP):
+        super().__init__()
+        self.objective, self.rung, self.time_attr = objective, rung, time_attr
+        self.seen: dict[str, float] = {}
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        if trial.trial_id in self.seen or result.get(self.time_attr, 0) < self.rung:
+            return TrialScheduler.CONTINUE
+        metric, mode = self.objective
+        v = result[metric] * (1 if mode == "max" else -1)
+        self.seen[trial.trial_id] = v
+        place = sorted(self.seen.values(), reverse=True).index(v)
+        keep = result.get(m.FINAL_REPORT) or place * 3 <= len(self.seen)
+        return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    scheduler: Callable[[Table], TrialScheduler]
+    fraction: float = 1.0  # the share of the draw's configurations run at all
+
+
+def default_rules(graces: Sequence[float] = (10, 30), rf: float = 3.0) -> list[Rule]:
+    rules = [
+        Rule("run everything", lambda t: FIFOScheduler()),
+        Rule("random 40 %", lambda t: FIFOScheduler(), fraction=0.4),
+        Rule(
+            f"top third after {graces[0]:g}",
+            lambda t: TopAfterFirstRung(t.objectives[0], graces[0]),
+        ),
+    ]
+    for g in graces:
+        rules.append(
+            Rule(
+                f"mo_asha grace {g:g}",
+                lambda t, g=g: MOASHA(
+                    t.objectives, grace=g, reduction_factor=rf, constraints=t.constraints
+                ),
+            )
+        )
+    return rules
+
+
+# ---- one draw ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    steps: float = 0.0
+    seconds: float = 0.0
+    fixed_seconds: float = 0.0
+    finished: list[int] = field(default_factory=list)  # table indices run to their end
+    stopped: list[int] = field(default_factory=list)
+    steps_by_rung: list[float] = field(default_factory=list)
+    hypervolume: float = 0.0
+
+
+def simulate(
+    table: Table,
+    order: Sequence[int],
+    scheduler: TrialScheduler,
+    workers: int,
+    fixed: float = FIXED_SECONDS,
+    rungs: Sequence[float] = (),
+) -> Outcome:
+    """Runs the table's trials ``order`` through ``scheduler`` on ``workers`` workers."""
+    out = Outcome(steps_by_rung=[0.0] * (len(rungs) + 1))
+    pending = list(order)[::-1]
+    events: list[tuple[float, int, int, int]] = []  # (time, seq, table index, row index)
+    seq = 0
+    trials = {}
+
+    def start(now: float) -> None:
+        nonlocal seq
+        if not pending:
+            return
+        i = pending.pop()
+        trials[i] = SimpleNamespace(trial_id=f"t{i:04d}", config=table.trials[i]["config"])
+        scheduler.on_trial_add(None, trials[i])
+        row = table.trials[i]["rows"][0]
+        heapq.heappush(events, (now + fixed + row[m.TRAIN_SECONDS], seq, i, 0))
+        seq += 1
+
+    for _ in range(workers):
+        start(0.0)
+    while events:
+        now, _, i, j = heapq.heappop(events)
+        t = table.trials[i]
+        rows = t["rows"]
+        result = {**rows[j], m.TRAINING_ITERATION: j + 1}
+        last = j == len(rows) - 1
+        if last:
+            result[m.FINAL_REPORT] = 1.0
+            if t["outcome"] == "infeasible":
+                result[m.INFEASIBLE] = 1.0
+        decision = scheduler.on_trial_result(None, trials[i], result)
+        if decision == STOP or last:
+            scheduler.on_trial_complete(None, trials[i], result)
+            steps = float(rows[j][m.STEP])
+            out.steps += steps
+            out.seconds += fixed + rows[j][m.TRAIN_SECONDS]
+            out.fixed_seconds += fixed
+            bounds = [0.0, *rungs, math.inf]
+            for k in range(len(bounds) - 1):
+                out.steps_by_rung[k] += max(0.0, min(steps, bounds[k + 1]) - bounds[k])
+            (out.finished if last and decision != STOP else out.stopped).append(i)
+            start(now)
+        else:
+            nxt = rows[j + 1]
+            start_time = now - fixed - rows[j][m.TRAIN_SECONDS]
+            heapq.heappush(events, (start_time + fixed + nxt[m.TRAIN_SECONDS], seq, i, j + 1))
+            seq += 1
+    out.hypervolume = front_hypervolume(table, out.finished)
+    return out
+
+
+def front_hypervolume(table: Table, indices: Sequence[int]) -> float:
+    """Hypervolume of the feasible finished trials' final values."""
+    finals = []
+    for i in indices:
+        t = table.trials[i]
+        row = t["rows"][-1]
+        if t["outcome"] == "infeasible" or not all(c.holds(row) for c in table.constraints):
+            continue
+        finals.append({**row, "status": "COMPLETE"})
+    if not finals:
+        return 0.0
+    return hypervolume_history(finals, table.objectives, table.reference)[-1]
+
+
+# ---- many draws and their statistics -----------------------------------------------------------
+
+
+def iqm(values: Sequence[float]) -> float:
+    """Interquartile mean: the mean of the middle half (sorted, 25 % trimmed each side)."""
+    v = sorted(values)
+    n = len(v)
+    lo, hi = n // 4, n - n // 4
+    return statistics.fmean(v[lo:hi]) if hi > lo else statistics.fmean(v)
+
+
+def bootstrap_interval(values, stat=iqm, n: int = 1000, seed: int = 0, level: float = 0.95):
+    rng = random.Random(seed)
+    stats = sorted(stat(rng.choices(values, k=len(values))) for _ in range(n))
+    a = (1 - level) / 2
+    return stats[int(a * n)], stats[min(n - 1, int((1 - a) * n))]
+
+
+def replay(
+    table: Table,
+    rules: Sequence[Rule],
+    n: int,
+    workers: int,
+    draws: int = 200,
+    seed: int = 0,
+    fixed: float = FIXED_SECONDS,
+    rungs: Sequence[float] = (),
+) -> dict[str, dict[str, Any]]:
+    """Per rule: per-draw ratios against running everything, and their summary."""
+    rng = random.Random(seed)
+    if len(table.trials) < n:
+        raise ValueError(f"the table has {len(table.trials)} usable trials, fewer than N={n}")
+    plan = []
+    for _ in range(draws):
+        order = rng.sample(range(len(table.trials)), n)
+        plan.append((order, rng.sample(order, max(1, round(0.4 * n)))))
+    runs = {r.name: [] for r in rules}
+    everything = [
+        simulate(table, order, FIFOScheduler(), workers, fixed, rungs) for order, _ in plan
+    ]
+    for rule in rules:
+        for (order, subset), full in zip(plan, everything, strict=True):
+            chosen = [i for i in order if i in set(subset)] if rule.fraction < 1 else order
+            o = simulate(table, chosen, rule.scheduler(table), workers, fixed, rungs)
+            runs[rule.name].append((o, full))
+    return {name: summarize(pairs) for name, pairs in runs.items()}
+
+
+def summarize(pairs: Sequence[tuple[Outcome, Outcome]]) -> dict[str, Any]:
+    steps = [o.steps / f.steps for o, f in pairs]
+    seconds = [o.seconds / f.seconds for o, f in pairs]
+    hv = [o.hypervolume / f.hypervolume for o, f in pairs if f.hypervolume > 0]
+    total_steps = sum(o.steps for o, _ in pairs) or 1.0
+    by_rung = [
+        sum(o.steps_by_rung[k] for o, _ in pairs) / total_steps
+        for k in range(len(pairs[0][0].steps_by_rung))
+    ]
+    return {
+        "steps": statistics.fmean(steps),
+        "seconds": statistics.fmean(seconds),
+        "hv_mean": statistics.fmean(hv) if hv else math.nan,
+        "hv_iqm": iqm(hv) if hv else math.nan,
+        "hv_iqm_ci": bootstrap_interval(hv) if hv else (math.nan, math.nan),
+        "hv_at_95": sum(v >= 0.95 for v in hv) / len(hv) if hv else math.nan,
+        "hv_draws": len(hv),
+        "steps_by_rung": by_rung,
+        "fixed_share": sum(o.fixed_seconds for o, _ in pairs) / sum(o.seconds for o, _ in pairs),
+    }
+
+
+def format_summary(results: dict[str, dict[str, Any]], rungs: Sequence[float]) -> str:
+    heads = [f"<{r:g}" for r in rungs] + ["rest"]
+    lines = [
+        f"{'rule':<24} {'steps':>6} {'secs':>6} {'hv mean':>8} {'hv IQM [95 % CI]':>22} "
+        f"{'>=95%':>6}  steps per rung ({' '.join(heads)})  fixed"
+    ]
+    for name, s in results.items():
+        lo, hi = s["hv_iqm_ci"]
+        share = " ".join(f"{v:4.0%}" for v in s["steps_by_rung"])
+        lines.append(
+            f"{name:<24} {s['steps']:6.0%} {s['seconds']:6.0%} {s['hv_mean']:8.3f} "
+            f"{s['hv_iqm']:8.3f} [{lo:.3f}, {hi:.3f}] {s['hv_at_95']:6.0%}  {share}  "
+            f"{s['fixed_share']:4.0%}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("table")
+    p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--sizes", type=int, nargs="+", default=[12, 24])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--fixed", type=float, default=FIXED_SECONDS)
+    p.add_argument("--graces", type=float, nargs=2, default=[10, 30])
+    p.add_argument("--rf", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    table = load_table(args.table)
+    rules = default_rules(args.graces, args.rf) + _extra_rules(args.rf)
+    rungs = [args.graces[0] * args.rf**k for k in range(4)]
+    print(
+        f"{args.table}: {len(table.trials)} trials; reference {table.reference}; "
+        f"{args.draws} draws; fixed cost {args.fixed:g} s; ratios to running everything"
+    )
+    began = time.perf_counter()
+    for n in args.sizes:
+        for w in args.workers:
+            results = replay(table, rules, n, w, args.draws, args.seed, args.fixed, rungs)
+            print(f"\nN={n}, {w} worker{'s' if w > 1 else ''}")
+            print(format_summary(results, rungs))
+    print(f"\n{time.perf_counter() - began:.1f} s")
+    return 0
+
+
+def _extra_rules(rf: float) -> list[Rule]:
+    return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
