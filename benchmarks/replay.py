@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     table = load_table(args.table)
-    rules = default_rules(args.graces, args.rf) + _extra_rules(args.rf)
+    rules = default_rules(args.graces, args.rf) + _extra_rules(args.rf, args.graces[0])
     rungs = [args.graces[0] * args.rf**k for k in range(4)]
     print(
         f"{args.table}: {len(table.trials)} trials; reference {table.reference}; "
@@ -332,8 +332,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _extra_rules(rf: float) -> list[Rule]:
-    return []
+def _extra_rules(rf: float, grace: float = 10, noise_floor: float = 1.0) -> list[Rule]:
+    from qa_ray.memory_stopping import MemoryAwareStopping
+
+    return [
+        Rule(
+            f"memory_aware grace {grace:g}",
+            lambda t: MemoryAwareStopping(
+                t.objectives,
+                grace=grace,
+                reduction_factor=rf,
+                noise_floor=noise_floor,
+                constraints=t.constraints,
+            ),
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -55,9 +55,10 @@ class Objective(Block):
 
 
 class SchedulerConfig(Block):
-    """Multi-objective early stopping (MO-ASHA): successive halving on Pareto rank."""
+    """Multi-objective early stopping: ``mo_asha`` (successive halving on Pareto rank) or
+    ``memory_aware`` (stop only behind a trial with no more memory, by ``noise_floor``)."""
 
-    type: Literal["mo_asha"] = "mo_asha"
+    type: Literal["mo_asha", "memory_aware"] = "mo_asha"
     time_attr: Literal["step", "train_seconds"] = Field(
         "step", description="what the rungs count: optimizer steps or seconds of training"
     )
@@ -69,6 +70,15 @@ class SchedulerConfig(Block):
         gt=1,
         description="rungs at grace x rf^k; a trial goes on past a rung if it is in "
         "the best 1/rf of the trials that reached it",
+    )
+    noise_floor: float = Field(
+        1.0,
+        ge=0,
+        description="memory_aware: how far ahead (F1 points) a trial with no more memory "
+        "must be to stop another",
+    )
+    warmup: float = Field(
+        0.0, ge=0, description="memory_aware: no trial is judged at a rung below it"
     )
 
 

@@ -53,13 +53,19 @@ def early_stopping(cfg: SweepConfig, local: Path):
     sc = cfg.search.scheduler
     if sc is None:
         return None
-    return MOASHA(
+    cls, rule = MOASHA, {}
+    if sc.type == "memory_aware":
+        from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
+
+        cls, rule = MemoryAwareStopping, {"noise_floor": sc.noise_floor, "warmup": sc.warmup}
+    return cls(
         [(o.metric, o.mode) for o in cfg.objectives],
         time_attr=sc.time_attr,
         grace=sc.grace,
         reduction_factor=sc.reduction_factor,
         constraints=parse_constraints(cfg.constraints, cfg.model.task),
         state_file=str(local / "mo_asha.json"),
+        **rule,
     )
 
 

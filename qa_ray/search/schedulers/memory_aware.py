@@ -1,0 +1,86 @@
+"""Memory-aware early stopping: a trial is stopped at a rung only when another trial that
+needs no more memory is ahead of it by more than a noise floor.
+
+MO-ASHA keeps a fixed share of every rung, so it stops trials that nothing beats on the front
+(a full fine-tune behind a cheaper one on F1, when the rung is crowded) and its share says
+nothing of how far behind a trial is. Peak memory is set by the configuration and known from
+the first evaluation on; F1 is the learning curve. So a trial is stopped at a rung when a
+trial recorded there with no more of every set objective (memory, footprint, parameters:
+:data:`qa_ray.metrics.BUDGET_METRICS`) is no worse on every learning objective and better on
+one by more than ``noise_floor`` (in its units: F1 points). Never stopped:
+
+- the lowest-memory feasible trial at the rung (over-budget ones are stopped at once);
+- a trial at a rung inside ``warmup`` (``time_attr`` units; the learning-rate warmup, when
+  early F1 says little).
+
+Rungs, budgets, the state file and "stopped stays stopped" are MO-ASHA's
+(:class:`qa_ray.scheduler.MOASHA`); only the rule at a rung differs. Select it with
+``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qa_ray import metrics as m
+from qa_ray.pareto import Constraint
+from qa_ray.scheduler import MOASHA
+
+__all__ = ["MemoryAwareStopping"]
+
+
+class MemoryAwareStopping(MOASHA):
+    """Stops a trial only when a trial with no more memory is ahead by ``noise_floor``.
+
+    Args:
+        objectives: ``(metric, "min" | "max")`` pairs, the sweep's objectives.
+        grace: the first rung.
+        reduction_factor: rungs at ``grace * rf**k``.
+        noise_floor: how far ahead (in a learning objective's units) another trial must be.
+        warmup: no trial is judged at a rung below it (default: none).
+        time_attr, constraints, state_file: as :class:`~qa_ray.scheduler.MOASHA`'s.
+    """
+
+    def __init__(
+        self,
+        objectives: Sequence[tuple[str, str]],
+        *,
+        grace: float,
+        reduction_factor: float = 3.0,
+        noise_floor: float = 1.0,
+        warmup: float = 0.0,
+        time_attr: str = m.STEP,
+        constraints: Sequence[Constraint] = (),
+        state_file: str | None = None,
+    ):
+        if noise_floor < 0:
+            raise ValueError(f"noise_floor must be >= 0, but got noise_floor={noise_floor}")
+        self.noise_floor, self.warmup = float(noise_floor), float(warmup)
+        super().__init__(
+            objectives,
+            time_attr=time_attr,
+            grace=grace,
+            reduction_factor=reduction_factor,
+            constraints=constraints,
+            state_file=state_file,
+        )
+        self._set = [i for i, (k, _) in enumerate(self.objectives) if k in m.BUDGET_METRICS]
+        self._learning = [i for i in range(len(self.objectives)) if i not in self._set]
+
+    def keeps(self, k: int, trial_id: str) -> bool:
+        """Whether no trial at rung k with no more of every set objective is ahead of
+        ``trial_id`` by more than the noise floor (values in minimization form)."""
+        if self.rung(k) < self.warmup or not self._learning:
+            return True
+        rung = self.rungs[k]
+        x = rung[trial_id]
+        if self._set and all(x[self._set[0]] <= p[self._set[0]] for p in rung.values()):
+            return True  # the lowest-memory trial (rung entries are all within budget)
+        for other, y in rung.items():
+            if other == trial_id or any(y[d] > x[d] for d in self._set):
+                continue
+            if all(y[d] <= x[d] for d in self._learning) and any(
+                x[d] - y[d] > self.noise_floor for d in self._learning
+            ):
+                return False
+        return True

@@ -1,0 +1,67 @@
+"""The memory-aware rule on hand-made rungs, and its selection from a sweep config."""
+
+from __future__ import annotations
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from qa_ray import metrics as m
+from qa_ray.memory_stopping import MemoryAwareStopping
+from qa_ray.pareto import parse_constraint
+
+STOP, GO = TrialScheduler.STOP, TrialScheduler.CONTINUE
+OBJECTIVES = [(m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min")]
+
+
+def r(step, f1, mb, **more):
+    return {m.STEP: step, m.EVAL_F1: f1, m.PEAK_MEMORY_MB: mb, **more}
+
+
+def rule(**kw):
+    return MemoryAwareStopping(OBJECTIVES, **{"grace": 10, "noise_floor": 1.0, **kw})
+
+
+def test_stopped_only_behind_a_trial_with_no_more_memory_by_more_than_the_noise_floor():
+    s = rule()
+    assert s.decide("lora", r(10, 40.0, 3000)) == GO
+    assert s.decide("full", r(10, 70.0, 9000)) == GO  # more memory: nothing with less beats it
+    assert s.decide("close", r(10, 39.5, 3500)) == GO  # behind lora, within the noise floor
+    assert s.decide("poor", r(10, 30.0, 3500)) == STOP  # lora: less memory, 10 points ahead
+    assert s.decide("mid", r(10, 60.0, 5000)) == GO  # on the front: kept, as MO-ASHA may not
+    assert s.stopped == {"poor": 0}
+
+
+def test_the_lowest_memory_trial_and_the_warmup_are_never_judged():
+    s = rule(warmup=30)
+    assert s.decide("a", r(10, 70.0, 2000)) == GO
+    assert s.decide("b", r(10, 10.0, 3000)) == GO  # far behind, but inside the warmup
+    assert s.decide("a", r(30, 70.0, 2000)) == GO
+    assert s.decide("b", r(30, 10.0, 3000)) == STOP  # past it
+    s = rule()
+    assert s.decide("big", r(10, 70.0, 9000)) == GO
+    assert s.decide("tiny", r(10, 1.0, 1000)) == GO  # the lowest memory: never stopped
+    assert s.decide("equal", r(10, 1.0, 1000)) == GO  # tied lowest: neither is stopped
+
+
+def test_budgets_stop_at_once_and_bad_settings_are_refused():
+    s = rule(constraints=[parse_constraint("peak_memory_mb <= 5000")])
+    assert s.decide("over", r(2, 90.0, 6000)) == STOP
+    with pytest.raises(ValueError, match="noise_floor must be >= 0"):
+        rule(noise_floor=-1)
+
+
+def test_a_sweep_selects_it(tmp_path):
+    from qa_ray.sweep import early_stopping
+    from qa_ray.sweep_config import SchedulerConfig
+
+    class Cfg:  # the fields early_stopping reads
+        objectives = [type("O", (), {"metric": m.EVAL_F1, "mode": "max"})]
+        constraints = ["peak_memory_mb <= 22000"]
+        model = type("M", (), {"task": "extractive"})
+        search = type("S", (), {})
+
+    Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12, noise_floor=2.0)
+    s = early_stopping(Cfg, tmp_path)
+    assert isinstance(s, MemoryAwareStopping) and (s.grace, s.noise_floor) == (12, 2.0)
+    Cfg.search.scheduler = SchedulerConfig(grace=12)
+    assert type(early_stopping(Cfg, tmp_path)).__name__ == "MOASHA"
