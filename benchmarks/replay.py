@@ -3,7 +3,7 @@ through the calls Ray Tune makes, over many random draws of configurations and o
 
     PYTHONPATH=. .venv/bin/python benchmarks/replay.py TABLE.json [--draws 200] [--fixed 10.5]
 
-``TABLE.json`` is a table of ``qa_ray/curves.py`` (``python -m qa_ray.curves``), or a
+``TABLE.json`` is a table of ``qa_ray/report/curves.py`` (``python -m qa_ray.report.curves``), or a
 synthetic one (``benchmarks/curves/synthetic.py``). Only its ``complete`` and ``infeasible``
 trials are drawn: a pruned trial's curve ends where it was stopped.
 
@@ -47,8 +47,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from qa_ray import metrics as m
 from qa_ray.pareto import hypervolume_history, parse_constraint
-from qa_ray.report import reference_point
-from qa_ray.scheduler import MOASHA
+from qa_ray.report.summary import reference_point
+from qa_ray.search.schedulers.mo_asha import MOASHA
 
 STOP = TrialScheduler.STOP
 FIXED_SECONDS = 10.5
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _extra_rules(rf: float, grace: float = 10, noise_floor: float = 1.0) -> list[Rule]:
-    from qa_ray.memory_stopping import MemoryAwareStopping
+    from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
     return [
         Rule(

@@ -1,4 +1,4 @@
-"""A synthetic curve table (the schema of ``qa_ray/curves.py``), deterministic for a seed: for
+"""A synthetic curve table (the schema of ``qa_ray/report/curves.py``), deterministic for a seed: for
 tests of the replay and for trying a rule before a real sweep's table exists. Not measured.
 
     python benchmarks/curves/synthetic.py --configs 8 --seed 0 -o tests/assets/curves_tiny.json

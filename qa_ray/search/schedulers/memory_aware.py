@@ -14,7 +14,7 @@ one by more than ``noise_floor`` (in its units: F1 points). Never stopped:
   early F1 says little).
 
 Rungs, budgets, the state file and "stopped stays stopped" are MO-ASHA's
-(:class:`qa_ray.scheduler.MOASHA`); only the rule at a rung differs. Select it with
+(:class:`qa_ray.search.schedulers.mo_asha.MOASHA`); only the rule at a rung differs. Select it with
 ``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0}``.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint
-from qa_ray.scheduler import MOASHA
+from qa_ray.search.schedulers.mo_asha import MOASHA
 
 __all__ = ["MemoryAwareStopping"]
 
@@ -38,7 +38,7 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: rungs at ``grace * rf**k``.
         noise_floor: how far ahead (in a learning objective's units) another trial must be.
         warmup: no trial is judged at a rung below it (default: none).
-        time_attr, constraints, state_file: as :class:`~qa_ray.scheduler.MOASHA`'s.
+        time_attr, constraints, state_file: as :class:`~qa_ray.search.schedulers.mo_asha.MOASHA`'s.
     """
 
     def __init__(

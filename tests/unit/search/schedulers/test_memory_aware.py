@@ -6,8 +6,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from qa_ray import metrics as m
-from qa_ray.memory_stopping import MemoryAwareStopping
 from qa_ray.pareto import parse_constraint
+from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
 STOP, GO = TrialScheduler.STOP, TrialScheduler.CONTINUE
 OBJECTIVES = [(m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min")]
@@ -51,8 +51,8 @@ def test_budgets_stop_at_once_and_bad_settings_are_refused():
 
 
 def test_a_sweep_selects_it(tmp_path):
-    from qa_ray.sweep import early_stopping
-    from qa_ray.sweep_config import SchedulerConfig
+    from qa_ray.sweep.config import SchedulerConfig
+    from qa_ray.sweep.tuner import early_stopping
 
     class Cfg:  # the fields early_stopping reads
         objectives = [type("O", (), {"metric": m.EVAL_F1, "mode": "max"})]

@@ -1,7 +1,7 @@
 """Learning-curve tables: a finished sweep exported from MLflow to one JSON file, for replays
 of early-stopping rules (``benchmarks/replay.py``) without training anything again.
 
-    python -m qa_ray.curves --tracking-uri sqlite:///mlflow.db --sweep minilm-squad -o c.json
+    python -m qa_ray.report.curves --tracking-uri sqlite:///mlflow.db --sweep minilm-squad -o c.json
 
 Meant to live at ``qa_ray/report/curves.py`` once ``report.py`` moves into a ``report/``
 package; a ``qa_ray/report/`` package next to ``report.py`` would shadow it today.
@@ -104,7 +104,7 @@ def curve_table(
 def export_curves(uri: str, sweep_or_run: str) -> dict[str, Any]:
     """The curve table of the newest sweep named ``sweep_or_run`` (or of that parent run id)
     in the MLflow store at ``uri``."""
-    from qa_ray import tracking
+    from qa_ray.tracking import runs as tracking
 
     parent = tracking.find_parent_run(uri, sweep_or_run)
     client = tracking.mlflow_client(uri)
@@ -146,13 +146,13 @@ def run_sweep_name(client, parent_run_id: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qa_ray.curves``: writes the table; exit 2 when no such sweep."""
-    from qa_ray.config import ConfigError
+    """``python -m qa_ray.report.curves``: writes the table; exit 2 when no such sweep."""
+    from qa_ray.errors import ConfigError
 
     p = argparse.ArgumentParser(
-        prog="python -m qa_ray.curves",
+        prog="python -m qa_ray.report.curves",
         description="Export a finished sweep's learning curves to one JSON table.",
-        epilog="example: python -m qa_ray.curves --tracking-uri sqlite:///mlflow.db "
+        epilog="example: python -m qa_ray.report.curves --tracking-uri sqlite:///mlflow.db "
         "--sweep minilm-squad -o benchmarks/curves/minilm-squad.json",
     )
     p.add_argument("--tracking-uri", required=True)

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from qa_ray import metrics as m
-from qa_ray.curves import SCHEMA, export_curves, main
-from qa_ray.tracking import MLflowSweepCallback, start_parent_run
+from qa_ray.report.curves import SCHEMA, export_curves, main
+from qa_ray.tracking.callback import MLflowSweepCallback
+from qa_ray.tracking.runs import start_parent_run
 
 OBJECTIVES = [(m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min"), (m.EVAL_LATENCY_MS, "min")]
 
