@@ -68,3 +68,22 @@ def squad_v1_dev() -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (../shared/data beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server (moto's server mode) on loopback for the whole session."""
+    from tests.s3 import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the loopback S3 server, with the environment pointing at it the way
+    a user points the AWS CLI, boto3 and pyarrow at an S3-compatible store."""
+    from tests.s3 import make_bucket, set_env
+
+    set_env(monkeypatch, s3_endpoint)
+    return make_bucket(s3_endpoint)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qa_ray import storage
 from qa_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,11 +52,15 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
     if (
         distill is not None
         and distill.from_sweep is None  # looked up in MLflow (tracking.resolve_teacher)
-        and not os.path.isdir(os.path.expanduser(distill.teacher))
+        and not (
+            storage.exists(distill.teacher)
+            if storage.is_uri(distill.teacher)
+            else os.path.isdir(os.path.expanduser(distill.teacher))
+        )
     ):
         errors.append(
             f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
-            f"(a local folder; relative paths are resolved from {os.getcwd()})"
+            f"(a local folder or a bucket URI; relative paths are resolved from {os.getcwd()})"
         )
     if errors:
         raise ConfigError(source, errors)
@@ -124,7 +129,11 @@ def absolutize_paths(cfg: TrialConfig) -> TrialConfig:
         }
     )
     train = cfg.train
-    if train.distill is not None and train.distill.from_sweep is None:
+    if (
+        train.distill is not None
+        and train.distill.from_sweep is None
+        and not storage.is_uri(train.distill.teacher)
+    ):
         teacher = os.path.abspath(os.path.expanduser(train.distill.teacher))
         train = train.model_copy(
             update={"distill": train.distill.model_copy(update={"teacher": teacher})}

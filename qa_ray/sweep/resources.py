@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from qa_ray.errors import ConfigError
 from qa_ray.search.space import grid_size
-from qa_ray.sweep.state import is_uri
+from qa_ray.storage import is_uri
 
 if TYPE_CHECKING:
     from qa_ray.sweep.config import SweepConfig

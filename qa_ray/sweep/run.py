@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from qa_ray import metrics as m
+from qa_ray import storage
 from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
+from qa_ray.sweep.bucket import BucketState, BucketStateCallback
 from qa_ray.sweep.console import Interrupts, ProgressCallback
 from qa_ray.sweep.resources import cluster_notes, credentials_stay_in_the_driver, init_ray, plan
 from qa_ray.sweep.state import (
@@ -93,9 +95,9 @@ def run_sweep(
     """
     from ray import tune
 
+    storage.s3_endpoint_to_environment()
     exp_path = experiment_path(cfg)
     local = state_dir(cfg)
-    state_path = local / STATE_FILE
     restorable = tune.Tuner.can_restore(exp_path)
     if resume and not restorable:
         raise ConfigError(
@@ -110,6 +112,32 @@ def run_sweep(
                 "continue it, or choose another `name` (nothing there was touched)"
             ],
         )
+    bucket = BucketState.of(cfg, local)
+    if bucket is not None:
+        bucket.acquire()  # before any Ray work: a second driver on this sweep is refused
+        if resume:
+            bucket.pull()
+    try:
+        return _run(cfg, tracking_uri, address, resume, resolved_yaml, verbose, bucket)
+    finally:
+        if bucket is not None:
+            bucket.release()
+
+
+def _run(
+    cfg: SweepConfig,
+    tracking_uri: str,
+    address: str | None,
+    resume: bool,
+    resolved_yaml: str,
+    verbose: bool,
+    bucket: BucketState | None,
+) -> SweepResult:
+    from ray import tune
+
+    exp_path = experiment_path(cfg)
+    local = state_dir(cfg)
+    state_path = local / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stages = plan_stages(cfg, state, exp_path, resume)
     # The MLflow store is opened (a new one migrates its schema, about 2 s) while Ray starts.
@@ -155,6 +183,8 @@ def run_sweep(
         }
     )
     state_path.write_text(json.dumps(state, indent=2))
+    if bucket is not None:
+        bucket.push()
     print(
         f"[qa-ray] sweep {cfg.name}: MLflow parent run {parent_id} at {redact_uri(tracking_uri)}",
         flush=True,
@@ -174,7 +204,7 @@ def run_sweep(
     with Interrupts() as interrupts, credentials_stay_in_the_driver():
         try:
             for i, stage in enumerate(stages):
-                grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p)
+                grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p, bucket)
                 # Each result with its trial's status (ResultGrid lists results in the order
                 # of its analysis' trials; the status is not public on a Result in Ray 2.60).
                 trials_of = grid._experiment_analysis.trials
@@ -190,6 +220,8 @@ def run_sweep(
         close_study(local, cfg.name)
         if not any(t["status"] == "COMPLETE" for t in trials):
             status = "FAILED"  # no trial completed: the sweep found nothing
+    if bucket is not None:
+        bucket.push()
     finish_parent_run(tracking_uri, parent_id, status)
     return SweepResult(parent_id, trials, interrupts.signal)
 
@@ -223,6 +255,7 @@ def _fit(
     tracking_uri: str,
     parent_id: str,
     p: dict,
+    bucket: BucketState | None = None,
 ):
     from ray import tune
 
@@ -262,6 +295,7 @@ def _fit(
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
         MLflowSweepCallback(tracking_uri, parent_id, m.CURVES, base_config=base),
         ProgressCallback(cfg.objectives, stage["num_samples"]),
+        *([BucketStateCallback(bucket)] if bucket is not None else []),
     ]
     searcher = BudgetAwareOptunaSearch(
         constraints=constraints,

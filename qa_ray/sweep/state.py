@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from qa_ray.config.files import config_differences
 from qa_ray.errors import ConfigError
+from qa_ray.storage import is_uri, join
 from qa_ray.tracking.runs import redact_uri
 
 if TYPE_CHECKING:
@@ -24,21 +25,9 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "qa_ray_sweep.json"
 
 
-def is_uri(path: str) -> bool:
-    """``s3://bucket/x``, ``gs://...``: storage Ray reads through pyarrow, not a local folder."""
-    return "://" in path
-
-
-def _under(storage_path: str, name: str) -> str:
-    """``storage_path/name`` for a folder or a URI."""
-    if is_uri(storage_path):
-        return f"{storage_path.rstrip('/')}/{name}"
-    return str(Path(storage_path) / name)
-
-
 def experiment_path(cfg: SweepConfig) -> str:
     """Where Ray Tune keeps this sweep's results: ``storage_path/name`` (a folder or a URI)."""
-    return _under(cfg.storage_path, cfg.name)
+    return join(cfg.storage_path, cfg.name)
 
 
 def state_dir(cfg: SweepConfig) -> Path:
@@ -74,7 +63,7 @@ def plan_stages(cfg: SweepConfig, state: dict, exp_path: str, resume: bool) -> l
 
 
 def stage_path(stage: dict) -> str:
-    return _under(stage["storage_path"], stage["name"])
+    return join(stage["storage_path"], stage["name"])
 
 
 # Settings a resumed sweep may change: more trials, and where it reads and writes.
@@ -89,6 +78,11 @@ def check_resume(cfg: SweepConfig, tracking_uri: str, explicit_uri: bool) -> str
         ConfigError: no sweep state to resume, another tracking URI, fewer trials than planned,
             or changed trial or search settings (each named, with both values).
     """
+    from qa_ray.sweep.bucket import BucketState
+
+    bucket = BucketState.of(cfg, state_dir(cfg))
+    if bucket is not None:  # a fresh head: the state comes back from the bucket
+        bucket.pull()
     state_path = state_dir(cfg) / STATE_FILE
     if not state_path.is_file():
         raise ConfigError(

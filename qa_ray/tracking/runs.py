@@ -229,7 +229,12 @@ def trial_checkpoint(uri: str, sweep: str, trial: str) -> str:
             "the trial recorded no checkpoint (it ran with `train.save_checkpoints: false`, "
             "or never reported one)"
         )
-    if not os.path.isdir(path):
+    from qa_ray import storage
+
+    if storage.is_uri(path):  # in the sweep's bucket: the trials fetch it where they run
+        if not storage.exists(path):
+            raise fail(f"its checkpoint {path!r} is not in the bucket (it was removed)")
+    elif not os.path.isdir(path):
         raise fail(
             f"its checkpoint {path!r} is not a folder on this machine: copy it here and name "
             "the folder"

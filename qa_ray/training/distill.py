@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from qa_ray import storage
 from qa_ray.models.build import build_model
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def build_teacher(
     from transformers import AutoTokenizer
 
     assert cfg.train.distill is not None
-    path = cfg.train.distill.teacher
+    # A teacher in a bucket (a trial of a sweep stored there) is fetched to this machine once.
+    path = storage.fetch_folder(cfg.train.distill.teacher)
     if (Path(path) / "adapter_config.json").is_file():
         raise ValueError(
             f"`train.distill.teacher` = {path!r} is a LoRA adapter: distill from a full model "
