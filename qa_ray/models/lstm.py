@@ -9,6 +9,10 @@ for any tokenizer (question and context told apart by ``token_type_ids`` where t
 gives them), so SQuAD 2.0's no-answer option is the same position as for the transformers
 (the window's first token, or its last for tokenizers without a CLS token).
 
+Every LSTM reads each window packed to its own length (``attention_mask``; batches are
+right-padded), so a window's logits do not depend on the other windows of its batch: the
+backward direction starts at the window's last real token, not at the batch's padding.
+
 It is a ``transformers`` ``PreTrainedModel``, so the loop, the checkpoints
 (``save_pretrained``) and the size accounting (``get_memory_footprint``) treat it as any
 other; its output has ``loss``, ``start_logits`` and ``end_logits`` like a QA head's.
@@ -22,6 +26,15 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 __all__ = ["BiLSTMAttentionConfig", "BiLSTMAttentionForQuestionAnswering"]
+
+
+def _packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``lstm`` over each right-padded row's first ``lengths`` steps; zeros past them."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
 
 class BiLSTMAttentionConfig(PretrainedConfig):
@@ -83,8 +96,10 @@ class BiLSTMAttentionForQuestionAnswering(PreTrainedModel):
         mask = attention_mask.bool() if attention_mask is not None else input_ids.ne(-1)
         # without segment ids every token is context and question alike
         question = mask & token_type_ids.eq(0) if token_type_ids is not None else mask
+        # right-padded windows: a row's real tokens are its first `lengths`
+        lengths = mask.sum(dim=1).clamp(min=1)
         x = self.dropout(self.embeddings(input_ids))
-        enc, _ = self.encoder(x)  # (B, L, 2h)
+        enc = _packed(self.encoder, x, lengths)  # (B, L, 2h)
         enc = self.dropout(enc)
         # similarity of every (context token i, question token j)
         scores = (
@@ -95,8 +110,8 @@ class BiLSTMAttentionForQuestionAnswering(PreTrainedModel):
         scores = scores.masked_fill(~question.unsqueeze(1), torch.finfo(scores.dtype).min)
         c2q = torch.softmax(scores, dim=-1) @ enc  # (B, L, 2h)
         g = torch.cat([enc, c2q, enc * c2q], dim=-1)
-        m1, _ = self.modelling(self.dropout(g))
-        m2, _ = self.end_lstm(m1)
+        m1 = _packed(self.modelling, self.dropout(g), lengths)
+        m2 = _packed(self.end_lstm, m1, lengths)
         start_logits = self.start(m1).squeeze(-1)
         end_logits = self.end(torch.cat([m1, m2], dim=-1)).squeeze(-1)
         neg = torch.finfo(start_logits.dtype).min / 2

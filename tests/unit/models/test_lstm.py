@@ -85,3 +85,25 @@ def test_lora_or_kbit_on_the_lstm_is_a_validation_error(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="trained from scratch.*finetune=lora"):
         load_trial_config(path)
+
+
+def test_a_windows_logits_do_not_depend_on_the_longer_windows_of_its_batch():
+    """Packed LSTMs: a window scored alone and beside a longer one gives the same logits (the
+    backward direction never reads the batch's padding), so eval scores do not depend on
+    ``eval_batch_size``."""
+    torch.manual_seed(0)
+    model = BiLSTMAttentionForQuestionAnswering(
+        BiLSTMAttentionConfig(vocab_size=40, embedding_dim=16, hidden_size=16, num_layers=2)
+    ).eval()
+    short, long = torch.randint(1, 40, (1, 9)), torch.randint(1, 40, (1, 17))
+    types = (torch.arange(17) >= 5).long().expand(2, 17)  # question, then context
+    ids = torch.zeros(2, 17, dtype=torch.long)
+    ids[0, :9], ids[1] = short[0], long[0]
+    mask = torch.zeros(2, 17, dtype=torch.long)
+    mask[0, :9], mask[1] = 1, 1
+    with torch.no_grad():
+        alone = model(input_ids=short, attention_mask=torch.ones_like(short),
+                      token_type_ids=types[:1, :9])  # fmt: skip
+        batched = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    torch.testing.assert_close(batched.start_logits[0, :9], alone.start_logits[0])
+    torch.testing.assert_close(batched.end_logits[0, :9], alone.end_logits[0])
