@@ -109,6 +109,7 @@ def build_model(
     *,
     prune_losses: Callable[[torch.nn.Module], Iterable[torch.Tensor]] | None = None,
     prune_plan: dict[str, list[list[int]]] | None = None,
+    frozen: bool = False,
 ):
     """Builds the model for ``cfg.task`` with the asked quantization and LoRA adapters.
 
@@ -122,6 +123,8 @@ def build_model(
             for a model, where head and unit importance is measured (before LoRA).
         prune_plan: with ``cfg.prune``: the heads and units to keep, as a resumed trial's
             checkpoint recorded them (nothing is measured).
+        frozen: a model nothing trains (a distillation teacher): no fp32 masters, so at 16
+            bits every weight is stored in ``compute_dtype``, and no parameter needs a grad.
 
     Returns:
         The model, on ``device``, LoRA-wrapped when ``cfg.finetune == "lora"``.
@@ -139,6 +142,8 @@ def build_model(
         kwargs["quantization_config"] = quantization_config(cfg, compute_dtype, model_type)
         kwargs["device_map"] = {"": device}
         kwargs["dtype"] = compute_dtype
+    elif cfg.quantization_bits == 16 and frozen:
+        kwargs["dtype"] = compute_dtype  # nothing trained, so no fp32 master weights
     elif cfg.quantization_bits == 16 and cfg.finetune == "lora":
         kwargs["dtype"] = torch.bfloat16  # frozen base weights; adapters and heads fp32 below
     else:
@@ -192,7 +197,7 @@ def build_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
 
-    if kbit:
+    if kbit or frozen:
         # What peft's prepare_model_for_kbit_training does, less its upcast of every
         # non-quantized weight to fp32 (for Llama-3.2-1B about 1 GB more than its 16-bit
         # trials, all of it frozen): what is trained is made fp32 below, the rest stays.

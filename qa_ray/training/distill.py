@@ -62,7 +62,7 @@ def build_teacher(
             "gradient_checkpointing": False,
         }
     )
-    teacher = build_model(teacher_cfg, device, precision.compute_dtype)
+    teacher = build_model(teacher_cfg, device, precision.compute_dtype, frozen=True)
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -52,6 +52,25 @@ def test_a_distilled_trial_trains_the_student_and_never_the_teacher(tiny_model_d
     assert param_checksum(trial.model) != before_student
 
 
+@pytest.mark.parametrize(("bits", "teacher_dtype"), [(16, torch.bfloat16), (32, torch.float32)])
+def test_the_teacher_is_built_in_the_students_precision(tiny_model_dir, tmp_path, bits,
+                                                        teacher_dtype):  # fmt: skip
+    """A 16-bit full fine-tune autocasts (bf16 on CPU): its teacher's weights are all bf16,
+    the student's trained weights stay fp32 masters; a 32-bit student's teacher is fp32."""
+    from qa_ray.config.trial import TrialConfig
+    from qa_ray.training.loop import setup
+    from tests.helpers import RecordingSession, trial_dict
+
+    cfg = trial_dict(tiny_model_dir("bert"), tmp_path, data__max_eval_examples=4)
+    cfg["model"].update(finetune="full", quantization_bits=bits)
+    cfg["train"]["distill"] = {"teacher": str(tiny_model_dir("bert"))}
+    trial, _ = setup(TrialConfig.model_validate(cfg), RecordingSession())
+    assert trial.teacher is not None
+    assert {p.dtype for p in trial.teacher.parameters()} == {teacher_dtype}
+    assert {p.dtype for p in trial.model.parameters()} == {torch.float32}
+    assert not any(p.requires_grad for p in trial.teacher.parameters())
+
+
 def test_a_smaller_student_learns_from_the_whole_teacher(tiny_model_dir, tmp_path):
     """The student keeps 1 of 2 layers and prunes heads: the teacher keeps all of its own."""
     from qa_ray.training.loop import setup
