@@ -3,7 +3,7 @@
     qa-ray validate sweeps/quickstart.yaml
     qa-ray sweep sweeps/quickstart.yaml [key=value ...] [--dry-run] [--resume]
     qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50 [--resume]
-    qa-ray score dev-v2.0.json.gz predictions.json
+    qa-ray score dev-v2.0.json.gz predictions.json [--na-prob na_prob.json]
     qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1]
     qa-ray submit SWEEP.yaml --address http://HEAD:8265 [key=value ...] [--no-follow]
     qa-ray job status|logs|stop JOB_ID --address http://HEAD:8265
@@ -58,7 +58,31 @@ def _cmd_score(args) -> int:
     ]
     if bad:
         raise DataError(args.predictions, bad[:25])
-    report = score(questions, preds)
+    na_probs = None
+    if args.na_prob:
+        na_probs = read_json(args.na_prob)
+        if not isinstance(na_probs, dict):
+            raise DataError(
+                args.na_prob,
+                [
+                    "expected a JSON object {question_id: no-answer probability}, but got a "
+                    f"{type(na_probs).__name__}"
+                ],
+            )
+        bad = [
+            f"`{k}`: probability must be a number, but got {v!r}"
+            for k, v in na_probs.items()
+            if isinstance(v, bool) or not isinstance(v, int | float)
+        ]
+        known = {q.id for q in questions}
+        bad += [
+            f"`{k}`: predicted, but has no no-answer probability"
+            for k in preds
+            if k in known and k not in na_probs
+        ]
+        if bad:
+            raise DataError(args.na_prob, bad[:25])
+    report = score(questions, preds, na_probs, args.na_prob_thresh if na_probs else None)
     if report.missing:
         print(
             f"warning: {len(report.missing)} question(s) have no prediction and score 0 "
@@ -435,10 +459,22 @@ def _parser() -> argparse.ArgumentParser:
         "score",
         _cmd_score,
         "score SQuAD predictions like the official v2.0 script",
-        "qa-ray score dev-v2.0.json.gz predictions.json",
+        "qa-ray score dev-v2.0.json.gz predictions.json --na-prob null_odds.json",
     )
     sp.add_argument("dataset", help="official-format SQuAD JSON (.json or .json.gz)")
     sp.add_argument("predictions", help="JSON object {question_id: answer_text}")
+    sp.add_argument(
+        "--na-prob",
+        metavar="FILE",
+        help="JSON object {question_id: no-answer probability} (the official --na-prob-file): "
+        "adds best_exact, best_f1 and their thresholds",
+    )
+    sp.add_argument(
+        "--na-prob-thresh",
+        type=float,
+        default=1.0,
+        help="with --na-prob: questions above it abstain in exact/f1 (official default 1.0)",
+    )
 
     sp = add(
         "train",

@@ -17,6 +17,19 @@ EVAL_HAS_ANS_F1 = "eval_HasAns_f1"
 EVAL_NO_ANS_F1 = "eval_NoAns_f1"
 EVAL_HAS_ANS_EXACT = "eval_HasAns_exact"
 EVAL_NO_ANS_EXACT = "eval_NoAns_exact"
+
+
+# SQuAD 2.0 with no-answer scores (extractive): at the best no-answer threshold, and that threshold
+EVAL_BEST_EXACT = "eval_best_exact"
+
+
+EVAL_BEST_F1 = "eval_best_f1"
+
+
+EVAL_BEST_EXACT_THRESH = "eval_best_exact_thresh"
+
+
+EVAL_BEST_F1_THRESH = "eval_best_f1_thresh"
 EVAL_LOSS = "eval_loss"  # instruction tuning: mean cross-entropy per response token, held out
 EVAL_PERPLEXITY = "eval_perplexity"  # exp(eval_loss)
 QUALITATIVE = "qualitative_answers"  # instruction tuning: [{"question", "answer"}] (not a number)
@@ -62,6 +75,10 @@ CURVES = (
     EVAL_NO_ANS_F1,
     EVAL_HAS_ANS_EXACT,
     EVAL_NO_ANS_EXACT,
+    EVAL_BEST_EXACT,
+    EVAL_BEST_F1,
+    EVAL_BEST_EXACT_THRESH,
+    EVAL_BEST_F1_THRESH,
     EVAL_LOSS,
     EVAL_PERPLEXITY,
     TRAIN_LOSS,

@@ -87,3 +87,11 @@ def s3_bucket(s3_endpoint, monkeypatch):
 
     set_env(monkeypatch, s3_endpoint)
     return make_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def squad_v2_dev() -> Path:
+    path = SHARED_SQUAD / "dev-v2.0.json.gz"
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/data beside the checkout)")
+    return path

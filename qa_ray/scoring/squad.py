@@ -1,10 +1,13 @@
 """SQuAD v1.1 / v2.0 scoring, equivalent to the official evaluation scripts.
 
-The scoring reproduces the official SQuAD v2.0 evaluation script (``evaluate-v2.0.py``) with
-no no-answer probabilities: same answer normalization, same EM/F1 per question (max over the
-non-empty gold answers, or the empty answer for unanswerable questions), same output keys, as
-percentages. One deliberate difference: a question without a prediction scores 0 and stays in
-``total`` (the official v2.0 script crashes on it instead).
+The scoring reproduces the official SQuAD v2.0 evaluation script (``evaluate-v2.0.py``): same
+answer normalization, same EM/F1 per question (max over the non-empty gold answers, or the
+empty answer for unanswerable questions), same output keys, as percentages. Given no-answer
+probabilities (any score that grows with "unanswerable"), also as the official script: the
+main scores abstain where the probability exceeds ``na_prob_thresh``, and ``best_exact`` /
+``best_f1`` are the scores at the best threshold (``best_*_thresh``) over the probabilities.
+One deliberate difference: a question without a prediction scores 0 at every threshold and
+stays in ``total`` (the official v2.0 script crashes on it instead).
 """
 
 from __future__ import annotations
@@ -67,34 +70,97 @@ class ScoreReport:
     unknown: tuple[str, ...]
 
 
-def score(questions: Iterable[GoldQuestion], predictions: Mapping[str, str]) -> ScoreReport:
+def best_threshold(
+    raw: Mapping[str, float],
+    has_answer: Mapping[str, bool],
+    predictions: Mapping[str, str],
+    na_probs: Mapping[str, float],
+) -> tuple[float, float]:
+    """The best score over no-answer thresholds, and that threshold (``find_best_thresh`` of
+    the official v2.0 script).
+
+    At a threshold ``t`` a question whose no-answer probability exceeds ``t`` abstains (the
+    empty answer: 1 if unanswerable, else 0); the others keep their prediction's score. The
+    sweep starts with every question abstaining (threshold 0.0), then lets the questions
+    answer one by one in increasing probability (ties in the order of ``na_probs``); the
+    first best running score wins, at the probability of the question that reached it.
+
+    Args:
+        raw: every question's score (exact or F1, 0 to 1) for its prediction.
+        has_answer: every question's answerability.
+        predictions: ``{question id: answer}``; a question without one scores 0 throughout.
+        na_probs: no-answer probabilities (or scores) by question id; ids not in ``raw`` are
+            ignored.
+
+    Returns:
+        ``(100 * best score / len(raw), threshold)``.
+    """
+    swept = [q for q in sorted(na_probs, key=na_probs.__getitem__) if q in raw and q in predictions]
+    running = float(sum(1 for q in predictions if q in raw and not has_answer[q]))
+    best, thresh = running, 0.0
+    for q in swept:
+        if has_answer[q]:
+            running += raw[q]  # abstaining scored 0
+        elif predictions[q]:
+            running -= 1.0  # abstaining scored 1, a non-empty answer 0
+        if running > best:
+            best, thresh = running, float(na_probs[q])
+    return 100.0 * best / len(raw) if raw else 0.0, thresh
+
+
+def score(
+    questions: Iterable[GoldQuestion],
+    predictions: Mapping[str, str],
+    na_probs: Mapping[str, float] | None = None,
+    na_prob_thresh: float | None = None,
+) -> ScoreReport:
     """Scores predictions as the official SQuAD v2.0 script does (percentages).
 
     Args:
         questions: every question of the dataset with its gold answers.
         predictions: ``{question_id: answer_text}``; ``""`` means "no answer".
+        na_probs: ``{question_id: no-answer probability}`` for every predicted question (the
+            official ``--na-prob-file``): adds ``best_exact``, ``best_exact_thresh``,
+            ``best_f1`` and ``best_f1_thresh`` (:func:`best_threshold`).
+        na_prob_thresh: with ``na_probs``, a question whose probability exceeds it abstains
+            in the main scores (the official ``--na-prob-thresh``, 1.0 there by default);
+            ``None`` scores the predictions as they are.
 
     Returns:
-        The official keys (``exact``, ``f1``, ``total``, ``HasAns_*``, and ``NoAns_*`` when
-        there are unanswerable questions), missing and unknown prediction ids.
+        The official keys (``exact``, ``f1``, ``total``, ``HasAns_*``, ``NoAns_*`` when there
+        are unanswerable questions, ``best_*`` with ``na_probs``), missing and unknown
+        prediction ids.
+
+    Raises:
+        ValueError: ``na_probs`` lacks a predicted question of the dataset.
     """
-    exact: dict[str, float] = {}
-    f1: dict[str, float] = {}
-    has_ans: list[str] = []
-    no_ans: list[str] = []
+    questions = list(questions)
+    raw_exact: dict[str, float] = {}
+    raw_f1: dict[str, float] = {}
+    has_answer: dict[str, bool] = {}
     missing: list[str] = []
-    known: set[str] = set()
     for q in questions:
-        known.add(q.id)
         golds = [a for a in q.answers if normalize_answer(a)] or [""]
-        (has_ans if q.answers else no_ans).append(q.id)
+        has_answer[q.id] = bool(q.answers)
         if q.id not in predictions:
             missing.append(q.id)
-            exact[q.id] = f1[q.id] = 0.0
+            raw_exact[q.id] = raw_f1[q.id] = 0.0
             continue
         pred = predictions[q.id]
-        exact[q.id] = float(max(exact_match(g, pred) for g in golds))
-        f1[q.id] = max(f1_score(g, pred) for g in golds)
+        raw_exact[q.id] = float(max(exact_match(g, pred) for g in golds))
+        raw_f1[q.id] = max(f1_score(g, pred) for g in golds)
+    if na_probs is not None:
+        lacking = [q for q in raw_exact if q in predictions and q not in na_probs]
+        if lacking:
+            raise ValueError(
+                f"no-answer probabilities: {len(lacking)} predicted question(s) have none "
+                f"(first: {lacking[0]})"
+            )
+    exact, f1 = raw_exact, raw_f1
+    if na_probs is not None and na_prob_thresh is not None:
+        abstains = {q for q in predictions if q in raw_exact and na_probs[q] > na_prob_thresh}
+        exact = {q: float(not has_answer[q]) if q in abstains else v for q, v in exact.items()}
+        f1 = {q: float(not has_answer[q]) if q in abstains else v for q, v in f1.items()}
 
     def block(ids: list[str]) -> dict[str, float | int]:
         n = len(ids)
@@ -104,10 +170,16 @@ def score(questions: Iterable[GoldQuestion], predictions: Mapping[str, str]) -> 
             "total": n,
         }
 
+    has_ans = [q for q, has in has_answer.items() if has]
+    no_ans = [q for q, has in has_answer.items() if not has]
     out: dict[str, float | int] = dict(block(list(exact)))
     if has_ans:
         out.update({f"HasAns_{k}": v for k, v in block(has_ans).items()})
     if no_ans:
         out.update({f"NoAns_{k}": v for k, v in block(no_ans).items()})
-    unknown = tuple(sorted(set(predictions) - known))
+    if na_probs is not None:
+        for name, raw in (("exact", raw_exact), ("f1", raw_f1)):
+            best, thresh = best_threshold(raw, has_answer, predictions, na_probs)
+            out[f"best_{name}"], out[f"best_{name}_thresh"] = best, thresh
+    unknown = tuple(sorted(set(predictions) - set(raw_exact)))
     return ScoreReport(scores=out, missing=tuple(missing), unknown=unknown)

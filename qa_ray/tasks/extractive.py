@@ -53,6 +53,7 @@ __all__ = [
     "outputs",
     "no_answer_last",
     "postprocess",
+    "postprocess_with_null_odds",
     "train_features",
 ]
 
@@ -204,11 +205,32 @@ def postprocess(
     the question's windows (start + end logit at the no-answer position: the first token, or
     the last with ``null_last``) beats the best span.
     """
+    return postprocess_with_null_odds(
+        examples, features, start_logits, end_logits, n_best_size, max_answer_length,
+        allow_no_answer, null_last,
+    )[0]  # fmt: skip
+
+
+def postprocess_with_null_odds(
+    examples: Sequence[QAExample],
+    features: Dataset,
+    start_logits: Sequence[np.ndarray],
+    end_logits: Sequence[np.ndarray],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_no_answer: bool = False,
+    null_last: bool = False,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """:func:`postprocess`'s answers, and each question's null odds: its no-answer score
+    minus its best span's (``inf`` without a valid span), the no-answer probability the
+    official v2.0 script's best threshold is searched over (as BERT's ``null_odds.json``).
+    The empty answer wins exactly where the odds exceed 0."""
     by_example = collections.defaultdict(list)
     for i, ex_id in enumerate(features["example_id"]):
         by_example[ex_id].append(i)
     offsets_all = features["offset_mapping"]
     predictions: dict[str, str] = {}
+    null_odds: dict[str, float] = {}
     for ex in examples:
         best_text, best_score = "", -np.inf
         null_score = np.inf
@@ -233,10 +255,11 @@ def postprocess(
                     if sc > best_score:
                         best_score = sc
                         best_text = ex.context[offsets[s][0] : offsets[e][1]]
+        null_odds[ex.id] = null_score - best_score if best_score > -np.inf else np.inf
         if allow_no_answer and null_score > best_score:
             best_text = ""
         predictions[ex.id] = best_text
-    return predictions
+    return predictions, null_odds
 
 
 @torch.no_grad()
@@ -250,7 +273,9 @@ def evaluate(
     batch_size: int,
     autocast: Autocast,
 ) -> EvalOutput:
-    """Runs the model over the eval windows, post-processes and scores (official SQuAD)."""
+    """Runs the model over the eval windows, post-processes and scores (official SQuAD; with
+    the no-answer option, also ``best_exact`` / ``best_f1`` and their thresholds over the null
+    odds, see :func:`postprocess_with_null_odds`)."""
     from torch.utils.data import DataLoader
 
     t0 = time.perf_counter()
@@ -273,7 +298,7 @@ def evaluate(
     allow_no_answer = cfg.squad_v2
     if allow_no_answer is None:  # not resolved by the loop: what these examples show
         allow_no_answer = any(ex.is_impossible for ex in examples)
-    preds = postprocess(
+    preds, null_odds = postprocess_with_null_odds(
         examples,
         meta,
         starts,
@@ -283,7 +308,8 @@ def evaluate(
         allow_no_answer,
         null_last=no_answer_last(tokenizer),
     )
-    report = score(gold_questions(examples), preds)
+    # SQuAD 2.0: also the official best no-answer threshold over the null odds
+    report = score(gold_questions(examples), preds, null_odds if allow_no_answer else None)
     if was_training:
         model.train()
     latency = 1000.0 * (time.perf_counter() - t0) / max(1, len(examples))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_a_folder_in_the_bucket_is_fetched_once_and_again_when_it_changes(s3_buc
     storage.write_bytes(f"{base}/config.json", b"{}")
     storage.write_bytes(f"{base}/model/weights.bin", b"w" * 1000)
     first = storage.fetch_folder(base, str(tmp_path))
-    assert (open(os.path.join(first, "model", "weights.bin"), "rb").read()) == b"w" * 1000
+    assert Path(first, "model", "weights.bin").read_bytes() == b"w" * 1000
     assert storage.fetch_folder(base, str(tmp_path)) == first  # cached
     storage.write_bytes(f"{base}/extra.txt", b"x")
     assert storage.fetch_folder(base, str(tmp_path)) != first

@@ -7,7 +7,7 @@ import pytest
 
 from qa_ray.cli import main
 from qa_ray.data.examples import DataError
-from qa_ray.data.squad import load_examples, split_by_article
+from qa_ray.data.squad import gold_questions, load_examples, split_by_article
 from tests.helpers import ASSETS
 
 
@@ -107,6 +107,33 @@ def test_score_cli_and_bad_predictions(tmp_path, capsys):
     p.write_text("[1, 2]")
     assert main(["score", str(ASSETS / "squad_v2_tiny.json"), str(p)]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_score_cli_with_no_answer_probabilities(tmp_path, capsys):
+    """``--na-prob FILE`` adds the official best thresholds; ``--na-prob-thresh`` (default 1.0,
+    the official one) makes questions above it abstain in exact/f1; a file missing a predicted
+    question or holding a non-number is bad input naming it."""
+    from qa_ray.scoring.squad import score
+
+    data = str(ASSETS / "squad_v2_tiny.json")
+    ex = load_examples(data)
+    preds = {e.id: ((e.answers or ("",))[0] if i % 3 else "wrong") for i, e in enumerate(ex)}
+    na = {e.id: (0.9 if e.is_impossible else 0.2) + i / 1000 for i, e in enumerate(ex)}
+    p, n = tmp_path / "p.json", tmp_path / "na.json"
+    p.write_text(json.dumps(preds))
+    n.write_text(json.dumps(na))
+    golds = gold_questions(ex)
+    for extra, thresh in (([], 1.0), (["--na-prob-thresh", "0.5"], 0.5)):
+        assert main(["score", data, str(p), "--na-prob", str(n), *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out == pytest.approx(score(golds, preds, na, thresh).scores)
+        assert {"best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"} <= set(out)
+    assert out["exact"] != score(golds, preds).scores["exact"]  # 0.5: unanswerables abstain
+    n.write_text(json.dumps({**{k: v for k, v in na.items() if k != ex[0].id}, ex[1].id: "x"}))
+    assert main(["score", data, str(p), "--na-prob", str(n)]) == 2
+    err = capsys.readouterr().err
+    assert str(n) in err and ex[0].id in err and "no no-answer probability" in err
+    assert f"`{ex[1].id}`: probability must be a number" in err
 
 
 @pytest.mark.parametrize("task, fixture", [("instruction", "alpaca"), ("extractive", "squad")])

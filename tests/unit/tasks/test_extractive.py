@@ -212,3 +212,27 @@ def test_squad_v2_scoring_is_decided_by_the_dataset_not_the_eval_slice(tmp_path)
     assert _setup_data(v1, extractive, tok, _Session())[0].data.squad_v2 is False
     forced = v1.model_copy(update={"data": v1.data.model_copy(update={"squad_v2": True})})
     assert _setup_data(forced, extractive, tok, _Session())[0].data.squad_v2 is True
+
+
+def test_squad_v2_evaluation_reports_the_best_no_answer_thresholds(tiny_model_dir, tmp_path):
+    """On SQuAD 2.0 the extractive family scores its null odds as the official script's
+    no-answer probabilities (best_exact, best_f1 and their thresholds); not on v1.1."""
+    import contextlib
+
+    import torch
+
+    from qa_ray.config.trial import ModelConfig
+    from qa_ray.models.build import build_model
+
+    path = str(tiny_model_dir("bert"))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = build_model(ModelConfig(name_or_path=path), torch.device("cpu"))
+    for name, v2 in (("squad_v2_tiny.json", True), ("squad_v1_tiny.json", False)):
+        ex = load_examples(str(ASSETS / name))[:12]
+        cfg = DataConfig(path="x", max_seq_length=128, doc_stride=32, cache_dir=str(tmp_path),
+                         squad_v2=v2)  # fmt: skip
+        feats = extractive.eval_features(ex, tok, cfg)
+        out = extractive.evaluate(model, ex, feats, tok, cfg, torch.device("cpu"), 4,
+                                  contextlib.nullcontext)  # fmt: skip
+        best = {"best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"}
+        assert (best <= set(out.scores)) == v2
