@@ -12,6 +12,9 @@ windows of answerable questions from training.
 The no-answer position is the first token (CLS) when the tokenizer starts sequences with a CLS
 token (encoders, whose attention sees the whole window from there), else the window's last
 token: a decoder's causal attention lets only the last position see the question and context.
+That last token is one appended to every window (EOS, within ``max_seq_length``), never a
+context token, so an answer ending at the window's last context token is not confused with
+"no answer" (in the labels or at evaluation).
 Sequences are always right-padded, so positions index the same tokens in every batch.
 Whether the empty answer may win at evaluation (SQuAD 2.0) is ``data.squad_v2``, or, unset,
 whether the dataset (train or eval) has an unanswerable question.
@@ -84,17 +87,38 @@ def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def _tokenize(tokenizer: Tokenizer, batch: dict[str, list], cfg: DataConfig) -> Any:
+    # without a CLS token, one position is kept for the no-answer token (_append_null_token)
+    reserve = 1 if no_answer_last(tokenizer) else 0
     return tokenizer(
         [q.lstrip() for q in batch["question"]],
         batch["context"],
         truncation="only_second",
-        max_length=cfg.max_seq_length,
+        max_length=cfg.max_seq_length - reserve,
         stride=cfg.doc_stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
         padding=False,
         padding_side="right",
     )
+
+
+def _null_token_id(tokenizer: Tokenizer) -> int:
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("a span head without a CLS token needs an EOS, SEP or pad token")
+
+
+def _append_null_token(enc: Any, tokenizer: Tokenizer) -> None:
+    """Ends every window with the no-answer token (no CLS token: the window's last position,
+    outside the context: no offset, not a span start or end)."""
+    null = _null_token_id(tokenizer)
+    for i in range(len(enc["input_ids"])):
+        enc["input_ids"][i] = [*enc["input_ids"][i], null]
+        enc["attention_mask"][i] = [*enc["attention_mask"][i], 1]
+        if "token_type_ids" in enc:
+            enc["token_type_ids"][i] = [*enc["token_type_ids"][i], 0]
+        enc["offset_mapping"][i] = [*enc["offset_mapping"][i], None]
 
 
 def _key(cfg: DataConfig, kind: str, **extra: Any) -> dict:
@@ -118,7 +142,7 @@ def train_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: Dat
             ex = sample_map[i]
             seq_ids = enc.sequence_ids(i)
             answers = batch["answers"][ex]
-            no_answer = len(offsets) - 1 if last else 0
+            no_answer = len(offsets) if last else 0  # the appended token (see below)
             if not answers:  # unanswerable
                 starts.append(no_answer)
                 ends.append(no_answer)
@@ -143,6 +167,8 @@ def train_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: Dat
             starts.append(s)
             ends.append(e)
             keep.append(i)
+        if last:
+            _append_null_token(enc, tokenizer)
         enc.pop("offset_mapping")
         out = {k: [v[i] for i in keep] for k, v in enc.items()}
         out["start_positions"] = starts
@@ -164,6 +190,8 @@ def eval_features(examples: Sequence[QAExample], tokenizer: Tokenizer, cfg: Data
             [o if sid == 1 else None for o, sid in zip(offsets, enc.sequence_ids(i), strict=True)]
             for i, offsets in enumerate(enc["offset_mapping"])
         ]
+        if no_answer_last(tokenizer):
+            _append_null_token(enc, tokenizer)
         return enc
 
     return cached_features(examples, tokenizer, build, _key(cfg, "extractive-eval"), cfg.cache_dir)

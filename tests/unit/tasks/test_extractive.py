@@ -186,6 +186,47 @@ def test_no_answer_position_is_the_cls_token_or_a_decoders_last_token(tmp_path):
     }
 
 
+def test_a_decoders_answer_ending_on_the_windows_last_context_token_is_not_no_answer(tmp_path):
+    """Without a CLS token the no-answer position is an appended EOS, not the last context
+    token: an answer ending there keeps its own label, and is found at evaluation while the
+    no-answer score is read elsewhere; windows stay within ``max_seq_length``."""
+    bpe = AutoTokenizer.from_pretrained(ASSETS / "bpe")
+    ctx = "Denver Broncos won"
+    ex = [QAExample("q", "T", ctx, "Who won?", ("won",), (15,)),
+          QAExample("n", "T", ctx, "Who lost?", (), ())]  # fmt: skip
+    cfg = DataConfig(path="x", max_seq_length=128, doc_stride=32, cache_dir=str(tmp_path))
+    train = extractive.train_features(ex, bpe, cfg)
+    ids = train[0]["input_ids"]
+    assert ids[-1] == bpe.eos_token_id and len(ids) <= cfg.max_seq_length
+    assert bpe.decode(ids[train[0]["start_positions"] : train[0]["end_positions"] + 1]) == " won"
+    assert train[0]["end_positions"] == len(ids) - 2  # the last context token
+    assert train[1]["start_positions"] == train[1]["end_positions"] == len(ids) - 1
+    feats = extractive.eval_features(ex[:1], bpe, cfg)
+    offsets = feats[0]["offset_mapping"]
+    assert offsets[-1] is None and offsets[-2] is not None and len(offsets) == len(ids)
+    n = len(ids)
+    s, e = np.zeros(n), np.zeros(n)
+    s[train[0]["start_positions"]] = e[n - 2] = 3.0  # the answer "won"
+    s[n - 1] = e[n - 1] = 2.0  # no answer, lower
+    meta = feats.select_columns(["example_id", "offset_mapping"])[:]
+    preds, odds = extractive.postprocess_with_null_odds(
+        ex[:1], meta, [s], [e], allow_no_answer=True, null_last=True
+    )
+    assert preds["q"].strip() == "won" and odds["q"] == pytest.approx(-2.0)
+    s[n - 1] = e[n - 1] = 4.0
+    preds, odds = extractive.postprocess_with_null_odds(
+        ex[:1], meta, [s], [e], allow_no_answer=True, null_last=True
+    )
+    assert preds == {"q": ""} and odds["q"] == pytest.approx(2.0)
+    long = [QAExample("l", "T", " ".join(["word"] * 400), "Who?", (), ())]
+    for feats in (
+        extractive.train_features(long, bpe, cfg),
+        extractive.eval_features(long, bpe, cfg),
+    ):
+        assert len(feats) > 1 and all(len(r) <= cfg.max_seq_length for r in feats["input_ids"])
+        assert {r[-1] for r in feats["input_ids"]} == {bpe.eos_token_id}
+
+
 def test_squad_v2_scoring_is_decided_by_the_dataset_not_the_eval_slice(tmp_path):
     """An eval slice of a SQuAD 2.0 set that happens to hold only answerable questions still
     lets the empty answer win; ``data.squad_v2`` overrides."""
