@@ -6,11 +6,13 @@ that shares all three with an earlier one loads its features instead of tokenizi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -66,6 +68,33 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def feature_code_version(build: Callable) -> str:
+    """A hash of the source of the module that defines ``build`` (a task family's feature
+    builder, with the helpers it calls beside it).
+
+    A hash, not a version constant bumped by hand: labelling code changes in every family
+    module, and a forgotten bump silently trains on features the old code made, while an edit
+    that changes nothing (a comment) costs one tokenization. Without a readable source file
+    (built interactively), the function's own bytecode and constants stand in.
+    """
+    module = sys.modules.get(getattr(build, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if path:
+        try:
+            st = os.stat(path)
+            return _file_hash(path, st.st_mtime_ns, st.st_size)
+        except OSError:
+            pass
+    code = getattr(build, "__code__", None)
+    blob = repr((code.co_code, code.co_consts)) if code else repr(build)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: str, mtime_ns: int, size: int) -> str:  # cached per version of the file
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def _column_value(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -88,8 +117,10 @@ def cached_features(
     ``build`` gets the examples' fields as columns (``question``, ``context``, ... or
     ``instruction``, ``input``, ``output``).
 
-    The cache key covers the data content, the tokenizer and ``key`` (task and lengths), so a
-    second trial with the same data settings loads features instead of tokenizing again.
+    The cache key covers the data content, the tokenizer, ``key`` (task and lengths) and the
+    code that builds the features (:func:`feature_code_version`), so a second trial with the
+    same data settings loads features instead of tokenizing again, and a change to how they
+    are built (labels, windows, special tokens) never loads features the old code made.
 
     Returns:
         A ``datasets.Dataset`` of features.
@@ -98,7 +129,12 @@ def cached_features(
 
     digest = hashlib.sha256(
         json.dumps(
-            {"data": _fingerprint(examples), "tok": tokenizer_fingerprint(tokenizer), **key},
+            {
+                "data": _fingerprint(examples),
+                "tok": tokenizer_fingerprint(tokenizer),
+                "code": feature_code_version(build),
+                **key,
+            },
             sort_keys=True,
         ).encode()
     ).hexdigest()[:24]

@@ -73,3 +73,33 @@ def test_tokenizing_never_hashes_the_build_function(tmp_path, monkeypatch):
     assert len(extractive.train_features(ex, tok, cfg)) > 0
     assert len(extractive.eval_features(ex, tok, cfg)) > 0
     assert hashed == []
+
+
+def test_feature_cache_key_has_the_feature_building_codes_version(tmp_path, monkeypatch):
+    """Features cached by one version of a family's builder are not loaded by another: the
+    key hashes the builder's module source. The same source hits the cache again."""
+    import importlib
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from qa_ray.data.features import cached_features, feature_code_version
+
+    source = tmp_path / "fake_family.py"
+    template = "def build(batch):\n    return {{'label': [{label} for _ in batch['id']]}}\n"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tok = AutoTokenizer.from_pretrained(ASSETS / "wordpiece")
+    ex = load_examples(str(ASSETS / "squad_v1_tiny.json"))[:3]
+    labels, versions = [], []
+    for label in (1, 2, 2):
+        source.write_text(template.format(label=label))
+        sys.modules.pop("fake_family", None)
+        importlib.invalidate_caches()
+        family = importlib.import_module("fake_family")
+        versions.append(feature_code_version(family.build))
+        feats = cached_features(ex, tok, family.build, {"kind": "k"}, str(tmp_path / "cache"))
+        labels.append(set(feats["label"]))
+    assert labels == [{1}, {2}, {2}]
+    assert versions[0] != versions[1] == versions[2]
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+    sys.modules.pop("fake_family", None)
