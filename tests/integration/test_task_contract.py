@@ -96,3 +96,75 @@ def test_the_real_loop_learns(tiny_model_dir, tmp_path, task, kind, finetune, bi
     assert final["trainable_params"] <= final["total_params"]
     if finetune == "lora":
         assert final["trainable_params"] < final["total_params"] / 3
+
+
+# (task, architecture): every family, on a span head of each kind (encoder, decoder, LSTM).
+EVAL_BATCH_VARIANTS = [
+    ("extractive", "bert"),
+    ("extractive", "llama"),
+    ("extractive", "bilstm_attention"),
+    ("generative", "llama"),
+    ("seq2seq", "t5"),
+    ("instruction", "llama"),
+]
+
+
+@pytest.mark.parametrize("task, kind", EVAL_BATCH_VARIANTS)
+def test_scores_do_not_depend_on_eval_batch_size(tiny_model_dir, tmp_path, task, kind):
+    """Same configuration, same seed: the same scores and answers whatever the
+    eval_batch_size (1, 3, 16 over 10 questions: batches of mixed window lengths), and for the
+    span heads the same logits per window, within float tolerance."""
+    import torch
+
+    from qa_ray.config import TrialConfig
+    from qa_ray.tasks import extractive
+    from qa_ray.train import setup
+
+    over: dict = {"model__task": task, "data__max_eval_examples": 10, "data__max_answer_length": 4}
+    if kind == "bilstm_attention":
+        over.update(model__architecture=kind, model__lstm={"hidden_size": 16, "embedding_dim": 16})
+        kind = "bert"  # its tokenizer and vocabulary
+    if task == "instruction":
+        over.update(data__path=str(ASSETS / "alpaca_tiny.json"), data__max_seq_length=160)
+    else:
+        over["data__path"] = str(ASSETS / "squad_v2_tiny.json")  # the no-answer path too
+    causal = task in ("generative", "instruction")
+    cfg = trial_dict(tiny_model_dir(kind, causal=causal), tmp_path, **over)
+    trial, _ = setup(TrialConfig.model_validate(cfg), RecordingSession())
+    model = trial.unwrapped
+
+    def evaluate(batch_size: int):
+        return trial.task.evaluate(model, trial.eval_examples, trial.eval_features,
+                                   trial.tokenizer, trial.cfg.data, trial.session.device,
+                                   batch_size, trial.precision.autocast)  # fmt: skip
+
+    outs = {b: evaluate(b) for b in (1, 3, 16)}
+    for b, out in outs.items():
+        assert out.predictions == outs[1].predictions, b
+        assert out.scores == pytest.approx(outs[1].scores, rel=1e-5, abs=1e-6), b
+    if task != "extractive":
+        return
+    inputs = trial.eval_features.select_columns(
+        [c for c in ("input_ids", "attention_mask", "token_type_ids")
+         if c in trial.eval_features.column_names]
+    )  # fmt: skip
+    collate = extractive.collator(trial.tokenizer)
+    rows = [inputs[i] for i in range(len(inputs))]
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # padding does happen
+
+    model.eval()  # (evaluate put it back in training mode: dropout)
+
+    def logits(batch_size: int) -> list[torch.Tensor]:
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(rows), batch_size):
+                batch = collate(rows[b : b + batch_size])
+                o = model(**batch)
+                for j, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+                    out.append(torch.stack([o.start_logits[j, :n], o.end_logits[j, :n]]))
+        return out
+
+    one = logits(1)
+    for b in (3, 16):
+        for w, (x, y) in enumerate(zip(logits(b), one, strict=True)):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=f"batch {b} window {w}")
