@@ -30,6 +30,14 @@ EVAL_BEST_EXACT_THRESH = "eval_best_exact_thresh"
 
 
 EVAL_BEST_F1_THRESH = "eval_best_f1_thresh"
+# The error breakdown of a QA trial's predictions (qa_ray.scoring.breakdown): the whole of it
+# as JSON text (not a number; the final one is an MLflow artifact), and its few numbers.
+ERROR_BREAKDOWN = "error_breakdown"
+ERRORS_PARTIAL = "errors_partial_pct"  # answerable, answered with a partial overlap
+ERRORS_NO_OVERLAP = "errors_no_overlap_pct"  # answerable, answered sharing no token
+ERRORS_ANSWERABLE_EMPTY = "errors_answerable_empty_pct"  # answerable, answered empty
+ERRORS_UNANSWERABLE_ANSWERED = "errors_unanswerable_answered_pct"  # SQuAD 2.0
+ERRORS_LENGTH_DIFF = "errors_length_diff_tokens"  # mean predicted - reference answer tokens
 EVAL_LOSS = "eval_loss"  # instruction tuning: mean cross-entropy per response token, held out
 EVAL_PERPLEXITY = "eval_perplexity"  # exp(eval_loss)
 QUALITATIVE = "qualitative_answers"  # instruction tuning: [{"question", "answer"}] (not a number)
@@ -79,6 +87,11 @@ CURVES = (
     EVAL_BEST_F1,
     EVAL_BEST_EXACT_THRESH,
     EVAL_BEST_F1_THRESH,
+    ERRORS_PARTIAL,
+    ERRORS_NO_OVERLAP,
+    ERRORS_ANSWERABLE_EMPTY,
+    ERRORS_UNANSWERABLE_ANSWERED,
+    ERRORS_LENGTH_DIFF,
     EVAL_LOSS,
     EVAL_PERPLEXITY,
     TRAIN_LOSS,
