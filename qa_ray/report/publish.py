@@ -28,7 +28,7 @@ from qa_ray.report.summary import ParetoSummary, summarize
 from qa_ray.report.tables import config_label, several_models, summary_markdown
 from qa_ray.tasks import FACTS
 from qa_ray.tracking import runs as tracking
-from qa_ray.tracking.runs import QUALITATIVE_TABLE
+from qa_ray.tracking.runs import ERROR_BREAKDOWN_FILE, QUALITATIVE_TABLE
 
 __all__ = ["publish_comparison", "publish_pareto", "runnable_trial_yaml"]
 
@@ -103,7 +103,7 @@ def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
     """The report's text artifacts: ``pareto.html``, ``trials.csv``, ``summary.md``, a
     ``best_under_*.yaml`` per budget with a trial under it, and for instruction tuning the
     qualitative answers side by side."""
-    from qa_ray.report import plots
+    from qa_ray import plots
 
     (y, y_mode), (x, x_mode) = summary.axes
     trials = summary.trials
@@ -135,7 +135,30 @@ def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
             out["qualitative_answers.html"] = _html_table(
                 answers, "Qualitative answers by trial (final evaluation)"
             )
+    errors = errors_by_trial(uri, [trials[i] for i in summary.optimal])
+    if errors:
+        from qa_ray.scoring.breakdown import table_html
+
+        out["error_breakdown.json"] = json.dumps(errors, indent=2)
+        out["error_breakdown.html"] = table_html(
+            errors, "Error breakdown of the front's trials (final predictions)"
+        )
     return out
+
+
+def errors_by_trial(uri: str, trials) -> dict[str, list] | None:
+    """The trials' error breakdowns (their runs' ``error_breakdown.json``) side by side, a
+    column per trial (:func:`qa_ray.scoring.breakdown.breakdown_table`); ``None`` when none
+    logged one (instruction tuning)."""
+    from qa_ray.scoring.breakdown import breakdown_table
+
+    named = []
+    for t in trials:
+        text = tracking.read_artifact(uri, t["run_id"], ERROR_BREAKDOWN_FILE)
+        if text is not None:
+            named.append((f"{t['name']} ({config_label(t, several_models(trials))})",
+                          json.loads(text)))  # fmt: skip
+    return breakdown_table(named) if named else None
 
 
 def _title(summary: ParetoSummary) -> str:

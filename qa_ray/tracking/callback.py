@@ -34,7 +34,13 @@ from qa_ray.metrics import (
     TAG_TRIAL_NAME,
 )
 from qa_ray.search.space import axis_values
-from qa_ray.tracking.runs import QUALITATIVE_TABLE, child_runs, mlflow_client, mlflow_params
+from qa_ray.tracking.runs import (
+    ERROR_BREAKDOWN_FILE,
+    QUALITATIVE_TABLE,
+    child_runs,
+    mlflow_client,
+    mlflow_params,
+)
 
 __all__ = ["MLflowSweepCallback", "failure_reason"]
 
@@ -165,6 +171,8 @@ class MLflowSweepCallback(Callback):
         rid = self._run_for(trial)
         final = trial.last_result or {}
         self.client.log_text(rid, json.dumps(final, indent=2, default=str), "final_result.json")
+        if final.get(m.ERROR_BREAKDOWN):
+            self.client.log_text(rid, final[m.ERROR_BREAKDOWN], ERROR_BREAKDOWN_FILE)
         if final.get(m.INFEASIBLE):
             tags = {TAG_OUTCOME: "infeasible", TAG_INFEASIBLE: str(final.get(m.INFEASIBLE_REASON))}
         elif final.get(m.STOPPED_EARLY_AT) is not None:

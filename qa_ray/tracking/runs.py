@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 # Instruction tuning: each child's answers to the qualitative questions, one row per question
 # and evaluation step, as an MLflow table (the UI's artifact compare view lines trials up).
 QUALITATIVE_TABLE = "qualitative_answers.json"
+
+
+# A QA trial's error breakdown of its final predictions (qa_ray.scoring.breakdown).
+ERROR_BREAKDOWN_FILE = "error_breakdown.json"
 _PACKAGES = ("qa-ray", "ray", "torch", "transformers", "peft", "bitsandbytes", "optuna", "mlflow")
 
 

@@ -457,6 +457,17 @@ def _evaluate(trial: Trial) -> tuple[dict[str, Any], dict[str, str]]:
     }
     result[m.EVAL_LATENCY_MS] = out.latency_ms_per_example
     result[m.EVAL_QUESTIONS] = len(trial.eval_examples)
+    if "f1" in out.scores:  # a QA family: how its answers are wrong (text, and a few numbers)
+        from qa_ray.data.squad import gold_questions
+        from qa_ray.scoring import breakdown
+
+        errors = breakdown.error_breakdown(
+            gold_questions(trial.eval_examples),
+            out.predictions,
+            {e.id: e.question for e in trial.eval_examples},
+        )
+        result[m.ERROR_BREAKDOWN] = breakdown.dumps(errors)
+        result.update(breakdown.breakdown_metrics(errors))
     if trial.task.QUALITATIVE_QUESTIONS:  # answers to read, not a metric
         result[m.QUALITATIVE] = [
             {"question": q, "answer": out.predictions[q]} for q in trial.task.QUALITATIVE_QUESTIONS

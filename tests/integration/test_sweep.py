@@ -9,6 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from qa_ray import metrics as m
 from qa_ray.cli import main
 from qa_ray.tracking.runs import child_runs
 from tests.helpers import tiny_sweep
@@ -53,6 +54,14 @@ def test_sweep_records_parent_children_study_and_failure(
         assert {"eval_f1", "eval_exact", "peak_memory_mb"} <= set(c.data.metrics)
         assert c.data.tags["pareto_optimal"] in ("true", "false")
     assert any(c.data.tags["pareto_optimal"] == "true" for c in finished)
+    # each evaluated trial's error breakdown of its final predictions: an artifact, metrics
+    for c in finished:
+        assert {m.ERRORS_PARTIAL, m.ERRORS_NO_OVERLAP, m.ERRORS_ANSWERABLE_EMPTY} <= set(
+            c.data.metrics
+        )
+        local = client.download_artifacts(c.info.run_id, "error_breakdown.json", str(tmp_path))
+        errors = json.loads(Path(local).read_text())
+        assert errors["total"] == errors["answerable"]["total"] > 0  # SQuAD v1.1
     # curves: one point per evaluation
     hist = client.get_metric_history(finished[0].info.run_id, "train_loss")
     assert [h.step for h in hist] == [2]
@@ -70,7 +79,16 @@ def test_sweep_records_parent_children_study_and_failure(
         "pareto/pareto.png",
         "pareto/trials.csv",
         "pareto/summary.md",
+        "pareto/error_breakdown.html",
+        "pareto/error_breakdown.json",
     } <= arts
+    local = client.download_artifacts(
+        parent.info.run_id, "pareto/error_breakdown.json", str(tmp_path / "parent")
+    )
+    side = json.loads(Path(local).read_text())  # the front's trials, a column each
+    front = [c for c in finished if c.data.tags["pareto_optimal"] == "true"]
+    assert len(side["columns"]) == 1 + len(front)
+    assert [r[0] for r in side["data"] if "no_overlap" in r[0]] == ["answerable: no_overlap"]
     root = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_config.yaml", "search_space.yaml"} <= root
     assert parent.data.tags["version.ray"].startswith("2.60")

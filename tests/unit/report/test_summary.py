@@ -77,3 +77,31 @@ def test_summarize_three_objectives():
     s = summarize("p", trials, [F1, MB, lat])
     assert [s.trials[i]["name"] for i in s.optimal] == ["b", "c"]
     assert s.hypervolume[-1] > 0 and len(s.reference) == 3
+
+
+def test_errors_by_trial_puts_the_trials_breakdowns_side_by_side(tmp_path):
+    """The parent run's error table: a column per trial that logged error_breakdown.json."""
+    import json
+
+    from qa_ray.report.publish import errors_by_trial
+    from qa_ray.scoring.breakdown import dumps, error_breakdown
+    from qa_ray.scoring.squad import GoldQuestion
+    from qa_ray.tracking.runs import ERROR_BREAKDOWN_FILE, mlflow_client, open_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = open_experiment(uri, "e")
+    qs = [GoldQuestion("a", ("Denver Broncos",))]
+    trials = []
+    for name, pred in (("trial-1", "Broncos"), ("trial-2", "Panthers"), ("trial-3", None)):
+        rid = client.create_run(exp).info.run_id
+        if pred is not None:
+            client.log_text(rid, dumps(error_breakdown(qs, {"a": pred}, {"a": "Who?"})),
+                            ERROR_BREAKDOWN_FILE)  # fmt: skip
+        trials.append({"run_id": rid, "name": name, "status": "COMPLETE", "config": {}})
+    table = errors_by_trial(uri, trials)
+    assert [c.split(" ")[0] for c in table["columns"]] == ["bucket", "trial-1", "trial-2"]
+    rows = {r[0]: r[1:] for r in table["data"]}
+    assert rows["answerable: partial_inside"] == [1, 0] and rows["answerable: no_overlap"] == [0, 1]
+    assert errors_by_trial(uri, trials[2:]) is None
+    json.dumps(table)
