@@ -100,7 +100,7 @@ def _stop(pid: int, grace_s: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(
-    backend_store_uri: str, artifacts_dir: Path, log: Path, timeout_s: float = 120.0
+    backend_store_uri: str, artifacts_dir: str | Path, log: Path, timeout_s: float = 120.0
 ) -> Iterator[str]:
     """``mlflow server`` on a free loopback port, serving artifacts; yields its URL.
 
