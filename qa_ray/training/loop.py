@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sized
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -123,6 +125,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
     meters = Meters()
     if resume_from:
         meters = load_checkpoint(trial, resume_from)
+        trial.resumed_report = json.loads(Path(resume_from, "metrics.json").read_text())
         logger.info("resumed from %s at step %d", resume_from, meters.step)
     if trial.rank0:
         logger.info(
@@ -237,6 +240,8 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
     cfg = trial.cfg.train
     accum = cfg.gradient_accumulation_steps
     batches = len(trial.loader)
+    if trial.resumed_report is not None and trial.resumed_report.get(m.FINAL_REPORT):
+        return report_final_again(trial)
     breach = over_budget(trial)  # the model alone may break a budget: no step is taken then
     if breach:
         return report(
@@ -324,6 +329,22 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
             meters.epoch += 1
             meters.batches_in_epoch = 0
     return last
+
+
+def report_final_again(trial: Trial) -> dict[str, Any]:
+    """Reports again the final result of the checkpoint the trial resumed from, and returns it.
+
+    A run restored from its final checkpoint has no step left to take. That happens when the
+    sweep's driver is killed as a trial ends: its Ray Train controller and workers outlive
+    the driver by seconds, long enough to finish the run, and the resumed sweep restarts the
+    trial from the run's snapshot. Without this report the trial's function would return
+    having reported nothing, and Tune fails it for lacking the objectives.
+    """
+    assert trial.resumed_report is not None
+    if trial.rank0:
+        logger.info("the checkpoint is the run's last: reporting its final result again")
+    trial.session.report(dict(trial.resumed_report), None)  # [ray 3]
+    return dict(trial.resumed_report)
 
 
 def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:

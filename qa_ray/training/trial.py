@@ -5,10 +5,15 @@ sampler that lets a restored trial start an epoch part-way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from torch.utils.data import DataLoader, DistributedSampler
+
+from qa_ray.config.trial import TrialConfig
+from qa_ray.models.build import ModelSize
+from qa_ray.tasks import TaskFamily
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,6 +72,7 @@ class Trial:
     budget: TimeBudget
     budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
     teacher: torch.nn.Module | None = None  # knowledge distillation: frozen, in eval mode
+    resumed_report: dict[str, Any] | None = None  # the report of the checkpoint resumed from
 
     @property
     def unwrapped(self) -> Model:

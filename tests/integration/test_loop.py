@@ -223,6 +223,31 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_model_dir, tmp_
     assert rest.reports[0]["train_loss"] == pytest.approx(by_step[6]["train_loss"], rel=1e-5)
 
 
+def test_a_run_resumed_from_its_final_checkpoint_reports_its_final_result_again(
+    tiny_model_dir, tmp_path
+):
+    """A sweep's driver killed as a trial ends: the orphaned Ray Train run finishes, and the
+    resumed sweep restores it from its last checkpoint. The loop has no step left; it reports
+    that checkpoint's final result again (Tune fails a trial that reports nothing)."""
+    cfg = _cfg(
+        tiny_model_dir,
+        tmp_path,
+        train__max_steps=4,
+        train__eval_steps=4,
+        train__save_checkpoints=True,
+        train__checkpoint_steps=2,
+    )
+    first = RecordingSession(keep_checkpoints=str(tmp_path / "ckpt"))
+    through = train_loop_per_worker(cfg, first)
+    rest = RecordingSession(resume_from=str(tmp_path / "ckpt" / "step_000004"))
+    again = train_loop_per_worker(cfg, rest)
+
+    assert [r["step"] for r in rest.reports] == [4]
+    assert rest.reports[0]["final_report"] == 1.0
+    for key in ("train_loss", "eval_f1", "eval_exact", "peak_memory_mb"):
+        assert rest.reports[0][key] == again[key] == pytest.approx(through[key]), key
+
+
 class _Stop(Exception):
     pass
 
