@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from qa_ray.errors import ConfigError
@@ -227,14 +228,25 @@ def _cmd_sweep(args) -> int:
             args.tracking_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         )
         uri = check_resume(cfg, uri, explicit)
-    result = run_sweep(
-        cfg,
-        uri,
-        address=args.address,
-        resume=args.resume,
-        resolved_yaml=resolved,
-        verbose=args.verbose,
-    )
+    try:
+        result = run_sweep(
+            cfg,
+            uri,
+            address=args.address,
+            resume=args.resume,
+            resolved_yaml=resolved,
+            verbose=args.verbose,
+        )
+    except ConfigError:
+        raise
+    except Exception:  # Tune raised, the cluster was lost: run_sweep ended the runs FAILED
+        traceback.print_exc()
+        print(
+            "error: the sweep failed (its MLflow parent run and the trials in flight are "
+            f"FAILED); once the cause is fixed, continue it with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     with _ray_stopping():
         return _sweep_ended(args, cfg, uri, result)
 

@@ -175,6 +175,7 @@ class Interrupts:
 
     def __enter__(self) -> Interrupts:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._saved[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._saved[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
@@ -182,7 +183,16 @@ class Interrupts:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: not installed from Python, cannot be put back
+                signal.signal(sig, handler)
+
+    def tune_loop_ended(self) -> None:
+        """Tune leaves its SIGUSR1 handler behind when its loop ends (Ray 2.60,
+        tune.py ``_setup_signal_catching``): it would set a stop event no one reads, while the
+        next stage starts a loop of its own. Put back what was there before, so a signal
+        between stages stops the sweep (:meth:`_handle` raises instead)."""
+        if self._saved[signal.SIGUSR1] is not None:
+            signal.signal(signal.SIGUSR1, self._saved[signal.SIGUSR1])
 
     def _handle(self, sig: int, frame) -> None:
         name = signal.Signals(sig).name

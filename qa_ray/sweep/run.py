@@ -204,17 +204,26 @@ def _run(
     with Interrupts() as interrupts, credentials_stay_in_the_driver():
         try:
             for i, stage in enumerate(stages):
-                grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p, bucket)
+                if interrupts.signal is not None:  # between stages: the next one never starts
+                    break
+                try:
+                    grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p, bucket)
+                finally:
+                    interrupts.tune_loop_ended()
                 # Each result with its trial's status (ResultGrid lists results in the order
                 # of its analysis' trials; the status is not public on a Result in Ray 2.60).
                 trials_of = grid._experiment_analysis.trials
                 results += list(zip(grid, [t.status for t in trials_of], strict=True))
-                if interrupts.signal is not None:
-                    break
-            status = "KILLED" if interrupts.signal is not None else "FINISHED"
-        finally:
-            if status == "KILLED":
-                kill_running_children(tracking_uri, parent_id)
+        except KeyboardInterrupt:
+            if interrupts.signal is None:
+                raise  # not ours
+            # Our signal before Tune's loop of a stage started: no trial of it ran.
+        except BaseException:  # Tune raised, or the cluster was lost: the sweep ended here
+            _end_failed(tracking_uri, parent_id)
+            raise
+        status = "KILLED" if interrupts.signal is not None else "FINISHED"
+        if status == "KILLED":
+            kill_running_children(tracking_uri, parent_id)
     trials = [_outcome(r, tune_status) for r, tune_status in results]
     if status == "FINISHED":
         close_study(local, cfg.name)
@@ -224,6 +233,16 @@ def _run(
         bucket.push()
     finish_parent_run(tracking_uri, parent_id, status)
     return SweepResult(parent_id, trials, interrupts.signal)
+
+
+def _end_failed(tracking_uri: str, parent_id: str) -> None:
+    """A sweep that raised: the trial runs it left RUNNING and its parent run end FAILED (the
+    Optuna trials stay RUNNING: ``--resume`` reruns their trials and tells them)."""
+    try:
+        kill_running_children(tracking_uri, parent_id, status="FAILED")
+        finish_parent_run(tracking_uri, parent_id, "FAILED")
+    except Exception:  # the store unreachable too: the sweep's own error is the one to see
+        logger.exception("could not mark the sweep's MLflow runs FAILED")
 
 
 def _outcome(r, tune_status: str) -> dict[str, Any]:

@@ -142,14 +142,15 @@ def finish_parent_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     mlflow_client(uri).set_terminated(run_id, status=status)
 
 
-def kill_running_children(uri: str, parent_run_id: str) -> int:
-    """Marks KILLED the trial runs of an interrupted sweep that are still RUNNING; returns how
-    many. ``--resume`` reopens them (RUNNING again) when it reruns their trials."""
+def kill_running_children(uri: str, parent_run_id: str, status: str = "KILLED") -> int:
+    """Ends ``status`` (KILLED for an interrupted sweep, FAILED for one that raised) the trial
+    runs of a sweep that are still RUNNING; returns how many. ``--resume`` reopens them
+    (RUNNING again) when it reruns their trials."""
     client = mlflow_client(uri)
     n = 0
     for run in child_runs(uri, parent_run_id):
         if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_terminated(run.info.run_id, status=status)
             n += 1
     return n
 
