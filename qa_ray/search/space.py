@@ -167,6 +167,40 @@ def _check_choices(p, allowed: set, name: str, errors: list[str]) -> None:
         )
 
 
+def invalid_axis_values(space: SearchSpace, base: TrialConfig) -> list[str]:
+    """The axis values the trial field they set refuses (a LoRA rank of 0, a dropout of 1),
+    checked at a range's ends and at every choice, so no trial is sampled only to fail.
+
+    Only the field's own rules are checked (its block's cross-field checks run per trial).
+    """
+    from pydantic import ValidationError
+
+    config = base.model_dump()
+    errors = []
+    for name, p in space.params.items():
+        if name not in AXES:
+            continue  # reported as an unknown axis
+        block_path, leaf = AXES[name].rsplit(".", 1)
+        block: Any = base
+        for part in block_path.split("."):
+            block = getattr(block, part, None)
+        if block is None:  # an optional block left out (model.prune, train.distill)
+            continue
+        values = p.choices if isinstance(p, CategoricalParam) else sorted({p.low, p.high})
+        for value in values:
+            fields = _get(apply_params(config, {name: value}), block_path, {})
+            try:
+                type(block).model_validate(fields)
+            except ValidationError as exc:
+                reasons = [e["msg"] for e in exc.errors() if e["loc"][:1] == (leaf,)]
+                if reasons:
+                    errors.append(
+                        f"`search.space`: `params.{name}`: every value must be a valid "
+                        f"`{AXES[name]}` ({reasons[0].lower()}), but got {value!r}"
+                    )
+    return errors
+
+
 def to_distributions(space: SearchSpace) -> dict[str, Any]:
     """The Optuna distribution of every axis (the one place entries become distributions)."""
     import optuna.distributions as od

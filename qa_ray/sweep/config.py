@@ -27,7 +27,7 @@ from qa_ray.config.trial import (
     parse_constraints,
 )
 from qa_ray.errors import ConfigError
-from qa_ray.search.space import SearchSpace
+from qa_ray.search.space import SearchSpace, invalid_axis_values
 from qa_ray.tasks import FACTS
 
 __all__ = [
@@ -215,6 +215,7 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
             f"`search.space`: the axes {distill_axes} need `train.distill` (its teacher), but "
             "got (train.distill=None)"
         )
+    unknown += invalid_axis_values(space, cfg.trial_config())
     if unknown:
         raise ConfigError(str(path), unknown)
     check_local_paths(cfg.trial_config(), str(path))

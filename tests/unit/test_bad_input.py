@@ -151,6 +151,8 @@ ROWS = [
     ("distillation teacher not there", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "./no-teacher"})], ["`train.distill.teacher`", "./no-teacher"]),
     ("distillation teacher trial unnamed", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "sweep:bert-base"})], ["train.distill", "sweep:SWEEP/TRIAL", "sweep:bert-base"]),
     ("distillation teacher from no store", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "sweep:bert-base/trial-1"})], ["`train.distill.teacher`", "no MLflow store", "bert-base"]),
+    ("search space whose only LoRA rank is 0", lambda t: ["sweep", _sweep(t, search__space={"params": {"lora_r": {"type": "categorical", "choices": [0]}}})], ["sweep.yaml", "`params.lora_r`", "`model.lora.r`", "got 0"]),
+    ("LoRA rank range from 0", lambda t: ["sweep", _sweep(t, search__space={"params": {"lora_r": {"type": "int", "low": 0, "high": 8}}})], ["`params.lora_r`", "greater than 0", "got 0"]),
     ("score with bad predictions", lambda t: ["score", str(ASSETS / "squad_v1_tiny.json"), _file(t, "p.json", "[1, 2]")], ["p.json"]),
 ]  # fmt: skip
 
