@@ -22,7 +22,7 @@ FULL='search.initial_points=[{finetune: full, learning_rate: 2.0e-4, warmup_rati
 "${Q[@]}" name=ev-student "$FULL" model.keep_layers=3
 "${Q[@]}" name=ev-heads-pruned "$FULL" "model.prune={heads: 0.33}"
 # The teacher by name: ev-teacher's trial, its newest checkpoint looked up in MLflow.
-TRIAL=$(.venv/bin/python -c "from qa_ray.tracking import child_runs, find_parent_run as p
+TRIAL=$(.venv/bin/python -c "from qa_ray.tracking.runs import child_runs, find_parent_run as p
 print(child_runs('$URI', p('$URI', 'ev-teacher'))[0].data.tags['qa_ray.trial_name'])")
 "${Q[@]}" name=ev-student-distilled "$FULL" model.keep_layers=3 \
   "train.distill={teacher: 'sweep:ev-teacher/$TRIAL', alpha: 0.5, temperature: 2.0}"

@@ -183,8 +183,9 @@ def _cmd_sweep(args) -> int:
     from qa_ray.sweep.config import load_sweep_config
     from qa_ray.sweep.resources import plan
     from qa_ray.sweep.run import run_sweep
-    from qa_ray.sweep.state import check_resume
+    from qa_ray.sweep.state import check_resume, check_storage_path
     from qa_ray.tracking.runs import (
+        check_tracking_uri,
         credentials_to_environment,
         redact_uri,
         resolve_teacher,
@@ -206,6 +207,14 @@ def _cmd_sweep(args) -> int:
             update={"tracking_uri": credentials_to_environment(cfg.tracking.tracking_uri)}
         )
         cfg = cfg.model_copy(update={"tracking": tracking})
+    if args.tracking_uri:  # where the URI came from, as resolve_tracking_uri chose it
+        uri_from = "--tracking-uri"
+    elif cfg.tracking.tracking_uri:
+        uri_from = "tracking.tracking_uri"
+    else:
+        uri_from = "MLFLOW_TRACKING_URI"
+    check_tracking_uri(uri, args.sweep, uri_from)
+    check_storage_path(cfg, args.sweep)
     cfg = resolve_teacher(cfg, uri)  # a teacher named sweep:SWEEP/TRIAL: its checkpoint folder
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     if args.dry_run:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,33 @@ def state_dir(cfg: SweepConfig) -> Path:
         return Path(experiment_path(cfg))
     root = os.environ.get("QA_RAY_STATE_DIR", "~/.cache/qa_ray/sweeps")
     return Path(root).expanduser() / cfg.name
+
+
+def check_storage_path(cfg: SweepConfig, source: str) -> None:
+    """Refuses a local ``storage_path`` the driver cannot write (a file in the way, no write
+    permission, a read-only file system) before the sweep starts Ray; creates nothing.
+
+    Raises:
+        ConfigError: naming ``source`` (the sweep file), the field and the value.
+    """
+    if is_uri(cfg.storage_path):
+        return  # a bucket: its credentials are checked where Ray writes
+    path = Path(cfg.storage_path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    else:  # tried, not judged by its mode bits (root, read-only mounts, /proc)
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".qa-ray-write-test-", dir=existing))
+        except OSError as exc:
+            problem = f"{existing} is not writable: {exc.strerror}"
+    if problem:
+        raise ConfigError(
+            source,
+            [f"`storage_path`: the sweep cannot write its results there ({problem}), but got "
+             f"{cfg.storage_path!r}"],
+        )  # fmt: skip
 
 
 def plan_stages(cfg: SweepConfig, state: dict, exp_path: str, resume: bool) -> list[dict]:

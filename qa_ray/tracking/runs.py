@@ -16,14 +16,7 @@ from importlib import metadata
 from typing import Any
 
 # The tag names live with the metric names; re-exported here for readers of this module.
-from qa_ray.metrics import (
-    TAG_CHECKPOINT,
-    TAG_OUTCOME,
-    TAG_PARENT,
-    TAG_ROLE,
-    TAG_SWEEP,
-    TAG_TRIAL_NAME,
-)
+from qa_ray.metrics import TAG_CHECKPOINT, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_NAME
 
 __all__ = [
     "find_parent_run",
@@ -177,6 +170,35 @@ def credentials_to_environment(uri: str) -> str:
     clean, env = split_credentials(uri)
     os.environ.update(env)
     return clean
+
+
+def check_tracking_uri(uri: str, source: str, field: str) -> None:
+    """Refuses a tracking URI whose scheme no MLflow store serves (``sqlite``, ``file``,
+    ``http(s)``, the databases, ``databricks``, plugins), before the sweep starts Ray.
+
+    Raises:
+        ConfigError: naming ``source`` (the sweep file, or where the URI came from), ``field``,
+            the URI (without credentials) and the schemes MLflow knows.
+    """
+    from mlflow.exceptions import MlflowException
+
+    # MLflow 3 has no public way to ask which schemes it serves; its tracking-store registry
+    # answers without opening the store (no file, database or connection is made).
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    from qa_ray.errors import ConfigError
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        known = sorted(s for s in _tracking_store_registry._registry if s)
+        raise ConfigError(
+            source,
+            [
+                f"`{field}`: MLflow serves no store for this scheme (it knows {known}, or a "
+                f"local path), but got {redact_uri(uri)!r}"
+            ],
+        ) from None
 
 
 def redact_uri(uri: str) -> str:

@@ -153,6 +153,10 @@ ROWS = [
     ("distillation teacher from no store", lambda t: ["sweep", _sweep(t, train__distill={"teacher": "sweep:bert-base/trial-1"})], ["`train.distill.teacher`", "no MLflow store", "bert-base"]),
     ("search space whose only LoRA rank is 0", lambda t: ["sweep", _sweep(t, search__space={"params": {"lora_r": {"type": "categorical", "choices": [0]}}})], ["sweep.yaml", "`params.lora_r`", "`model.lora.r`", "got 0"]),
     ("LoRA rank range from 0", lambda t: ["sweep", _sweep(t, search__space={"params": {"lora_r": {"type": "int", "low": 0, "high": 8}}})], ["`params.lora_r`", "greater than 0", "got 0"]),
+    ("storage_path under a file", lambda t: ["sweep", _sweep(t, storage_path=_file(t, "a-file", "x") + "/runs")], ["sweep.yaml", "`storage_path`", "a-file/runs", "is not a folder"]),
+    ("storage_path on a read-only file system", lambda t: ["sweep", _sweep(t, storage_path="/proc/qa-ray-runs")], ["`storage_path`", "/proc/qa-ray-runs", "not writable"]),
+    ("tracking URI of an unknown scheme", lambda t: ["sweep", _sweep(t, tracking__tracking_uri="sqlite3:///mlflow.db")], ["sweep.yaml", "`tracking.tracking_uri`", "sqlite3:///mlflow.db", "'sqlite'"]),
+    ("tracking URI flag of an unknown scheme", lambda t: ["sweep", _sweep(t), "--tracking-uri", "mlflow://host"], ["`--tracking-uri`", "mlflow://host"]),
     ("score with bad predictions", lambda t: ["score", str(ASSETS / "squad_v1_tiny.json"), _file(t, "p.json", "[1, 2]")], ["p.json"]),
 ]  # fmt: skip
 
