@@ -75,6 +75,9 @@ WORKER_NODE_ID = "worker_node_id"
 WORKER_PID = "worker_pid"
 TRAINING_ITERATION = "training_iteration"  # Ray Tune's own counter of a trial's results
 
+# The first report after a resume: the run's curve so far, [{step, timestamp, CURVES...}], so
+# the sweep logs the points it never received (a killed driver's last ones). Not a number.
+CURVE_SO_FAR = "curve_so_far"
 # Logged as curves on every trial's MLflow run.
 CURVES = (
     EVAL_EXACT,

@@ -134,22 +134,15 @@ class MLflowSweepCallback(Callback):
             self.client.log_text(rid, text, name)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
 
         rid = self._run_for(trial)
-        step = int(result.get(m.STEP, result.get(m.TRAINING_ITERATION, 0)))
-        if step <= self._last_step.get(rid, -1):
-            # A resumed trial with no checkpoint to resume from starts over: its history is
-            # already logged up to here, and is not written a second time.
+        # A resumed run's curve up to its checkpoint: the points this driver has not logged
+        # (a driver killed while the run went on never received them).
+        for point in result.get(m.CURVE_SO_FAR) or ():
+            self._log_curve(rid, point)
+        if not self._log_curve(rid, result):
             return
-        self._last_step[rid] = step
-        ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [
-            Metric(k, v, ts, step)
-            for k, v in m.finite_numbers(result).items()
-            if k in self.metric_keys
-        ]
-        self.client.log_batch(rid, metrics=metrics)
+        step = int(result.get(m.STEP, result.get(m.TRAINING_ITERATION, 0)))
         answers = result.get(m.QUALITATIVE)
         if answers:  # appended to the table on every evaluation, so none is lost on a crash
             self.client.log_table(
@@ -166,6 +159,25 @@ class MLflowSweepCallback(Callback):
                 self.client.set_tag(rid, tag, str(result[key]))
         if result.get(CHECKPOINT_PATH):  # Ray Train keeps the newest (num_to_keep counts back)
             self.client.set_tag(rid, TAG_CHECKPOINT, str(result[CHECKPOINT_PATH]))
+
+    def _log_curve(self, rid: str, result: dict[str, Any]) -> bool:
+        """Logs a report's curve metrics at its step; False for a step already logged."""
+        from mlflow.entities import Metric
+
+        step = int(result.get(m.STEP, result.get(m.TRAINING_ITERATION, 0)))
+        if step <= self._last_step.get(rid, -1):
+            # A resumed trial with no checkpoint to resume from starts over: its history is
+            # already logged up to here, and is not written a second time.
+            return False
+        self._last_step[rid] = step
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(k, v, ts, step)
+            for k, v in m.finite_numbers(result).items()
+            if k in self.metric_keys
+        ]
+        self.client.log_batch(rid, metrics=metrics)
+        return True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = self._run_for(trial)

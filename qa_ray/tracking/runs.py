@@ -16,7 +16,14 @@ from importlib import metadata
 from typing import Any
 
 # The tag names live with the metric names; re-exported here for readers of this module.
-from qa_ray.metrics import TAG_CHECKPOINT, TAG_OUTCOME, TAG_PARENT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_NAME
+from qa_ray.metrics import (
+    TAG_CHECKPOINT,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL_NAME,
+)
 
 __all__ = [
     "find_parent_run",

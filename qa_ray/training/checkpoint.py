@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_STATE = "training_state.json"  # step, epoch, position, meters, budget (readable)
 TRAINING_TENSORS = "training_state.pt"  # optimizer, scheduler, scaler, RNG states
+CURVE_FILE = "curve.json"  # a point per report so far (step, time, the CURVES metrics)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -54,6 +55,7 @@ def save_checkpoint(
         # The pruned heads and units (a LoRA checkpoint has no base config.json to hold them).
         **({PLAN_FILE: plan} if (plan := getattr(trial.unwrapped.config, PLAN_KEY, None)) else {}),
         "metrics.json": metrics,
+        CURVE_FILE: trial.curve,
         TRAINING_STATE: {"meters": asdict(meters), "budget": trial.budget.state_dict()},
     }
     if predictions is not None:

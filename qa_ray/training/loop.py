@@ -42,7 +42,7 @@ from qa_ray.config.trial import TrainConfig, TrialConfig, parse_constraints
 from qa_ray.models.build import build_model, build_tokenizer, model_size
 from qa_ray.models.pruning import stored_plan
 from qa_ray.tasks import TASKS, TaskFamily
-from qa_ray.training.checkpoint import load_checkpoint, save_checkpoint
+from qa_ray.training.checkpoint import CURVE_FILE, load_checkpoint, save_checkpoint
 from qa_ray.training.distill import build_teacher, distillation_loss
 from qa_ray.training.memory import TrialOutOfMemory, free_memory, is_out_of_memory, peak_memory_mb
 from qa_ray.training.precision import Precision, resolve_precision
@@ -126,6 +126,10 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
     if resume_from:
         meters = load_checkpoint(trial, resume_from)
         trial.resumed_report = json.loads(Path(resume_from, "metrics.json").read_text())
+        curve = Path(resume_from, CURVE_FILE)
+        if curve.is_file():  # (checkpoints of qa-ray before 2026-12 have none)
+            trial.curve = json.loads(curve.read_text())
+        trial.curve_to_resend = list(trial.curve)
         logger.info("resumed from %s at step %d", resume_from, meters.step)
     if trial.rank0:
         logger.info(
@@ -343,8 +347,19 @@ def report_final_again(trial: Trial) -> dict[str, Any]:
     assert trial.resumed_report is not None
     if trial.rank0:
         logger.info("the checkpoint is the run's last: reporting its final result again")
-    trial.session.report(dict(trial.resumed_report), None)  # [ray 3]
+    trial.session.report(_with_curve_to_resend(trial, trial.resumed_report), None)  # [ray 3]
     return dict(trial.resumed_report)
+
+
+def _with_curve_to_resend(trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
+    """The first report after a resume carries the run's curve up to the checkpoint: the
+    points the sweep's driver may never have received (it was killed while the run went on),
+    which it logs once (steps it has are skipped)."""
+    if trial.curve_to_resend is None:
+        return result
+    result = {**result, m.CURVE_SO_FAR: trial.curve_to_resend}
+    trial.curve_to_resend = None
+    return result
 
 
 def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
@@ -448,6 +463,9 @@ def report(
         result.update({m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: infeasible})
         if trial.rank0:
             logger.warning("infeasible at step %d: %s", meters.step, infeasible)
+    trial.curve.append(
+        {"timestamp": time.time(), **{k: v for k, v in result.items() if k in (m.STEP, *m.CURVES)}}
+    )
     ckpt = None
     if checkpoint and trial.cfg.train.save_checkpoints and trial.rank0:
         meters.last_checkpoint_time = trial.budget.elapsed()
@@ -455,7 +473,7 @@ def report(
     if final and trial.rank0:
         session.save_results(result, predictions)
     try:
-        session.report(result, ckpt)  # [ray 3]
+        session.report(_with_curve_to_resend(trial, result), ckpt)  # [ray 3]
     finally:
         if ckpt:
             shutil.rmtree(ckpt, ignore_errors=True)

@@ -73,6 +73,8 @@ class Trial:
     budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
     teacher: torch.nn.Module | None = None  # knowledge distillation: frozen, in eval mode
     resumed_report: dict[str, Any] | None = None  # the report of the checkpoint resumed from
+    curve: list[dict[str, Any]] = field(default_factory=list)  # a point per report; checkpointed
+    curve_to_resend: list[dict[str, Any]] | None = None  # after a resume: sent with the next report
 
     @property
     def unwrapped(self) -> Model:

@@ -244,6 +244,10 @@ def test_a_run_resumed_from_its_final_checkpoint_reports_its_final_result_again(
 
     assert [r["step"] for r in rest.reports] == [4]
     assert rest.reports[0]["final_report"] == 1.0
+    # with the run's curve, for the points a killed driver never received
+    sent = rest.reports[0]["curve_so_far"]
+    assert [p["step"] for p in sent] == [2, 4]
+    assert [p["train_loss"] for p in sent] == [r["train_loss"] for r in first.reports]
     for key in ("train_loss", "eval_f1", "eval_exact", "peak_memory_mb"):
         assert rest.reports[0][key] == again[key] == pytest.approx(through[key]), key
 

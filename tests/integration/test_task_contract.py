@@ -115,10 +115,10 @@ def test_scores_do_not_depend_on_eval_batch_size(tiny_model_dir, tmp_path, task,
     eval_batch_size (1, 3, 16 over 10 questions: batches of mixed window lengths), and for the
     span heads the same logits per window, within float tolerance."""
     import torch
-    from qa_ray.training.loop import setup
 
     from qa_ray.config.trial import TrialConfig
     from qa_ray.tasks import extractive
+    from qa_ray.training.loop import setup
 
     over: dict = {"model__task": task, "data__max_eval_examples": 10, "data__max_answer_length": 4}
     if kind == "bilstm_attention":
