@@ -138,3 +138,69 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_d
     final = child.data.metrics
     for key in ("train_loss", "eval_f1", "eval_exact"):
         assert final[key] == pytest.approx(through[key], rel=1e-3, abs=1e-3), key
+
+
+def test_a_killed_driver_resumes_and_every_trial_keeps_one_whole_curve(tiny_model_dir, tmp_path):
+    """SIGKILL of the sweep's driver mid-trial (a closed laptop, an OOM-killed head), then
+    ``--resume``: exit 0, no trial lost or run twice, every run and the parent FINISHED, no
+    Optuna trial left RUNNING, and each trial's curve a point per report, each step once.
+
+    Ray Train's controller and workers outlive the killed driver by seconds and go on
+    checkpointing (up to the run's end, on a short run): the resumed trial restores from a
+    checkpoint the driver never heard of and sends the curve points it missed."""
+    import optuna
+
+    steps, every = 80, 10
+    base, uri = _sweep(tmp_path, tiny_model_dir("bert"))
+    base["name"] = "killed-driver"
+    base["train"] = {**base["train"], "max_steps": steps, "checkpoint_steps": every,
+                     "eval_steps": 40}  # fmt: skip
+    base["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
+    base["search"] = {**base["search"], "num_samples": 2, "max_concurrent_trials": 2}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(base))
+    cmd = [sys.executable, "-m", "qa_ray.cli", "-v", "sweep", str(path)]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                if any(s >= 40 for s in _registered_steps(tmp_path / "runs")):
+                    proc.send_signal(signal.SIGKILL)  # the driver, mid-trial: no handler runs
+                    break
+                time.sleep(0.1)
+            assert proc.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "first.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    client = MlflowClient(uri)
+    parent = json.loads((tmp_path / "runs" / "killed-driver" / "qa_ray_sweep.json").read_text())[
+        "parent_run_id"
+    ]
+    before = {r.data.tags["qa_ray.trial_id"] for r in child_runs(uri, parent)}
+    assert client.get_run(parent).info.status == "RUNNING"  # nothing could end it
+
+    # As a user would: resume at once (the old cluster's processes may still be going).
+    resumed = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    out = resumed.stdout + resumed.stderr
+    (tmp_path / "resume.log").write_text(out)
+    assert resumed.returncode == 0, out[-4000:]
+    assert "resumed from" in out, out[-4000:]
+
+    children = child_runs(uri, parent)
+    trial_ids = [r.data.tags["qa_ray.trial_id"] for r in children]
+    assert len(children) == 2 and len(set(trial_ids)) == 2 and before <= set(trial_ids)
+    assert [r.info.status for r in children] == ["FINISHED", "FINISHED"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [h.step for h in history] == list(range(every, steps + 1, every)), run.info.run_id
+        assert run.data.metrics["step"] == steps and "eval_f1" in run.data.metrics
+    study = optuna.load_study(
+        study_name="killed-driver",
+        storage=f"sqlite:///{tmp_path / 'runs' / 'killed-driver' / 'optuna.db'}",
+    )
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
