@@ -18,10 +18,14 @@ QUIET_LOGGERS = {
     "alembic": logging.WARNING,
     # "Matplotlib is building the font cache; this may take a moment."
     "matplotlib": logging.WARNING,
+    # Optuna 5: "A new study created in RDB with name: ..." (the sweep prints its own lines)
+    "optuna.storages._rdb.storage": logging.WARNING,
+    # Tune's closing "Wrote the latest version of all result files and experiment state to"
+    "ray.tune.tune": logging.WARNING,
 }
-# Optuna's ExperimentalWarning for the samplers' constraints and multi-objective options,
-# matched by text so that the CLI need not import optuna to filter it.
-OPTUNA_EXPERIMENTAL = r".* is experimental \(supported from v"
+# Optuna's ExperimentalWarning ("Argument ``group`` is an experimental feature.", "X is
+# experimental (supported from v...)"), matched by text so the CLI need not import optuna.
+OPTUNA_EXPERIMENTAL = r".*(is an experimental feature|is experimental \(supported from v)"
 
 
 def configure(verbose: bool) -> None:
