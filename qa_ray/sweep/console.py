@@ -1,9 +1,10 @@
-"""The console: one line per finished trial with the best of each objective so far, and the
-driver's handling of Ctrl-C / SIGTERM (stop, record, report).
+"""The console: one line per finished trial with the best of each objective so far, Tune's own
+console kept quiet, and the driver's handling of Ctrl-C / SIGTERM (stop, record, report).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,6 +19,27 @@ from qa_ray import metrics as m
 from qa_ray.tracking.callback import failure_reason, trial_error_text
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def tune_console(verbose: bool):
+    """Tune's own console: its configuration box ("Configuration for experiment", searcher,
+    scheduler, trial count) and result paths come from its new output engine even at
+    ``verbose=0`` (Ray 2.60); the legacy engine at ``verbose=0`` prints nothing. ``verbose``
+    keeps the new engine, box and all."""
+    saved = os.environ.get(_NEW_OUTPUT)
+    if not verbose:
+        os.environ[_NEW_OUTPUT] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_NEW_OUTPUT, None)
+        else:
+            os.environ[_NEW_OUTPUT] = saved
+
+
+_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
 
 
 class _Progress:

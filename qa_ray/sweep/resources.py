@@ -89,7 +89,7 @@ def init_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
             )
         if not verbose:
             logs = Path(ctx.address_info["session_dir"]) / "logs"
-            print(f"[qa-ray] worker logs: {logs} (`qa-ray -v sweep ...` shows them)", flush=True)
+            print(f"[qa-ray] worker logs: {logs} (`qa-ray sweep ... -v` shows them)", flush=True)
     return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
 
 

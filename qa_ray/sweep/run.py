@@ -25,7 +25,7 @@ from qa_ray import storage
 from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
 from qa_ray.sweep.bucket import BucketState, BucketStateCallback
-from qa_ray.sweep.console import Interrupts, ProgressCallback
+from qa_ray.sweep.console import Interrupts, ProgressCallback, tune_console
 from qa_ray.sweep.resources import cluster_notes, credentials_stay_in_the_driver, init_ray, plan
 from qa_ray.sweep.state import (
     STATE_FILE,
@@ -88,7 +88,7 @@ def run_sweep(
             not rerun and their MLflow runs are reused; a larger ``search.num_samples`` runs
             the extra trials on the same Optuna study and parent run.
         resolved_yaml: the resolved sweep config text, logged on the parent run.
-        verbose: also show the Ray workers' output on this console.
+        verbose: also show the Ray workers' output and Tune's own console here.
 
     Returns:
         Every trial's outcome, and the signal that interrupted the sweep, if one did.
@@ -201,7 +201,7 @@ def _run(
             print(f"[qa-ray] note: {note}", flush=True)
 
     status, results = "FAILED", []
-    with Interrupts() as interrupts, credentials_stay_in_the_driver():
+    with Interrupts() as interrupts, credentials_stay_in_the_driver(), tune_console(verbose):
         try:
             for i, stage in enumerate(stages):
                 if interrupts.signal is not None:  # between stages: the next one never starts

@@ -13,6 +13,7 @@ import yaml
 from qa_ray.cli import main
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _base() -> dict:
@@ -119,6 +120,7 @@ ROWS = [
     ("initial point off the space", lambda t: ["sweep", _sweep(t, search__initial_points=[{"lora_r": 8}])], ["initial_points[0].lora_r", "not an axis"]),
     ("bad sweep name", lambda t: ["sweep", _sweep(t, name="my sweep")], ["`name`", "my sweep"]),
     ("local data file missing", lambda t: ["sweep", _sweep(t, data__path="./nope.json")], ["`data.path`", "nope.json", "no such file"]),
+    ("the quickstart without its model and data", lambda t: ["sweep", str(ROOT / "sweeps" / "quickstart.yaml")], ["quickstart.yaml", "2 errors", "`model.name_or_path`", "'models/all-MiniLM-L6-v2'", "scripts/stage_minilm.sh models", "`data.path`", "'data/squad/dev-v1.1.json.gz'", "scripts/get_data.sh", "curl -fL https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v1.1.json | gzip > data/squad/dev-v1.1.json.gz", "data.path=rajpurkar/squad data.split=validation"]),
     ("local model folder missing", lambda t: ["sweep", _sweep(t, model__name_or_path="./no-model")], ["`model.name_or_path`", "no-model"]),
     ("models/x before staging", lambda t: (Path("models").mkdir(), ["sweep", _sweep(t, model__name_or_path="models/all-MiniLM-L6-v2")])[1], ["`model.name_or_path`", "models/all-MiniLM-L6-v2"]),
     ("hub id not in the offline cache", lambda t: ["sweep", _sweep(t, model__name_or_path="no-such-org/no-such-model")], ["`model.name_or_path`", "no-such-org/no-such-model", "HF_HUB_OFFLINE"]),

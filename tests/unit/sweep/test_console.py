@@ -76,3 +76,19 @@ def test_the_live_line_follows_progress_on_a_terminal_and_gives_way_to_evaluatio
     cb.on_trial_result(0, [a], a, progress)
     cb.on_trial_result(0, [a], a, evaluated)
     assert logs.text.count("\n") == 1 and "running:" not in logs.text and "\r" not in logs.text
+
+
+def test_tunes_console_is_quiet_unless_verbose(monkeypatch):
+    """Tune's new output engine prints its configuration box even at verbose=0; without
+    -v the sweep runs Tune's legacy engine, which at verbose=0 prints nothing."""
+    from ray.tune.experimental.output import get_air_verbosity
+
+    from qa_ray.sweep.console import tune_console
+
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    assert get_air_verbosity(0) is not None  # Ray's default: the new engine, box and all
+    with tune_console(verbose=False):
+        assert get_air_verbosity(0) is None
+    assert get_air_verbosity(0) is not None  # restored
+    with tune_console(verbose=True):
+        assert get_air_verbosity(0) is not None

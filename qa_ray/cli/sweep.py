@@ -1,0 +1,209 @@
+"""``qa-ray validate`` and ``qa-ray sweep``: a sweep file checked, run, and its last words.
+
+qa-ray validate sweeps/quickstart.yaml
+qa-ray sweep sweeps/quickstart.yaml search.num_samples=4 [--dry-run] [--resume]
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import sys
+import traceback
+
+from qa_ray.cli.codes import EXIT_FAILED, EXIT_OK
+from qa_ray.errors import ConfigError
+
+
+def cmd_validate(args) -> int:
+    from qa_ray.sweep.config import load_sweep_config
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    print(f"{args.sweep}: ok ({cfg.search.num_samples} trials over {sorted(cfg.space.params)})")
+    return EXIT_OK
+
+
+def resume_command(args) -> str:
+    """The exact command that continues an interrupted sweep, without credentials."""
+    import shlex
+
+    parts = ["qa-ray", "sweep", args.sweep, *args.overrides, "--resume"]
+    if args.address:
+        parts += ["--address", args.address]
+    if args.tracking_uri:  # its credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD
+        from qa_ray.tracking.runs import split_credentials
+
+        parts += ["--tracking-uri", split_credentials(args.tracking_uri)[0]]
+    return shlex.join(parts)
+
+
+def failure_groups(trials) -> list[str]:
+    """Failed trials grouped by reason, most frequent first: ``3 x OSError: ...``."""
+    counts = collections.Counter(t["error"] for t in trials if t["status"] == "FAILED")
+    return [f"{n} x {reason}" for reason, n in counts.most_common()]
+
+
+def cmd_sweep(args) -> int:
+    import yaml
+
+    from qa_ray.sweep.config import load_sweep_config
+    from qa_ray.sweep.resources import plan
+    from qa_ray.sweep.run import run_sweep
+    from qa_ray.sweep.state import check_resume, check_storage_path
+    from qa_ray.tracking.runs import (
+        check_tracking_uri,
+        credentials_to_environment,
+        redact_uri,
+        resolve_teacher,
+        resolve_tracking_uri,
+    )
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    if args.constraint:  # validated as the file's own `constraints`
+        args.overrides = [
+            *args.overrides,
+            "constraints=" + json.dumps([*cfg.constraints, *args.constraint]),
+        ]
+        cfg = load_sweep_config(args.sweep, args.overrides)
+    uri = credentials_to_environment(
+        resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
+    )
+    if cfg.tracking.tracking_uri:  # what is logged and saved holds no credentials
+        tracking = cfg.tracking.model_copy(
+            update={"tracking_uri": credentials_to_environment(cfg.tracking.tracking_uri)}
+        )
+        cfg = cfg.model_copy(update={"tracking": tracking})
+    if args.tracking_uri:  # where the URI came from, as resolve_tracking_uri chose it
+        uri_from = "--tracking-uri"
+    elif cfg.tracking.tracking_uri:
+        uri_from = "tracking.tracking_uri"
+    else:
+        uri_from = "MLFLOW_TRACKING_URI"
+    check_tracking_uri(uri, args.sweep, uri_from)
+    check_storage_path(cfg, args.sweep)
+    cfg = resolve_teacher(cfg, uri)  # a teacher named sweep:SWEEP/TRIAL: its checkpoint folder
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    if args.dry_run:
+        print("# resolved sweep config\n" + resolved)
+        print(f"# tracking: {redact_uri(uri)} (experiment {cfg.tracking.experiment_name!r})")
+        print("# resource plan (this machine's resources are counted when the sweep starts)")
+        print(json.dumps(plan(cfg), indent=2, default=str))
+        return EXIT_OK
+    from qa_ray.config.paths import check_hub_ids
+    from qa_ray.report import plots
+
+    try:  # the report at the end needs them: say so now, not after hours of trials
+        plots.check_available()
+    except ImportError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
+    for warning in check_hub_ids(cfg.trial_config(), args.sweep):
+        print(f"[qa-ray] note: {warning}; the trials will load it", flush=True)
+    if args.resume:
+        explicit = bool(
+            args.tracking_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        )
+        uri = check_resume(cfg, uri, explicit)
+    try:
+        result = run_sweep(
+            cfg,
+            uri,
+            address=args.address,
+            resume=args.resume,
+            resolved_yaml=resolved,
+            verbose=args.verbose,
+        )
+    except ConfigError:
+        raise
+    except Exception:  # Tune raised, the cluster was lost: run_sweep ended the runs FAILED
+        traceback.print_exc()
+        print(
+            "error: the sweep failed (its MLflow parent run and the trials in flight are "
+            f"FAILED); once the cause is fixed, continue it with: {resume_command(args)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    with _ray_stopping():
+        return _sweep_ended(args, cfg, uri, result)
+
+
+@contextlib.contextmanager
+def _ray_stopping():
+    """Ray stops (a local cluster's processes: about 1.5 s on 2 cores) while the report is
+    written; the way out waits for it."""
+    import threading
+
+    import ray
+
+    stopping = threading.Thread(target=ray.shutdown, name="qa-ray-ray-shutdown")
+    stopping.start()
+    try:
+        yield
+    finally:
+        stopping.join()
+
+
+def _sweep_ended(args, cfg, uri: str, result) -> int:
+    """The sweep's last words: why it stopped, or its report; the exit code."""
+    import signal
+
+    from qa_ray.tracking.runs import redact_uri
+
+    trials = result.trials
+    complete = [t for t in trials if t["status"] == "COMPLETE"]
+    failed = [t for t in trials if t["status"] == "FAILED"]
+    groups = failure_groups(trials)
+    if result.interrupted_by is not None:
+        name = signal.Signals(result.interrupted_by).name
+        print(
+            f"\n[qa-ray] interrupted ({name}): {len(complete)} trials complete, {len(failed)} "
+            f"failed, the trials in flight stopped; MLflow parent run {result.parent_run_id} "
+            "is KILLED and no Pareto report was published.\n"
+            f"[qa-ray] continue it with: {resume_command(args)}",
+            flush=True,
+        )
+        return 128 + result.interrupted_by
+    if not complete:
+        infeasible = [t for t in trials if t["status"] == "INFEASIBLE"]
+        print(
+            f"\n[qa-ray] no trial completed: {len(failed)} failed, {len(infeasible)} over a "
+            f"budget or out of memory, of {len(trials)}; MLflow parent run "
+            f"{result.parent_run_id} is FAILED. Reasons:",
+            flush=True,
+        )
+        counts = collections.Counter(t["error"] for t in infeasible)
+        for line in groups + [f"{n} x infeasible: {r}" for r, n in counts.most_common()]:
+            print(f"  {line}")
+        return EXIT_FAILED
+    from qa_ray.report.publish import publish_pareto
+    from qa_ray.report.tables import budget_lines, trials_table
+
+    summary = publish_pareto(
+        uri, result.parent_run_id, cfg.objectives, cfg.constraints, budgets=args.budgets
+    )
+    print(trials_table(summary))
+    for line in budget_lines(summary):
+        print(f"[qa-ray] {line}")
+    ended = collections.Counter(t["status"] for t in trials)
+    others = [
+        f"{ended[k]} {label}"
+        for k, label in (("PRUNED", "stopped early"), ("INFEASIBLE", "infeasible"))
+        if ended[k]
+    ]
+    print(
+        f"\n[qa-ray] {len(complete)} of {len(trials)} trials complete, {len(failed)} failed"
+        + "".join(f", {o}" for o in others)
+        + f". MLflow parent run {result.parent_run_id}"
+    )
+    for line in groups:
+        print(f"  failed: {line}")
+    print(
+        f"[qa-ray] open it: mlflow ui --backend-store-uri {redact_uri(uri)}  "
+        f"(experiment {cfg.tracking.experiment_name!r}, run {cfg.name!r}; filter trials on the "
+        f'front with tags.pareto_optimal = "true")'
+    )
+    if failed and args.strict:
+        print(f"[qa-ray] --strict: {len(failed)} failed trial(s) make the sweep fail")
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,29 @@
+"""How ``qa-ray sweep`` ends: the resume command it prints, failures grouped."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from qa_ray.cli import sweep
+
+
+def test_the_resume_command_repeats_the_sweep_without_credentials():
+    args = argparse.Namespace(
+        sweep="sweeps/q.yaml", overrides=["search.num_samples=4"], address="http://h:8265",
+        tracking_uri="http://alice:s3cret@mlflow:5000",
+    )  # fmt: skip
+    assert shlex.split(sweep.resume_command(args)) == [
+        "qa-ray", "sweep", "sweeps/q.yaml", "search.num_samples=4", "--resume",
+        "--address", "http://h:8265", "--tracking-uri", "http://mlflow:5000",
+    ]  # fmt: skip
+
+
+def test_failures_are_grouped_by_reason_most_frequent_first():
+    trials = [
+        {"status": "FAILED", "error": "OSError: no model"},
+        {"status": "COMPLETE", "error": None},
+        {"status": "FAILED", "error": "ValueError: bad rank"},
+        {"status": "FAILED", "error": "OSError: no model"},
+    ]
+    assert sweep.failure_groups(trials) == ["2 x OSError: no model", "1 x ValueError: bad rank"]
