@@ -11,8 +11,13 @@ from qa_ray.sweep.resources import plan
 QUICKSTART = str(Path(__file__).resolve().parents[3] / "sweeps" / "quickstart.yaml")
 
 
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# The quickstart's plan, with tiny local files standing in for its staged model and data.
+LOCAL = [f"model.name_or_path={ASSETS / 'wordpiece'}", f"data.path={ASSETS / 'squad_v1_tiny.json'}"]
+
+
 def _cfg(*overrides: str):
-    return load_sweep_config(QUICKSTART, list(overrides))
+    return load_sweep_config(QUICKSTART, [*LOCAL, *overrides])
 
 
 def test_local_concurrency_is_what_fits_capped_by_the_setting():
