@@ -43,7 +43,7 @@ class LoraConfig(Block):
     alpha: float | None = Field(
         None, gt=0, description="scaling alpha; default is 2 * r (alpha/r = 2)"
     )
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input")
     target_modules: list[str] | None = Field(
         None, description="module names to adapt; default depends on the architecture"
     )
@@ -55,7 +55,9 @@ class LstmConfig(Block):
     embedding_dim: int = Field(128, gt=0, description="ignored with embeddings_from")
     hidden_size: int = Field(128, gt=0, description="per direction")
     num_layers: int = Field(1, gt=0, description="of the encoder BiLSTM")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="on the embeddings and the LSTM outputs"
+    )
     embeddings_from: str | None = Field(
         None,
         description="copy the input embeddings of this model (hub id or folder; its "
@@ -95,7 +97,9 @@ class ModelConfig(Block):
         description="auto: the checkpoint's own (transformers); bilstm_attention: an LSTM "
         "with BiDAF-style attention trained from scratch (extractive, full fine-tune only)",
     )
-    lstm: LstmConfig = LstmConfig()
+    lstm: LstmConfig = Field(
+        LstmConfig(), description="the LSTM's sizes (architecture bilstm_attention only)"
+    )
     task: Literal["extractive", "generative", "seq2seq", "instruction"] = Field(
         "extractive",
         description="extractive: a span head (AutoModelForQuestionAnswering); generative: a "
@@ -103,13 +107,15 @@ class ModelConfig(Block):
         "such as T5 (AutoModelForSeq2SeqLM); instruction: a causal LM tuned on Alpaca-format "
         "instructions, scored by held-out loss / perplexity",
     )
-    finetune: Literal["full", "lora"] = "full"
+    finetune: Literal["full", "lora"] = Field(
+        "full", description="full: every weight trains; lora: adapters on a frozen base"
+    )
     quantization_bits: Literal[4, 8, 16, 32] = Field(
         32,
         description="4 = NF4 QLoRA, 8 = LLM.int8 QLoRA (both need finetune=lora), "
         "16 = bf16 weights, 32 = fp32",
     )
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig = Field(LoraConfig(), description="the adapters (finetune lora only)")
     dropout: float | None = Field(
         None,
         ge=0.0,
@@ -129,8 +135,12 @@ class ModelConfig(Block):
         "units by measured importance (BERT-family encoders); composes with keep_layers, "
         "full fine-tune and LoRA",
     )
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, more time"
+    )
+    trust_remote_code: bool = Field(
+        False, description="let transformers run the checkpoint's own modelling code"
+    )
 
     @model_validator(mode="after")
     def _lstm_from_scratch(self) -> ModelConfig:
@@ -203,15 +213,26 @@ class DataConfig(Block):
     split_seed: int | None = Field(
         0, description="seed of the article shuffle; null holds out the last articles in order"
     )
-    max_train_examples: int | None = Field(None, gt=0)
-    max_eval_examples: int | None = Field(None, gt=0)
-    max_seq_length: int = Field(384, ge=32)
+    max_train_examples: int | None = Field(
+        None, gt=0, description="train on the first N examples (questions or records)"
+    )
+    max_eval_examples: int | None = Field(
+        None, gt=0, description="score the first N held-out examples"
+    )
+    max_seq_length: int = Field(
+        384,
+        ge=32,
+        description="tokens per window (extractive), per prompt and answer (generative, "
+        "instruction), per encoder input (seq2seq)",
+    )
     drop_windows_missing_answer: bool = Field(
         False,
         description="train only on windows that hold the answer of an answerable question "
         "(unanswerable questions keep all their windows); fewer CLS labels per step",
     )
-    doc_stride: int = Field(128, gt=0)
+    doc_stride: int = Field(
+        128, gt=0, description="extractive: tokens shared by consecutive windows of a context"
+    )
     max_answer_length: int = Field(
         30,
         gt=0,
@@ -224,7 +245,9 @@ class DataConfig(Block):
         description="generative: what the model learns to answer to an unanswerable question "
         "(scored as the empty answer)",
     )
-    n_best_size: int = Field(20, gt=0)
+    n_best_size: int = Field(
+        20, gt=0, description="extractive: start and end candidates searched per window"
+    )
     squad_v2: bool | None = Field(
         None,
         description="extractive: the empty answer may win (SQuAD 2.0 scoring); null decides "
@@ -272,16 +295,26 @@ class DistillConfig(Block):
 class TrainConfig(Block):
     """Optimizer, schedule, batch and precision of one fine-tune."""
 
-    learning_rate: float = Field(5e-5, gt=0.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
-    warmup_steps: int | None = Field(None, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
-    per_device_batch_size: int = Field(16, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    eval_batch_size: int = Field(64, gt=0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
-    num_epochs: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(5e-5, gt=0.0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW's decoupled weight decay")
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="linear warmup over this share of the steps"
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warmup over N optimizer steps (not with warmup_ratio)"
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="the decay after warmup"
+    )
+    per_device_batch_size: int = Field(16, gt=0, description="examples per worker per micro-batch")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="micro-batches per optimizer step"
+    )
+    eval_batch_size: int = Field(64, gt=0, description="examples per evaluation batch")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, description="clip the gradient norm to this; null: no clipping"
+    )
+    num_epochs: float = Field(1.0, gt=0.0, description="passes over the training data")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     max_train_seconds: float | None = Field(
         None, gt=0.0, description="stop training after this wall time (a compute budget)"
@@ -306,8 +339,10 @@ class TrainConfig(Block):
         description="between evaluations, report step, loss and peak memory this often (the "
         "sweep's live line, the MLflow curves); 0: only at evaluations and checkpoints",
     )
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(42, description="seeds initialisation, dropout and the data order")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: cuda when the worker sees a GPU, else cpu"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="autocast dtype on GPU (auto = bf16 where supported); on CPU only 16-bit "
@@ -340,9 +375,14 @@ class TrainConfig(Block):
 class ResourcesConfig(Block):
     """Ray Train workers of one trial (``gpus_per_worker`` < 1 packs trials on a GPU)."""
 
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per worker")
+    gpus_per_worker: float = Field(
+        0.0,
+        ge=0.0,
+        description="GPUs Ray reserves per worker; 0.5 packs two trials on one GPU (a "
+        "reservation, not a memory limit)",
+    )
     max_failures: int = Field(
         2,
         ge=-1,
@@ -363,7 +403,9 @@ class ResourcesConfig(Block):
 class TrialConfig(Block):
     """One fine-tune: what ``qa-ray train`` runs and what every sweep trial runs."""
 
-    name: str = Field("qa-ray-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(
+        "qa-ray-train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the run's name"
+    )
     model: ModelConfig
     data: DataConfig
     train: TrainConfig = TrainConfig()

@@ -61,11 +61,13 @@ _KBIT = (4, 8)
 
 
 class FloatParam(Block):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    """A float axis: ``{type: float, low, high, log, step}``."""
+
+    type: Literal["float"] = Field(description="the kind of axis")
+    low: float = Field(description="the smallest value (> 0 with log)")
+    high: float = Field(description="the largest value")
+    log: bool = Field(False, description="sample on a log scale (not with step)")
+    step: float | None = Field(None, gt=0, description="sample on a grid of this spacing")
 
     @model_validator(mode="after")
     def _optuna_invariants(self) -> FloatParam:
@@ -74,11 +76,13 @@ class FloatParam(Block):
 
 
 class IntParam(Block):
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(1, gt=0)
+    """An integer axis: ``{type: int, low, high, log, step}``."""
+
+    type: Literal["int"] = Field(description="the kind of axis")
+    low: int = Field(description="the smallest value (> 0 with log)")
+    high: int = Field(description="the largest value")
+    log: bool = Field(False, description="sample on a log scale (step must stay 1)")
+    step: int = Field(1, gt=0, description="sample every step-th integer")
 
     @model_validator(mode="after")
     def _optuna_invariants(self) -> IntParam:
@@ -87,8 +91,12 @@ class IntParam(Block):
 
 
 class CategoricalParam(Block):
-    type: Literal["categorical"]
-    choices: list[int | float | str | bool] = Field(min_length=1)
+    """A categorical axis: ``{type: categorical, choices: [...]}``."""
+
+    type: Literal["categorical"] = Field(description="the kind of axis")
+    choices: list[int | float | str | bool] = Field(
+        min_length=1, description="the values, distinct"
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> CategoricalParam:
@@ -115,8 +123,15 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 class SearchSpace(Block):
     """The axes to search and an optional effective-batch constraint."""
 
-    params: dict[str, Param] = Field(min_length=1)
-    effective_batch_size: int | None = Field(None, gt=0)
+    params: dict[str, Param] = Field(
+        min_length=1, description="axis name (one of AXES) -> its float, int or categorical entry"
+    )
+    effective_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="derive gradient_accumulation_steps = this / (batch x workers) from the "
+        "sampled per_device_batch_size (a categorical axis)",
+    )
 
     @model_validator(mode="after")
     def _known_coherent_axes(self) -> SearchSpace:

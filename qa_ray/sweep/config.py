@@ -44,8 +44,10 @@ OBJECTIVE_METRICS = m.OBJECTIVES
 
 
 class Objective(Block):
-    metric: str
-    mode: Literal["min", "max"]
+    """One objective of the search: a metric the task reports and its direction."""
+
+    metric: str = Field(description="a metric name of qa_ray.metrics.OBJECTIVES")
+    mode: Literal["min", "max"] = Field(description="minimize or maximize it")
 
     @field_validator("metric")
     @classmethod
@@ -59,7 +61,11 @@ class SchedulerConfig(Block):
     """Multi-objective early stopping: ``mo_asha`` (successive halving on Pareto rank) or
     ``memory_aware`` (stop only behind a trial with no more memory, by ``noise_floor``)."""
 
-    type: Literal["mo_asha", "memory_aware"] = "mo_asha"
+    type: Literal["mo_asha", "memory_aware"] = Field(
+        "mo_asha",
+        description="mo_asha: keep the best 1/rf by Pareto rank at each rung; memory_aware: "
+        "stop only behind a trial with no more memory",
+    )
     time_attr: Literal["step", "train_seconds"] = Field(
         "step", description="what the rungs count: optimizer steps or seconds of training"
     )
@@ -87,9 +93,11 @@ class SearchConfig(Block):
     """What to search and how: a space (file path or inline), sampler, budget."""
 
     space: str | SearchSpace = Field(description="a search_spaces/*.yaml path, or inline")
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    seed: int = 0
-    num_samples: int = Field(8, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = Field(
+        "tpe", description="Optuna's TPE (multi-objective, constrained), NSGA-II, or random"
+    )
+    seed: int = Field(0, description="the sampler's seed")
+    num_samples: int = Field(8, ge=1, description="trials in the sweep")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: as many as the cluster's resources allow"
     )
@@ -103,16 +111,23 @@ class SearchConfig(Block):
 
 
 class TrackingConfig(Block):
+    """Where the MLflow runs go."""
+
     tracking_uri: str | None = Field(
         None, description="MLflow URI; else --tracking-uri, MLFLOW_TRACKING_URI, then local"
     )
-    experiment_name: str = "qa-ray"
+    experiment_name: str = Field(
+        "qa-ray", description="the MLflow experiment holding the sweep's parent run"
+    )
 
 
 class SweepConfig(Block):
     """One sweep: trial blocks shared by every trial, plus the search around them."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the sweep's name: its MLflow parent run, its folder under storage_path",
+    )
     model: ModelConfig
     data: DataConfig
     train: TrainConfig = TrainConfig()
@@ -124,6 +139,7 @@ class SweepConfig(Block):
             Objective(metric=m.PEAK_MEMORY_MB, mode="min"),
         ],
         min_length=1,
+        description="what the search optimizes, each with its direction",
     )
     constraints: list[str] = Field(
         default_factory=list,
