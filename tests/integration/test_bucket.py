@@ -120,11 +120,11 @@ def test_a_killed_driver_on_a_fresh_head_resumes_the_sweep_from_the_bucket(
         before = {r.data.tags["qa_ray.trial_id"] for r in child_runs(uri, parent)}
         assert _keys(s3_bucket, "sweeps/bucket-sweep/qa_ray_state/")  # the state is there too
 
-        # A fresh head: the local state folder is gone; everything comes from the bucket.
+        # A fresh head: the local state folder is gone (the same path, ~/.cache/qa_ray/sweeps by
+        # default, on a new machine); everything comes back from the bucket.
         import shutil
 
         shutil.rmtree(tmp_path / "head-1")
-        env["QA_RAY_STATE_DIR"] = str(tmp_path / "head-2")
         resumed = subprocess.run(
             [*cmd, "--resume"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
         )
@@ -145,7 +145,7 @@ def test_a_killed_driver_on_a_fresh_head_resumes_the_sweep_from_the_bucket(
             assert steps == list(range(EVERY, steps[-1] + 1, EVERY))
         study = optuna.load_study(
             study_name="bucket-sweep",
-            storage=f"sqlite:///{tmp_path / 'head-2' / 'bucket-sweep' / 'optuna.db'}",
+            storage=f"sqlite:///{tmp_path / 'head-1' / 'bucket-sweep' / 'optuna.db'}",
         )
         assert len(study.trials) == 2
         assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
