@@ -37,7 +37,11 @@ def _check_sweep_in_mlflow(url: str, n: int) -> set[str]:
     return {c.data.tags[TAG_NODE_ID] for c in children}
 
 
-def test_submitted_sweep_spreads_over_two_nodes(tiny_model_dir, tmp_path, server, capsys):
+def test_submitted_sweep_spreads_over_two_nodes(
+    tiny_model_dir, tmp_path, server, capsys, s3_bucket
+):
+    """Two nodes that share no disk: the trials and the sweep's state go to a bucket (a real S3
+    API server on loopback), as on a cluster, and both nodes read and write it."""
     wd = tmp_path / "repo"  # what `qa-ray submit` uploads as the job's working_dir
     wd.mkdir()
     sweep, _ = tiny_sweep(wd, [tiny_model_dir("bert")], num_samples=2, tracking_uri=server)
@@ -47,7 +51,7 @@ def test_submitted_sweep_spreads_over_two_nodes(tiny_model_dir, tmp_path, server
         nodes = cluster.wait_for_nodes(2)
         # Each trial's worker takes both CPUs of a node and two trials run at once: one per node.
         argv = [
-            "submit", str(sweep), "resources.cpus_per_worker=2",
+            "submit", str(sweep), "resources.cpus_per_worker=2", f"storage_path=s3://{s3_bucket}/runs",
             "--address", cluster.dashboard_url, "--working-dir", str(wd), "--job-id", "tiny-1",
         ]  # fmt: skip
         rc = main(argv)
@@ -62,6 +66,17 @@ def test_submitted_sweep_spreads_over_two_nodes(tiny_model_dir, tmp_path, server
         cluster.close()
     used = _check_sweep_in_mlflow(server, 2)
     assert used == {n.node_id for n in nodes}, (used, nodes)
+    import boto3
+
+    keys = [
+        o["Key"]
+        for page in boto3.client("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=s3_bucket, Prefix="runs/tiny-sweep/")
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys), keys
+    assert any(k.startswith("runs/tiny-sweep/qa_ray_state/") for k in keys), keys
 
 
 def test_submit_rejects_bad_input_before_the_cluster(tmp_path, capsys):

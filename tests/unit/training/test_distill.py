@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qa_ray.config.trial import TrialConfig
+from qa_ray.errors import ConfigError
 
 # ---- knowledge distillation ------------------------------------------------------------------
 
@@ -94,3 +95,34 @@ def test_a_teacher_with_another_vocabulary_is_refused(tiny_model_dir, tmp_path):
     cfg["train"]["distill"] = {"teacher": str(tiny_model_dir("llama", causal=True))}
     with pytest.raises(ValueError, match="another vocabulary"):
         setup(TrialConfig.model_validate(cfg), RecordingSession())
+
+
+def test_a_teacher_in_a_bucket_is_fetched_where_the_trial_runs(
+    tiny_model_dir, tmp_path, s3_bucket, monkeypatch
+):
+    """A teacher named by its bucket URI (a trial checkpoint of a sweep stored in S3) passes
+    validation there and is downloaded once into the local cache the trial builds it from."""
+    from qa_ray import storage
+    from qa_ray.config.paths import check_local_paths
+    from qa_ray.config.trial import TrialConfig
+    from qa_ray.training.loop import setup
+    from tests.helpers import RecordingSession, trial_dict
+
+    folder = tiny_model_dir("bert")
+    uri = f"s3://{s3_bucket}/sweeps/teacher/checkpoint_000002"
+    for f in folder.rglob("*"):
+        if f.is_file():
+            storage.write_bytes(f"{uri}/{f.relative_to(folder)}", f.read_bytes())
+    monkeypatch.setenv("QA_RAY_CACHE_DIR", str(tmp_path / "cache-here"))
+    cfg = trial_dict(folder, tmp_path, data__max_eval_examples=4)
+    cfg["train"]["distill"] = {"teacher": uri}
+    trial_cfg = TrialConfig.model_validate(cfg)
+    check_local_paths(trial_cfg, "trial.yaml")  # a URI that is there passes
+    trial, _ = setup(trial_cfg, RecordingSession())
+    assert trial.teacher is not None
+    assert len(list((tmp_path / "cache-here" / "remote").iterdir())) == 1
+    missing = TrialConfig.model_validate(
+        {**cfg, "train": {**cfg["train"], "distill": {"teacher": f"s3://{s3_bucket}/none"}}}
+    )
+    with pytest.raises(ConfigError, match="`train.distill.teacher`: no such model folder"):
+        check_local_paths(missing, "trial.yaml")
