@@ -103,7 +103,7 @@ def render(summary: ParetoSummary, uri: str) -> dict[str, str]:
     """The report's text artifacts: ``pareto.html``, ``trials.csv``, ``summary.md``, a
     ``best_under_*.yaml`` per budget with a trial under it, and for instruction tuning the
     qualitative answers side by side."""
-    from qa_ray import plots
+    from qa_ray.report import plots
 
     (y, y_mode), (x, x_mode) = summary.axes
     trials = summary.trials

@@ -69,6 +69,17 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._remember(trial_id, result)
         seen = self._last.pop(trial_id)
         ot_trial = self._ot_trials[trial_id]
+        try:
+            self._ot_study._storage.get_trial(ot_trial._trial_id)
+        except KeyError:
+            # The study was restored from a copy older than this trial (a driver killed
+            # between sampling it and saving the study, see qa_ray.sweep.bucket): the trial's
+            # result stays in Tune and MLflow; the study cannot be told of it.
+            logger.warning(
+                "optuna trial of %s is not in the restored study: its result is not told", trial_id
+            )
+            self._completed_trials.add(trial_id)
+            return None
         infeasible = bool(result.get(m.INFEASIBLE))
         pruned = result.get(m.STOPPED_EARLY_AT) is not None and not infeasible
         for name, value in self.violations(seen, result, pruned=pruned).items():

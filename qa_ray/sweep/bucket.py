@@ -217,14 +217,20 @@ class BucketState:
 
 
 class BucketStateCallback(Callback):
-    """Pushes the sweep's state to the bucket after each trial ends and when the experiment
-    ends, and keeps the driver lock fresh (Tune calls ``on_step_begin`` every loop)."""
+    """Pushes the sweep's state to the bucket when each trial starts and ends and when the
+    experiment ends, and keeps the driver lock fresh (Tune calls ``on_step_begin`` every
+    loop)."""
 
     def __init__(self, bucket: BucketState):
         self.bucket = bucket
 
     def on_step_begin(self, iteration, trials, **info):
         self.bucket.heartbeat()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        # The searcher has just created the trial's Optuna record: the bucket's study must
+        # hold it before the driver can die mid-trial, or a resumed sweep could not tell it.
+        self.bucket.push()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.bucket.push()

@@ -144,3 +144,29 @@ def test_the_samplers_keep_sampling_with_infeasible_and_pruned_trials(sampler):
     states = [t.state for t in s._ot_study.trials]
     assert states.count(State.PRUNED) == 3 and states.count(State.COMPLETE) == 9
     assert all(t.number in {0, 1, 4, 5, 8, 9} for t in s._ot_study.best_trials)
+
+
+def test_a_trial_missing_from_a_restored_study_is_skipped_not_an_error(tmp_path):
+    """A study restored from a copy saved before a trial was sampled (a driver killed in
+    between) lacks that trial: completing it logs a warning and tells nothing, and the next
+    trials are told as usual."""
+    import shutil
+
+    db = tmp_path / "optuna.db"
+    s = BudgetAwareOptunaSearch(
+        space={"x": FloatDistribution(0.0, 1.0)},
+        metric=[m.EVAL_F1, m.PEAK_MEMORY_MB],
+        mode=["max", "min"],
+        sampler=optuna.samplers.TPESampler(seed=0),
+        constraints=[parse_constraint("peak_memory_mb <= 1000")],
+        study_name="s",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{db}"),
+    )
+    _run(s, "told", [{m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0}])
+    shutil.copy(db, tmp_path / "saved.db")  # the copy the bucket holds
+    assert s.suggest("lost") is not None
+    shutil.copy(tmp_path / "saved.db", db)  # the restored head: "lost" was never saved
+    s.on_trial_complete("lost", {m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 900.0})
+    _run(s, "after", [{m.EVAL_F1: 60.0, m.PEAK_MEMORY_MB: 700.0}])
+    states = [t.state for t in optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials]
+    assert states.count(State.COMPLETE) == 2
