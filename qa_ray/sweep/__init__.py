@@ -5,6 +5,8 @@
 - :mod:`.trial`: the Tune trial function, one Ray Train run per trial;
 - :mod:`.tuner`: the Optuna sampler, searcher, scheduler and ``TuneConfig`` from the config;
 - :mod:`.state`: where a sweep keeps its state, resume stages and the settings a resume checks;
+- :mod:`.bucket`: that state mirrored to a bucket ``storage_path``, and the driver lock there;
+- :mod:`.shipped`: the sweeps and search spaces installed with the package;
 - :mod:`.resources`: the resource plan and Ray start-up;
 - :mod:`.console`: the progress lines and signal handling;
 - :mod:`.jobs`: submitting a sweep to a cluster as a Ray job.
