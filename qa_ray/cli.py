@@ -1,6 +1,7 @@
 """The ``qa-ray`` command line.
 
     qa-ray validate sweeps/quickstart.yaml
+    qa-ray plan sweeps/quickstart.yaml [--gpu-memory 24000,48000,80000] [--samples 32]
     qa-ray sweep sweeps/quickstart.yaml [key=value ...] [--dry-run] [--resume]
     qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50 [--resume]
     qa-ray score dev-v2.0.json.gz predictions.json
@@ -128,6 +129,19 @@ def _cmd_validate(args) -> int:
 
     cfg = load_sweep_config(args.sweep, args.overrides)
     print(f"{args.sweep}: ok ({cfg.search.num_samples} trials over {sorted(cfg.space.params)})")
+    return EXIT_OK
+
+
+def _cmd_plan(args) -> int:
+    from qa_ray.sweep.config import load_sweep_config
+    from qa_ray.sweep.memory_plan import format_plan, plan_memory
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    try:
+        plan = plan_memory(cfg, args.gpu_memory, samples=args.samples, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(args.sweep, [str(exc)]) from None
+    print(format_plan(plan))
     return EXIT_OK
 
 
@@ -463,6 +477,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("sweep")
     sp.add_argument("overrides", nargs="*")
+
+    sp = add(
+        "plan",
+        _cmd_plan,
+        "predict the peak memory of a sweep's space (corners and a sample) per GPU size",
+        "qa-ray plan sweeps/quickstart.yaml --gpu-memory 24000,48000,80000",
+    )
+    sp.add_argument("sweep")
+    sp.add_argument("overrides", nargs="*")
+    sp.add_argument(
+        "--gpu-memory",
+        type=_budgets,
+        default=(24000.0, 48000.0, 80000.0),
+        help="device sizes in MB, comma-separated (default 24000,48000,80000)",
+    )
+    sp.add_argument("--samples", type=int, default=32, help="sampled configurations")
+    sp.add_argument("--seed", type=int, default=0, help="of the sample")
 
     sp = add(
         "sweep",
