@@ -29,6 +29,10 @@ PEAK_MEMORY_MB = "peak_memory_mb"
 PEAK_ALLOCATED_MB = "peak_allocated_mb"
 PEAK_TRAIN_MEMORY_MB = "peak_train_memory_mb"
 PEAK_EVAL_MEMORY_MB = "peak_eval_memory_mb"
+# Logged by the driver on every child run, before the trial runs (qa_ray.search.memory): the
+# predicted peak_memory_mb and its standard deviation, beside the measured one.
+PREDICTED_PEAK_MEMORY_MB = "predicted_peak_memory_mb"
+PREDICTED_PEAK_MEMORY_SD_MB = "predicted_peak_memory_sd_mb"
 MODEL_FOOTPRINT_MB = "model_footprint_mb"
 TRAINABLE_PARAMS = "trainable_params"
 TOTAL_PARAMS = "total_params"
@@ -95,6 +99,7 @@ LABELS = {
     EVAL_LOSS: "eval loss",
     EVAL_PERPLEXITY: "perplexity",
     PEAK_MEMORY_MB: "peak memory MB",
+    PREDICTED_PEAK_MEMORY_MB: "predicted MB",
     MODEL_FOOTPRINT_MB: "weights MB",
     EVAL_LATENCY_MS: "latency ms/q",
 }

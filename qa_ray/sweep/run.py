@@ -23,6 +23,7 @@ import yaml
 from qa_ray import metrics as m
 from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
+from qa_ray.search.memory import MemoryModel
 from qa_ray.sweep.console import Interrupts, ProgressCallback
 from qa_ray.sweep.resources import cluster_notes, credentials_stay_in_the_driver, init_ray, plan
 from qa_ray.sweep.state import (
@@ -260,7 +261,13 @@ def _fit(
         tune.logger.CSVLoggerCallback(),
         tune.logger.JsonLoggerCallback(),
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
-        MLflowSweepCallback(tracking_uri, parent_id, m.CURVES, base_config=base),
+        MLflowSweepCallback(
+            tracking_uri,
+            parent_id,
+            m.CURVES,
+            base_config=base,
+            memory=MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu"),
+        ),
         ProgressCallback(cfg.objectives, stage["num_samples"]),
     ]
     searcher = BudgetAwareOptunaSearch(
