@@ -228,7 +228,7 @@ def _fit(
     from ray import tune
 
     from qa_ray.search.schedulers.mo_asha import EarlyStopMarks
-    from qa_ray.search.searcher import BudgetAwareOptunaSearch
+    from qa_ray.search.searcher import BudgetAwareOptunaSearch, MemoryAdmission
 
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
@@ -257,21 +257,23 @@ def _fit(
     # its TensorBoard files (MLflow holds the curves): tensorboardX imports torch, which the
     # driver never needs otherwise (a second and a half of the sweep's start on 2 cores).
     os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
+    # One memory model per sweep: the callback logs each child's prediction and calibrates it
+    # with the measured peaks; the searcher keeps configs predicted over a budget from running.
+    memory = MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu")
+    tracker = MLflowSweepCallback(
+        tracking_uri, parent_id, m.CURVES, base_config=base, memory=memory
+    )
+    admission = MemoryAdmission(memory, base, on_rejected=tracker.record_predicted_infeasible)
     callbacks = [
         tune.logger.CSVLoggerCallback(),
         tune.logger.JsonLoggerCallback(),
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
-        MLflowSweepCallback(
-            tracking_uri,
-            parent_id,
-            m.CURVES,
-            base_config=base,
-            memory=MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu"),
-        ),
+        tracker,
         ProgressCallback(cfg.objectives, stage["num_samples"]),
     ]
     searcher = BudgetAwareOptunaSearch(
         constraints=constraints,
+        admission=admission,
         space=DefineByRun(cfg.space, cfg.trial_config()),
         metric=[o.metric for o in cfg.objectives],
         mode=[o.mode for o in cfg.objectives],

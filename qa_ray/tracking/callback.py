@@ -35,7 +35,7 @@ from qa_ray.metrics import (
     TAG_TRIAL_ID,
     TAG_TRIAL_NAME,
 )
-from qa_ray.search.memory import MemoryModel
+from qa_ray.search.memory import MemoryModel, Prediction
 from qa_ray.search.space import apply_params, axis_values
 from qa_ray.tracking.runs import QUALITATIVE_TABLE, child_runs, mlflow_client, mlflow_params
 
@@ -143,6 +143,39 @@ class MLflowSweepCallback(Callback):
                 Metric(m.PREDICTED_PEAK_MEMORY_SD_MB, p.sd_mb, now, 0),
             ],
         )
+
+    def record_predicted_infeasible(
+        self, config: dict[str, Any], prediction: Prediction, reason: str
+    ) -> None:
+        """A child run for a sampled configuration that was not launched: predicted over a
+        memory budget (outcome ``predicted_infeasible``, its prediction, its axes)."""
+        self._rejected = getattr(self, "_rejected", 0) + 1
+        parent = self.client.get_run(self.parent_run_id)
+        name = f"predicted-infeasible-{self._rejected}"
+        run = self.client.create_run(
+            parent.info.experiment_id,
+            run_name=name,
+            tags={
+                TAG_PARENT: self.parent_run_id,
+                TAG_TRIAL_NAME: name,
+                TAG_SWEEP: parent.data.tags.get(TAG_SWEEP, ""),
+                TAG_ROLE: "trial",
+                TAG_OUTCOME: "predicted_infeasible",
+                TAG_INFEASIBLE: reason[:4000],
+            },
+        )
+        rid = run.info.run_id
+        params = axis_values(self.base_config, config) if self.base_config else {}
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            rid,
+            metrics=[
+                Metric(m.PREDICTED_PEAK_MEMORY_MB, prediction.peak_mb, now, 0),
+                Metric(m.PREDICTED_PEAK_MEMORY_SD_MB, prediction.sd_mb, now, 0),
+            ],
+            params=mlflow_params({**params, **config}),
+        )
+        self.client.set_terminated(rid, status="FINISHED")
 
     def _observe_memory(self, trial, final: dict[str, Any]) -> None:
         peak = final.get(m.PEAK_MEMORY_MB)
