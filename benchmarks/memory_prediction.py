@@ -11,7 +11,10 @@ uncertainty (2 sd) covering it.
     .venv/bin/python benchmarks/memory_prediction.py --model models/all-MiniLM-L6-v2 \\
         --data ../shared/data/squad/dev-v1.1.json.gz --out /tmp/memory
 
-About 40 minutes on a loaded 2-core CPU (a trial process takes 1-2 minutes there). Figures go to OUT/memory_prediction.json too.
+About 40 minutes on a loaded 2-core CPU (a trial process takes 1-2 minutes there). Figures go
+to OUT/memory_prediction.json too. ``--reanalyse RESULTS.json`` predicts again from the
+measurements an earlier run stored there, without running anything (for a changed predictor:
+its held-out configurations are then no longer unseen by whoever changed it).
 """
 
 from __future__ import annotations
@@ -140,16 +143,23 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--reanalyse", type=Path, help="an earlier run's memory_prediction.json")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model_path, data = str(Path(args.model).resolve()), str(Path(args.data).resolve())
 
     started = time.time()
     measured = {}
+    earlier = {}
+    if args.reanalyse:
+        before = json.loads(args.reanalyse.read_text())
+        earlier = dict(before["calibration"])
+        earlier.update({r["config"]: r["measured_mb"] for r in before["held_out"]})
     for spec in CALIBRATION + HELD_OUT:
         cfg = trial_config(spec, model_path, data, args.out)
-        measured[name_of(spec)] = (cfg, measure(cfg, args.out))
-        print(f"{name_of(spec):28s} measured {measured[name_of(spec)][1]:7.0f} MB", flush=True)
+        name = name_of(spec)
+        measured[name] = (cfg, earlier[name] if args.reanalyse else measure(cfg, args.out))
+        print(f"{name:28s} measured {measured[name][1]:7.0f} MB", flush=True)
 
     calibration = [measured[name_of(s)] for s in CALIBRATION]
     held_out = [measured[name_of(s)] for s in HELD_OUT]
@@ -175,6 +185,7 @@ def main() -> None:
         )
     result = {
         "command": " ".join(sys.argv),
+        "reanalysed_from": str(args.reanalyse) if args.reanalyse else None,
         "device": "cpu (peak RSS of a `qa-ray train` process)",
         "calibration": {name_of_cfg(c): peak for c, peak in calibration},
         "coefficients": {"c0_mb": mean[0], "c1_static": mean[1], "c2_activations": mean[2]},
