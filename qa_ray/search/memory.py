@@ -106,6 +106,9 @@ class ModelShape:
     head_dim: int
     shared_layers: bool = False  # ALBERT: one set of layer weights for every layer
     tied: bool = True
+    # transformers' default attention (>= 4.36) for these families is SDPA, whose fused
+    # kernels keep no s x s attention map for backward; "eager" keeps two and a dropout mask.
+    eager_attention: bool = False
 
     def layer_params(self, heads_keep: float = 1.0, ffn_keep: float = 1.0) -> float:
         h, head_dim = self.hidden, self.head_dim
@@ -169,6 +172,7 @@ def read_shape(name_or_path: str) -> ModelShape:
         head_dim=c.get("head_dim") or hidden // heads,
         shared_layers=model_type == "albert",
         tied=c.get("tie_word_embeddings", True),
+        eager_attention=c.get("_attn_implementation") == "eager",
     )
 
 
@@ -290,13 +294,13 @@ def _activations(
     act_bytes: float,
     checkpointing: bool,
 ) -> float:
-    """Bytes backward keeps: per layer about ``b*s*(10h + 2i)`` values plus two ``b*a*s*s``
-    attention maps (scores, probabilities) and the dropout masks (a byte a value), as
-    Korthikanti et al. (2022) count them; the logits (and their gradient) on top."""
+    """Bytes backward keeps: per layer about ``b*s*(10h + 2i)`` values, plus with eager
+    attention two ``b*a*s*s`` attention maps (scores, probabilities) and the dropout mask (a
+    byte a value), as Korthikanti et al. (2022) count them (SDPA keeps a ``b*a*s`` logsumexp
+    instead); the logits (and their gradient) on top."""
     h, i, a = s.hidden, s.intermediate * ffn_keep, s.heads * heads_keep
-    per_layer = batch * seq * (10 * h + 2 * i) * act_bytes + batch * a * seq * seq * (
-        2 * act_bytes + 1
-    )
+    maps = batch * a * seq * seq * (2 * act_bytes + 1) if s.eager_attention else batch * a * seq * 4
+    per_layer = batch * seq * (10 * h + 2 * i) * act_bytes + maps
     kept = (batch * seq * h * act_bytes * layers + per_layer) if checkpointing else (
         per_layer * layers)  # fmt: skip
     logits = batch * seq * (s.vocab if causal else 2) * 4 * 2
