@@ -168,6 +168,10 @@ def test_configs_predicted_over_the_memory_budget_are_never_launched(
     assert all(c.data.params["per_device_batch_size"] == "2" for c in ran)
     for c in ran:
         assert m.PREDICTED_PEAK_MEMORY_MB in c.data.metrics and m.PEAK_MEMORY_MB in c.data.metrics
+    # One trial at a time, both batch 2 (the same memory key: only the learning rate differs):
+    # the second is predicted as the first one measured.
+    first, second = sorted(ran, key=lambda c: c.info.start_time)
+    assert second.data.metrics[m.PREDICTED_PEAK_MEMORY_MB] == first.data.metrics[m.PEAK_MEMORY_MB]
     assert rejected, "the seeded draws held no batch-4096 config"
     for c in rejected:
         assert c.data.params["per_device_batch_size"] == "4096"
