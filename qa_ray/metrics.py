@@ -42,7 +42,18 @@ EVAL_LOSS = "eval_loss"  # instruction tuning: mean cross-entropy per response t
 EVAL_PERPLEXITY = "eval_perplexity"  # exp(eval_loss)
 QUALITATIVE = "qualitative_answers"  # instruction tuning: [{"question", "answer"}] (not a number)
 TRAIN_LOSS = "train_loss"
+# What a trial needs (GPU: the caching allocator's peak reserve + the CUDA context and NCCL
+# buffers; CPU: peak RSS), the largest over training, evaluations and restarts: what budgets
+# and the objective use. Beside it: the tensors' own peak (CUDA max allocated; CPU: the same),
+# and the peaks of training and of evaluation apart (qa_ray.training.memory).
 PEAK_MEMORY_MB = "peak_memory_mb"
+PEAK_ALLOCATED_MB = "peak_allocated_mb"
+PEAK_TRAIN_MEMORY_MB = "peak_train_memory_mb"
+PEAK_EVAL_MEMORY_MB = "peak_eval_memory_mb"
+# Logged by the driver on every child run, before the trial runs (qa_ray.search.memory): the
+# predicted peak_memory_mb and its standard deviation, beside the measured one.
+PREDICTED_PEAK_MEMORY_MB = "predicted_peak_memory_mb"
+PREDICTED_PEAK_MEMORY_SD_MB = "predicted_peak_memory_sd_mb"
 MODEL_FOOTPRINT_MB = "model_footprint_mb"
 TRAINABLE_PARAMS = "trainable_params"
 TOTAL_PARAMS = "total_params"
@@ -100,6 +111,9 @@ CURVES = (
     TRAIN_LOSS,
     LEARNING_RATE,
     PEAK_MEMORY_MB,
+    PEAK_ALLOCATED_MB,
+    PEAK_TRAIN_MEMORY_MB,
+    PEAK_EVAL_MEMORY_MB,
     MODEL_FOOTPRINT_MB,
     TRAINABLE_PARAMS,
     TOTAL_PARAMS,
@@ -118,6 +132,7 @@ LABELS = {
     EVAL_LOSS: "eval loss",
     EVAL_PERPLEXITY: "perplexity",
     PEAK_MEMORY_MB: "peak memory MB",
+    PREDICTED_PEAK_MEMORY_MB: "predicted MB",
     MODEL_FOOTPRINT_MB: "weights MB",
     EVAL_LATENCY_MS: "latency ms/q",
 }

@@ -30,6 +30,7 @@ class RecordingSession:
         self.keep_checkpoints = keep_checkpoints  # a folder to copy every checkpoint into
         self.reports: list[dict[str, Any]] = []
         self.model: torch.nn.Module | None = None
+        self.notes: dict[str, dict[str, Any]] = {}  # outlive an attempt: reuse the session
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.world_size > 1:
@@ -51,6 +52,12 @@ class RecordingSession:
 
     def save_results(self, metrics, predictions) -> None:
         self.results = (metrics, predictions)
+
+    def leave_note(self, name: str, payload: dict[str, Any]) -> None:
+        self.notes[name] = dict(payload)
+
+    def read_note(self, name: str) -> dict[str, Any] | None:
+        return self.notes.get(name)
 
     def losses(self) -> list[float]:
         return [r["train_loss"] for r in self.reports]

@@ -19,6 +19,7 @@ def _commands() -> dict:
     return {
         "sweep": sweep.cmd_sweep,
         "validate": sweep.cmd_validate,
+        "plan": sweep.cmd_plan,
         "train": train.cmd_train,
         "score": results.cmd_score,
         "pareto": results.cmd_pareto,

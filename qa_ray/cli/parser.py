@@ -100,6 +100,17 @@ def build(version: str, commands) -> argparse.ArgumentParser:
              "qa-ray validate sweeps/quickstart.yaml")  # fmt: skip
     sweep_file(sp)
 
+    sp = add(sub, "plan", "plan",
+             "predict the peak memory of a sweep's space (its corners and a sample) per GPU size",
+             "qa-ray plan sweeps/quickstart.yaml --gpu-memory 24000,48000,80000")  # fmt: skip
+    sweep_file(sp)
+    sp.add_argument("--gpu-memory", type=budgets, default=(24000.0, 48000.0, 80000.0),
+                    metavar="MB[,MB...]",
+                    help="device sizes in MB, comma-separated (default 24000,48000,80000)")  # fmt: skip
+    sp.add_argument("--samples", type=int, default=32, metavar="N",
+                    help="configurations sampled from the space (default 32)")  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0, metavar="N", help="of the sample (default 0)")
+
     sp = add(sub, "train", "train", "run one fine-tune (one trial of a sweep) in-process",
              "qa-ray train trial.yaml model.name_or_path=models/all-MiniLM-L6-v2 train.max_steps=50")  # fmt: skip
     sp.add_argument("config", metavar="TRIAL.yaml",

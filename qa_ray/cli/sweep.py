@@ -25,6 +25,19 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args) -> int:
+    from qa_ray.sweep.config import load_sweep_config
+    from qa_ray.sweep.memory_plan import format_plan, plan_memory
+
+    cfg = load_sweep_config(args.sweep, args.overrides)
+    try:
+        plan = plan_memory(cfg, args.gpu_memory, samples=args.samples, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(args.sweep, [str(exc)]) from None
+    print(format_plan(plan))
+    return EXIT_OK
+
+
 def resume_command(args) -> str:
     """The exact command that continues an interrupted sweep, without credentials."""
     import shlex

@@ -53,9 +53,16 @@ _COST_COLUMNS = tuple(
 )
 
 
+# Beside the measured peak when the sweep predicted it (every child run logs its prediction).
+_PREDICTED_COLUMN = ((m.LABELS[m.PREDICTED_PEAK_MEMORY_MB], m.PREDICTED_PEAK_MEMORY_MB, ".0f"),)
+
+
 def _columns(trials):
     lm = any(m.EVAL_LOSS in t for t in trials) and not any(m.EVAL_F1 in t for t in trials)
-    return (_LM_COLUMNS if lm else _QA_COLUMNS) + _COST_COLUMNS
+    cost = _COST_COLUMNS
+    if any(m.PREDICTED_PEAK_MEMORY_MB in t for t in trials):
+        cost = cost[:1] + _PREDICTED_COLUMN + cost[1:]
+    return (_LM_COLUMNS if lm else _QA_COLUMNS) + cost
 
 
 def _header(trials) -> list[str]:

@@ -2,7 +2,9 @@
 
 - :mod:`.space`: search-space files, validated, and the Optuna distributions they become;
 - :mod:`.searcher`: Ray's ``OptunaSearch`` told budgets and out-of-memory as constraints;
-- :mod:`.schedulers`: early stopping across several objectives.
+- :mod:`.schedulers`: early stopping across several objectives;
+- :mod:`.memory`: a configuration's peak memory predicted before it runs (an analytic prior
+  from the model's config.json, calibrated by the sweep's measurements).
 
 Torch-free. May import layers 0-3 (config, pareto, metrics, ...).
 """

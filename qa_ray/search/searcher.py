@@ -21,13 +21,22 @@ budget reaches it without scores. :class:`BudgetAwareOptunaSearch` tells Optuna 
   RUNNING;
 - a trial MO-ASHA stopped (:data:`qa_ray.metrics.STOPPED_EARLY_AT` in its last result)
   PRUNED, with its rung in the user attributes.
+
+With a :class:`MemoryAdmission`, a sampled configuration predicted over a memory budget beyond
+the prediction's uncertainty is not launched: Optuna is told it COMPLETE and infeasible with
+the *predicted* excess (its ``peak_memory_mb`` objective the predicted peak, other objectives
+the worst seen), the admission records it (a child run with outcome ``predicted_infeasible``),
+and the searcher samples again within the same ``suggest``, so Tune never sees it and it does
+not count against ``num_samples``. After ``max_in_a_row`` rejections in a row the searcher
+ends the search (Tune's ``FINISHED``) with a message naming the budget.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -35,12 +44,56 @@ from ray.tune.search.optuna import OptunaSearch
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint
+from qa_ray.search.memory import MemoryModel, Prediction
+from qa_ray.search.space import apply_params
 
-__all__ = ["OTHER_REASON", "BudgetAwareOptunaSearch"]
+__all__ = ["OTHER_REASON", "BudgetAwareOptunaSearch", "MemoryAdmission"]
 
 logger = logging.getLogger(__name__)
 
 OTHER_REASON = "infeasible for another reason (out of memory)"
+
+
+@dataclass
+class MemoryAdmission:
+    """Which sampled configurations are launched, by their predicted peak memory.
+
+    Args:
+        model: the sweep's memory model (the MLflow callback calibrates the same object).
+        base: the sweep's trial config as a dict; a sampled config completes it.
+        on_rejected: called with ``(config, prediction, reason)`` for each rejection (the
+            sweep records a child run); dropped when the searcher is pickled.
+        max_in_a_row: rejections in a row that end the search.
+        z: standard deviations the prediction must be over a budget by.
+    """
+
+    model: MemoryModel
+    base: dict[str, Any]
+    on_rejected: Callable[[dict[str, Any], Prediction, str], None] | None = None
+    max_in_a_row: int = 100
+    z: float = 2.0
+    rejected: int = 0
+    in_a_row: int = 0
+    stopped: str | None = None  # why the search ended, once it has
+    _off: bool = field(default=False, repr=False)
+
+    def check(self, config: Mapping[str, Any], budgets: Sequence[Constraint]) -> Prediction | None:
+        """The prediction of a configuration predicted over a memory budget, or None (run
+        it: within budget, uncertain, or not predictable)."""
+        if self._off:
+            return None
+        try:
+            p = self.model.predict(apply_params(self.base, dict(config)))
+        except ValueError as exc:  # a model the account cannot read: admit everything
+            logger.warning("memory admission off: %s", exc)
+            self._off = True
+            return None
+        if any(p.fits(c.bound, self.z) is False for c in budgets):
+            return p
+        return None
+
+    def __getstate__(self):
+        return {**self.__dict__, "on_rejected": None}
 
 
 class BudgetAwareOptunaSearch(OptunaSearch):
@@ -48,13 +101,80 @@ class BudgetAwareOptunaSearch(OptunaSearch):
 
     Args:
         constraints: the sweep's budgets.
+        admission: keeps configurations predicted over a memory budget from running.
         **kwargs: ``OptunaSearch``'s (``metric`` and ``mode`` as lists).
     """
 
-    def __init__(self, *args, constraints: Sequence[Constraint] = (), **kwargs):
+    def __init__(
+        self,
+        *args,
+        constraints: Sequence[Constraint] = (),
+        admission: MemoryAdmission | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.constraints = tuple(constraints)
+        self.admission = admission
         self._last: dict[str, dict[str, float]] = {}  # trial id -> numbers of its results
+
+    def __setstate__(self, state):  # a searcher pickled by an earlier qa-ray has no admission
+        state.setdefault("admission", None)
+        self.__dict__.update(state)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        from ray.tune.search import Searcher
+
+        a = self.admission
+        budgets = [c for c in self.constraints if c.metric == m.PEAK_MEMORY_MB and c.is_upper]
+        while True:
+            config = super().suggest(trial_id)
+            if a is None or not budgets or not isinstance(config, dict):
+                return config
+            predicted = a.check(config, budgets)
+            if predicted is None:
+                a.in_a_row = 0
+                return config
+            self._reject(trial_id, config, predicted, budgets)
+            if a.in_a_row >= a.max_in_a_row:
+                a.stopped = (
+                    f"{a.in_a_row} sampled configurations in a row predicted over "
+                    f"{' and '.join(f'`{c}`' for c in budgets)} (the last: "
+                    f"{predicted.peak_mb:.0f} +- {predicted.sd_mb:.0f} MB for {config}): the "
+                    "search space has (almost) nothing under the budget; raise the budget or "
+                    "shrink the space's memory axes (batch, sequence, rank, bits, model)"
+                )
+                logger.error("search ended: %s", a.stopped)
+                return Searcher.FINISHED
+
+    def _reject(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        p: Prediction,
+        budgets: Sequence[Constraint],
+    ) -> None:
+        assert self.admission is not None
+        a = self.admission
+        a.rejected += 1
+        a.in_a_row += 1
+        ot_trial = self._ot_trials.pop(trial_id)  # the next ask() is a new Optuna trial
+        over = [c for c in budgets if p.fits(c.bound, a.z) is False]
+        reason = (
+            f"predicted {m.PEAK_MEMORY_MB} {p.peak_mb:.0f} +- {p.sd_mb:.0f} breaks the budget "
+            + " and ".join(str(c) for c in over)
+        )
+        seen = {m.PEAK_MEMORY_MB: p.peak_mb}
+        for name, value in self.violations(seen, {m.INFEASIBLE: 1.0}).items():
+            ot_trial.set_constraint(name, value)
+        ot_trial.set_user_attr("qa_ray.predicted_infeasible", reason)
+        try:
+            self._ot_study.tell(ot_trial, self._values(seen))
+        except Exception as exc:  # no value to give an objective yet: FAIL, never RUNNING
+            logger.warning("optuna could not be told a rejected trial: %s; told FAIL", exc)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        logger.info("not launched (%d rejected so far): %s: %s", a.rejected, config, reason)
+        if a.on_rejected is not None:
+            a.on_rejected(config, p, reason)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)

@@ -9,7 +9,8 @@
 - :mod:`.shipped`: the sweeps and search spaces installed with the package;
 - :mod:`.resources`: the resource plan and Ray start-up;
 - :mod:`.console`: the progress lines and signal handling;
-- :mod:`.jobs`: submitting a sweep to a cluster as a Ray job.
+- :mod:`.jobs`: submitting a sweep to a cluster as a Ray job;
+- :mod:`.memory_plan`: ``qa-ray plan``, the space's predicted peak memory against device sizes.
 
 The top layer below the CLI: may import every other package. The driver never imports torch.
 """

@@ -24,6 +24,7 @@ from qa_ray import metrics as m
 from qa_ray import storage
 from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
+from qa_ray.search.memory import MemoryModel
 from qa_ray.sweep.bucket import BucketState, BucketStateCallback
 from qa_ray.sweep.console import Interrupts, ProgressCallback, tune_console
 from qa_ray.sweep.resources import cluster_notes, credentials_stay_in_the_driver, init_ray, plan
@@ -279,7 +280,7 @@ def _fit(
     from ray import tune
 
     from qa_ray.search.schedulers.mo_asha import EarlyStopMarks
-    from qa_ray.search.searcher import BudgetAwareOptunaSearch
+    from qa_ray.search.searcher import BudgetAwareOptunaSearch, MemoryAdmission
 
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
@@ -308,16 +309,24 @@ def _fit(
     # its TensorBoard files (MLflow holds the curves): tensorboardX imports torch, which the
     # driver never needs otherwise (a second and a half of the sweep's start on 2 cores).
     os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
+    # One memory model per sweep: the callback logs each child's prediction and calibrates it
+    # with the measured peaks; the searcher keeps configs predicted over a budget from running.
+    memory = MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu")
+    tracker = MLflowSweepCallback(
+        tracking_uri, parent_id, m.CURVES, base_config=base, memory=memory
+    )
+    admission = MemoryAdmission(memory, base, on_rejected=tracker.record_predicted_infeasible)
     callbacks = [
         tune.logger.CSVLoggerCallback(),
         tune.logger.JsonLoggerCallback(),
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
-        MLflowSweepCallback(tracking_uri, parent_id, m.CURVES, base_config=base),
+        tracker,
         ProgressCallback(cfg.objectives, stage["num_samples"]),
         *([BucketStateCallback(bucket)] if bucket is not None else []),
     ]
     searcher = BudgetAwareOptunaSearch(
         constraints=constraints,
+        admission=admission,
         space=DefineByRun(cfg.space, cfg.trial_config()),
         metric=[o.metric for o in cfg.objectives],
         mode=[o.mode for o in cfg.objectives],

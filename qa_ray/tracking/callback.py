@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
+from mlflow.entities import Metric
 from ray.tune import Callback
 
 from qa_ray import metrics as m
@@ -33,7 +35,8 @@ from qa_ray.metrics import (
     TAG_TRIAL_ID,
     TAG_TRIAL_NAME,
 )
-from qa_ray.search.space import axis_values
+from qa_ray.search.memory import MemoryModel, Prediction
+from qa_ray.search.space import apply_params, axis_values
 from qa_ray.tracking.runs import (
     ERROR_BREAKDOWN_FILE,
     QUALITATIVE_TABLE,
@@ -54,6 +57,11 @@ class MLflowSweepCallback(Callback):
         tracking_uri: the MLflow tracking URI.
         parent_run_id: the sweep's parent run (see :func:`start_parent_run`).
         metric_keys: the metrics worth logging as curves (the loop's metric names).
+        base_config: the sweep's trial config, which each trial's sampled values complete.
+        memory: the sweep's memory model: each child run gets its predicted peak
+            (``predicted_peak_memory_mb`` and its sd) when it starts, and every trial that
+            ends with a measured peak (complete or stopped early, not out of memory) refines
+            the model for the trials after it.
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class MLflowSweepCallback(Callback):
         parent_run_id: str,
         metric_keys: tuple[str, ...],
         base_config: dict[str, Any] | None = None,
+        memory: MemoryModel | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
@@ -70,9 +79,11 @@ class MLflowSweepCallback(Callback):
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}  # run id -> newest step logged
         self._client = None
+        self.memory = memory
 
     def __setstate__(self, state):  # callbacks pickled by an earlier qa-ray lack newer fields
         state.setdefault("_last_step", {})
+        state.setdefault("memory", None)
         self.__dict__.update(state)
 
     def __getstate__(self):  # pickled into Tune's experiment state; the client is not
@@ -117,8 +128,67 @@ class MLflowSweepCallback(Callback):
             # sweep's base config, so every child says what it trained.
             params = axis_values(self.base_config, trial.config) if self.base_config else {}
             self.client.log_batch(rid, params=mlflow_params({**params, **trial.config}))
+            self._log_prediction(rid, trial)
         self._runs[trial.trial_id] = rid
         return rid
+
+    def _log_prediction(self, rid: str, trial) -> None:
+        if self.memory is None or not self.base_config:
+            return
+        try:
+            p = self.memory.predict(apply_params(self.base_config, trial.config))
+        except ValueError as exc:  # a model the account cannot read (a hub name): say once
+            logger.warning("no memory prediction (%s); predictions are off for this sweep", exc)
+            self.memory = None
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            rid,
+            metrics=[
+                Metric(m.PREDICTED_PEAK_MEMORY_MB, p.peak_mb, now, 0),
+                Metric(m.PREDICTED_PEAK_MEMORY_SD_MB, p.sd_mb, now, 0),
+            ],
+        )
+
+    def record_predicted_infeasible(
+        self, config: dict[str, Any], prediction: Prediction, reason: str
+    ) -> None:
+        """A child run for a sampled configuration that was not launched: predicted over a
+        memory budget (outcome ``predicted_infeasible``, its prediction, its axes)."""
+        self._rejected = getattr(self, "_rejected", 0) + 1
+        parent = self.client.get_run(self.parent_run_id)
+        name = f"predicted-infeasible-{self._rejected}"
+        run = self.client.create_run(
+            parent.info.experiment_id,
+            run_name=name,
+            tags={
+                TAG_PARENT: self.parent_run_id,
+                TAG_TRIAL_NAME: name,
+                TAG_SWEEP: parent.data.tags.get(TAG_SWEEP, ""),
+                TAG_ROLE: "trial",
+                TAG_OUTCOME: "predicted_infeasible",
+                TAG_INFEASIBLE: reason[:4000],
+            },
+        )
+        rid = run.info.run_id
+        params = axis_values(self.base_config, config) if self.base_config else {}
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            rid,
+            metrics=[
+                Metric(m.PREDICTED_PEAK_MEMORY_MB, prediction.peak_mb, now, 0),
+                Metric(m.PREDICTED_PEAK_MEMORY_SD_MB, prediction.sd_mb, now, 0),
+            ],
+            params=mlflow_params({**params, **config}),
+        )
+        self.client.set_terminated(rid, status="FINISHED")
+
+    def _observe_memory(self, trial, final: dict[str, Any]) -> None:
+        peak = final.get(m.PEAK_MEMORY_MB)
+        if self.memory is None or not self.base_config or final.get(m.INFEASIBLE):
+            return  # out of memory or over budget: the peak it reached is a lower bound
+        if isinstance(peak, int | float) and peak > 0:
+            self.memory.observe(apply_params(self.base_config, trial.config), float(peak))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
@@ -134,7 +204,6 @@ class MLflowSweepCallback(Callback):
             self.client.log_text(rid, text, name)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-
         rid = self._run_for(trial)
         # A resumed run's curve up to its checkpoint: the points this driver has not logged
         # (a driver killed while the run went on never received them).
@@ -193,6 +262,7 @@ class MLflowSweepCallback(Callback):
             tags = {TAG_OUTCOME: "complete"}
         for tag, value in tags.items():
             self.client.set_tag(rid, tag, value[:4000])
+        self._observe_memory(trial, final)
         self._log_worker_output(rid, final)
         self.client.set_terminated(rid, status="FINISHED")
 

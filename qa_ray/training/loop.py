@@ -44,7 +44,14 @@ from qa_ray.models.pruning import stored_plan
 from qa_ray.tasks import TASKS, TaskFamily
 from qa_ray.training.checkpoint import CURVE_FILE, load_checkpoint, save_checkpoint
 from qa_ray.training.distill import build_teacher, distillation_loss
-from qa_ray.training.memory import TrialOutOfMemory, free_memory, is_out_of_memory, peak_memory_mb
+from qa_ray.training.memory import (
+    OOM_MARK,
+    PeakMeter,
+    TrialOutOfMemory,
+    free_memory,
+    is_out_of_memory,
+    out_of_memory_mark,
+)
 from qa_ray.training.precision import Precision, resolve_precision
 from qa_ray.training.schedule import TimeBudget, lr_factor, warmup_steps
 from qa_ray.training.session import Session, from_rank0, open_session, reduce_values
@@ -63,9 +70,14 @@ logger = logging.getLogger(__name__)
 # ---- setup -----------------------------------------------------------------------------------
 
 
-def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
-    """Builds data, model, optimizer and schedule; restores the session's checkpoint if any."""
+def setup(
+    cfg: TrialConfig, session: Session, memory: PeakMeter | None = None
+) -> tuple[Trial, Meters]:
+    """Builds data, model, optimizer and schedule; restores the session's checkpoint if any.
+
+    ``memory`` reads the trial's peaks (one is started here without it)."""
     device = session.device
+    memory = memory or PeakMeter(device)
     precision = resolve_precision(cfg, device)
     task = TASKS[cfg.model.task]
     torch.manual_seed(cfg.train.seed)
@@ -74,12 +86,10 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
             "device=%s: %s, peak_memory_mb is %s",
             device,
             f"autocast {precision.dtype}" if precision.dtype else "fp32 compute",
-            "CUDA max allocated" if device.type == "cuda" else "the worker's peak RSS",
+            memory.describe(),
         )
     tokenizer = build_tokenizer(cfg.model)
     cfg, sampler, loader, eval_examples, eval_features = _setup_data(cfg, task, tokenizer, session)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     resume_from = session.latest_checkpoint()  # [ray 1]
     model = build_model(
         cfg.model,
@@ -120,6 +130,7 @@ def setup(cfg: TrialConfig, session: Session) -> tuple[Trial, Meters]:
         max_steps=max_steps,
         budget=budget,
         budgets=[c for c in parse_constraints(cfg.constraints, cfg.model.task) if c.is_budget],
+        memory=memory,
         teacher=teacher,
     )
     meters = Meters()
@@ -246,14 +257,16 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
     batches = len(trial.loader)
     if trial.resumed_report is not None and trial.resumed_report.get(m.FINAL_REPORT):
         return report_final_again(trial)
-    breach = over_budget(trial)  # the model alone may break a budget: no step is taken then
+    breach = over_budget(trial, meters)  # the model alone may break a budget: no step then
     if breach:
         return report(
             trial, meters, evaluate=False, checkpoint=False, final=True, infeasible=breach
         )
-    if cfg.eval_on_start and meters.step == 0:  # the untrained baseline, at step 0
-        report(trial, meters, evaluate=True, checkpoint=False)
     last: dict[str, Any] = {}
+    if cfg.eval_on_start and meters.step == 0:  # the untrained baseline, at step 0
+        last = report(trial, meters, evaluate=True, checkpoint=False)
+        if last.get(m.INFEASIBLE):  # the evaluation broke the memory budget
+            return last
     done = meters.step >= trial.max_steps
     trial.budget.start()
     t0 = time.perf_counter()
@@ -311,7 +324,7 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
                 or bool(cfg.eval_steps and meters.step % cfg.eval_steps == 0)
                 or meters.step in cfg.eval_at_steps
             )
-            breach = over_budget(trial, memory_only=True)
+            breach = over_budget(trial, meters, memory_only=True)
             if breach:  # stopped at this measurement: a broken budget stays broken
                 meters.train_seconds += time.perf_counter() - t0
                 return report(
@@ -325,8 +338,10 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
                 t0 = time.perf_counter()
             elif progress_due:  # step, loss, memory between evaluations: no checkpoint
                 meters.train_seconds += time.perf_counter() - t0
-                report(trial, meters, evaluate=False, checkpoint=False)
+                last = report(trial, meters, evaluate=False, checkpoint=False)
                 t0 = time.perf_counter()
+            if last.get(m.INFEASIBLE):  # its evaluation broke the memory budget: it ended
+                return last
             if done:
                 break
         else:  # the epoch ran out
@@ -362,11 +377,12 @@ def _with_curve_to_resend(trial: Trial, result: dict[str, Any]) -> dict[str, Any
     return result
 
 
-def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
+def over_budget(trial: Trial, meters: Meters, *, memory_only: bool = False) -> str | None:
     """The first budget the trial breaks, as text (``peak_memory_mb 23456 > 22000``), or None.
 
-    Every rank calls it (the peak memory is the largest over ranks). The size budgets only
-    need checking once, before training: ``memory_only`` skips them.
+    Every rank calls it (the peak memory is the largest over ranks and over the trial's
+    segments: :func:`_read_memory`). The size budgets only need checking once, before
+    training: ``memory_only`` skips them.
     """
     budgets = trial.budgets
     if memory_only:
@@ -379,13 +395,19 @@ def over_budget(trial: Trial, *, memory_only: bool = False) -> str | None:
         m.TOTAL_PARAMS: trial.size.total_params,
     }
     if any(c.metric == m.PEAK_MEMORY_MB for c in budgets):
-        values[m.PEAK_MEMORY_MB] = reduce_values(
-            [peak_memory_mb(trial.session.device)], dist.ReduceOp.MAX, trial.session
-        )[0]
+        _read_memory(trial, meters, evaluating=False)
+        values[m.PEAK_MEMORY_MB] = meters.peak_memory_mb
     for c in budgets:
         if not c.holds(values):
             return f"{c.metric} {values[c.metric]:.0f} breaks the budget {c}"
     return None
+
+
+def _read_memory(trial: Trial, meters: Meters, *, evaluating: bool) -> None:
+    """Takes this rank's peak of the current phase into ``meters``, then the largest over
+    ranks (every rank calls it, evaluating or not: rank 0 alone evaluates)."""
+    meters.note_memory(trial.memory.read(), evaluating=evaluating)
+    meters.set_memory_peaks(reduce_values(meters.memory_peaks(), dist.ReduceOp.MAX, trial.session))
 
 
 def _no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -424,15 +446,27 @@ def report(
 ) -> dict[str, Any]:
     """Reports the training meters (every rank), with an evaluation and a checkpoint from rank
     0 when asked; the final report's metrics and predictions are also the session's results.
-    ``infeasible`` (the budget broken, or the memory error) marks a trial's last report."""
+    ``infeasible`` (the budget broken, or the memory error) marks a trial's last report.
+
+    The memory budget is checked after the evaluation too: one that breaks it makes this
+    report the trial's last, infeasible (the caller stops on ``result[INFEASIBLE]``)."""
     session = trial.session
     result: dict[str, Any] = {}
     predictions: dict[str, str] | None = None
     if evaluate and trial.rank0:
+        # Training's peak so far, then the evaluation's alone: logged apart.
+        meters.note_memory(trial.memory.read(), evaluating=False)
+        trial.memory.reset()
         started = time.perf_counter()
         result, predictions = _evaluate(trial)
         result[m.EVAL_SECONDS] = time.perf_counter() - started
-    peak = reduce_values([peak_memory_mb(session.device)], dist.ReduceOp.MAX, session)[0]
+        meters.note_memory(trial.memory.read(), evaluating=True)
+        trial.memory.reset()
+    _read_memory(trial, meters, evaluating=False)
+    if not infeasible and evaluate:
+        infeasible = over_budget(trial, meters, memory_only=True)
+        final = final or bool(infeasible)
+        checkpoint = checkpoint and not infeasible  # a broken budget stays broken
     loss = meters.take_loss()
     # Every rank's mean loss, averaged: the loss of the whole step, as one worker would see it.
     loss = reduce_values([loss], dist.ReduceOp.SUM, session)[0] / session.world_size
@@ -443,7 +477,9 @@ def report(
             m.LEARNING_RATE: trial.scheduler.get_last_lr()[0],
             m.STEP: meters.step,
             m.EPOCH: meters.step / trial.steps_per_epoch,
-            m.PEAK_MEMORY_MB: peak,
+            m.PEAK_MEMORY_MB: meters.peak_memory_mb,
+            m.PEAK_ALLOCATED_MB: meters.peak_allocated_mb,
+            m.PEAK_TRAIN_MEMORY_MB: meters.peak_train_memory_mb,
             m.MODEL_FOOTPRINT_MB: trial.size.footprint_mb,
             m.TRAINABLE_PARAMS: trial.size.trainable_params,
             m.TOTAL_PARAMS: trial.size.total_params,
@@ -454,6 +490,8 @@ def report(
             m.PLANNED_STEPS: trial.max_steps,
         }
     )
+    if meters.peak_eval_memory_mb:
+        result[m.PEAK_EVAL_MEMORY_MB] = meters.peak_eval_memory_mb
     if trial.budget.seconds is not None:
         result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
     meters.last_report_time = trial.budget.elapsed()
@@ -514,6 +552,22 @@ def _evaluate(trial: Trial) -> tuple[dict[str, Any], dict[str, str]]:
     return result, out.predictions
 
 
+def _ended_by_mark(mark: dict[str, Any], session: Session) -> dict[str, Any]:
+    """The final report of an attempt that follows one that ran out of memory: infeasible with
+    the memory that one held, without building anything (every rank reports it)."""
+    result = {
+        m.STEP: 0,
+        m.PEAK_MEMORY_MB: float(mark["peak_memory_mb"]),
+        m.FINAL_REPORT: 1.0,
+        m.INFEASIBLE: 1.0,
+        m.INFEASIBLE_REASON: f"{mark['reason']} (the attempt before; not retried)",
+    }
+    if session.world_rank == 0:
+        logger.warning("infeasible, not retried: %s", result[m.INFEASIBLE_REASON])
+    session.report(result, None)  # [ray 3]
+    return result
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
@@ -534,18 +588,27 @@ def train_loop_per_worker(
     """
     cfg = TrialConfig.model_validate(config)
     session = session or open_session(cfg, resume=resume)  # [ray 1]
+    if session.world_size > 1 and (mark := session.read_note(OOM_MARK)):
+        return _ended_by_mark(mark, session)
+    memory = PeakMeter(session.device)
     trial = None
     try:
-        trial, meters = setup(cfg, session)
+        trial, meters = setup(cfg, session, memory)
         return train(trial, meters)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        peak = peak_memory_mb(session.device)
+        peak = memory.read().needed_mb
+        if trial is not None:
+            peak = max(peak, meters.peak_memory_mb)  # a restarted trial's earlier segments
         reason = f"out of memory at {peak:.0f} MB peak ({type(exc).__name__}: {exc})".splitlines()
         if trial is None or session.world_size > 1:
             # Other ranks may wait in a collective this rank will never join: fail the worker
-            # group (Ray Train stops it); the sweep records the trial infeasible.
+            # group (Ray Train stops it); the sweep records the trial infeasible. Ray Train
+            # restarts a failed group up to `resources.max_failures` times: the mark tells the
+            # next attempt this configuration runs out of memory, so it ends at once.
+            if session.world_size > 1:
+                session.leave_note(OOM_MARK, out_of_memory_mark(peak, reason[0]))
             raise TrialOutOfMemory(peak, reason[0]) from exc
         free_memory(trial)
         return report(

@@ -1,12 +1,32 @@
-"""Memory: the peak a trial reached (CUDA peak allocated on GPU, peak RSS on CPU), out-of-memory
-recognised as an answer (:class:`TrialOutOfMemory`), and memory freed after one.
+"""Memory: the peak a trial needs (:class:`PeakMeter`), out-of-memory recognised as an answer
+(:class:`TrialOutOfMemory`), memory freed after one, and the mark a failed attempt leaves so
+the next one does not run out of memory again (:func:`out_of_memory_mark`).
+
+What a trial needs is what it held, not what its tensors used:
+
+- on GPU, what PyTorch's caching allocator *reserved* at its peak plus what the process holds
+  on the device outside it: the CUDA context, and with several workers NCCL's buffers. That sum
+  is ``peak_memory_mb``, the number budgets and the objective use; the tensors' own peak
+  (``torch.cuda.max_memory_allocated``) is logged beside it as ``peak_allocated_mb``. Outside
+  the allocator is read from NVML per process when ``pynvml`` is installed, else as the
+  device's used memory minus the allocator's reserve when the meter starts (before the trial
+  allocates), which on a GPU shared with other processes counts theirs too: an upper bound;
+- on CPU, the worker's peak RSS (``VmHWM``); ``peak_allocated_mb`` is the same number.
+
+A :class:`PeakMeter` reads one phase at a time (training, then an evaluation, then training
+again): it resets the device's peak between phases (``torch.cuda.reset_peak_memory_stats``, or
+on Linux ``/proc/self/clear_refs``), so the training and evaluation peaks are logged apart.
+Where the CPU peak cannot be reset, each phase reads the process's peak so far.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import resource
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,17 +34,122 @@ import torch
 if TYPE_CHECKING:
     from qa_ray.training.trial import Trial
 
-    pass
-
-__all__ = ["TrialOutOfMemory", "is_out_of_memory"]
+__all__ = ["MemoryReading", "PeakMeter", "TrialOutOfMemory", "is_out_of_memory"]
 
 logger = logging.getLogger(__name__)
 
+MB = 2**20
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """One phase's peak: what it needed (``needed_mb``: reserved + outside the allocator on GPU,
+    peak RSS on CPU) and what its tensors used (``allocated_mb``: CUDA max allocated; on CPU the
+    same as ``needed_mb``)."""
+
+    needed_mb: float
+    allocated_mb: float
+
+
+class PeakMeter:
+    """Reads the peak of the current phase on one device; :meth:`reset` starts the next phase.
+
+    Create it before the trial allocates: on GPU it measures what the process already holds
+    outside the caching allocator (the CUDA context) at that point.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.outside_mb = 0.0  # GPU: context + NCCL + workspaces, the largest seen
+        if device.type == "cuda":
+            self.outside_mb = _outside_allocator_mb(device)
+            self.resettable = True
+        else:
+            self.resettable = _reset_rss_peak()
+        self.reset()
+
+    def describe(self) -> str:
+        """For the one log line that says what ``peak_memory_mb`` is on this device."""
+        if self.device.type == "cuda":
+            return (
+                "CUDA max reserved + memory outside the allocator "
+                f"({self.outside_mb:.0f} MB now: context, NCCL); "
+                "peak_allocated_mb is CUDA max allocated"
+            )
+        return "the worker's peak RSS" + (
+            "" if self.resettable else " (not resettable here: evaluation reads the peak so far)"
+        )
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.resettable:
+            _reset_rss_peak()
+
+    def read(self) -> MemoryReading:
+        if self.device.type != "cuda":
+            rss = _peak_rss_mb()
+            return MemoryReading(rss, rss)
+        reserved = torch.cuda.max_memory_reserved(self.device) / MB
+        allocated = torch.cuda.max_memory_allocated(self.device) / MB
+        # NCCL allocates its buffers at the first collective, after the meter started.
+        per_process = _process_used_mb(self.device)
+        if per_process is not None:
+            current = torch.cuda.memory_reserved(self.device) / MB
+            self.outside_mb = max(self.outside_mb, per_process - current)
+        return MemoryReading(reserved + self.outside_mb, allocated)
+
+
+def _outside_allocator_mb(device: torch.device) -> float:
+    reserved = torch.cuda.memory_reserved(device) / MB
+    per_process = _process_used_mb(device)
+    if per_process is not None:
+        return max(0.0, per_process - reserved)
+    free, total = torch.cuda.mem_get_info(device)  # creates the context if there is none yet
+    return max(0.0, (total - free) / MB - reserved)
+
+
+def _process_used_mb(device: torch.device) -> float | None:
+    """This process's memory on ``device`` as the driver counts it (NVML), or None without
+    ``pynvml``."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if p.pid == os.getpid() and p.usedGpuMemory is not None:
+                return p.usedGpuMemory / MB
+    except pynvml.NVMLError:  # containers often hide other PIDs, or NVML itself
+        return None
+    return None
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _reset_rss_peak() -> bool:
+    """Linux >= 4.0: writing 5 to clear_refs sets the peak RSS to the current RSS."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---- out of memory ---------------------------------------------------------------------------
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -51,3 +176,12 @@ def free_memory(trial: Trial) -> None:
     gc.collect()
     if trial.session.device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+# The mark a worker that ran out of memory leaves for the next attempt of its trial (several
+# workers: the group fails, and Ray Train restarts it up to `resources.max_failures` times).
+OOM_MARK = "out_of_memory.json"
+
+
+def out_of_memory_mark(peak_mb: float, reason: str) -> dict[str, float | str]:
+    return {"peak_memory_mb": peak_mb, "reason": reason}

@@ -55,6 +55,14 @@ class Session(Protocol):
         """Keeps the final metrics and predictions (rank 0) where the user reads them."""
         ...
 
+    def leave_note(self, name: str, payload: dict[str, Any]) -> None:
+        """Writes a small JSON note that outlives this attempt of the trial (any rank)."""
+        ...
+
+    def read_note(self, name: str) -> dict[str, Any] | None:
+        """A note an earlier attempt of this trial left, or ``None``."""
+        ...
+
 
 class LocalSession:
     """Stands in for Ray Train when the loop runs in-process: one worker, files in ``output_dir``.
@@ -101,6 +109,15 @@ class LocalSession:
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if predictions is not None:
             (self.output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
+
+    def leave_note(self, name: str, payload: dict[str, Any]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / name).write_text(json.dumps(payload))
+
+    def read_note(self, name: str) -> dict[str, Any] | None:
+        # One worker, never restarted: only a resumed run has attempts before it.
+        path = self.output_dir / name
+        return json.loads(path.read_text()) if self.resume and path.is_file() else None
 
 
 def _local_checkpoints(output_dir: Path) -> list[Path]:
@@ -156,6 +173,30 @@ class RaySession:
 
     def save_results(self, metrics: dict[str, Any], predictions: dict[str, str] | None) -> None:
         pass  # the final report's checkpoint holds them (metrics.json, predictions.json)
+
+    # Notes live in the Train run's folder on its storage (RunConfig.storage_path / name),
+    # which every attempt of the trial shares and every node of the cluster reaches.
+    def leave_note(self, name: str, payload: dict[str, Any]) -> None:
+        fs, path = self._note_path(name)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(payload).encode())
+
+    def read_note(self, name: str) -> dict[str, Any] | None:
+        import pyarrow.fs
+
+        fs, path = self._note_path(name)
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def _note_path(self, name: str) -> tuple[Any, str]:
+        import ray.train
+
+        storage = ray.train.get_context().get_storage()  # a DeveloperAPI (Ray 2.60)
+        fs = storage.storage_filesystem
+        fs.create_dir(storage.experiment_fs_path, recursive=True)
+        return fs, f"{storage.experiment_fs_path}/{name}"
 
 
 def _in_ray_worker() -> bool:

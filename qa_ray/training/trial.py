@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from qa_ray.models.build import ModelSize
     from qa_ray.pareto import Constraint
     from qa_ray.tasks import Model, TaskFamily
+    from qa_ray.training.memory import MemoryReading, PeakMeter
     from qa_ray.training.precision import Precision
     from qa_ray.training.schedule import TimeBudget
     from qa_ray.training.session import Session
@@ -71,6 +72,7 @@ class Trial:
     max_steps: int
     budget: TimeBudget
     budgets: list[Constraint]  # the constraints on BUDGET_METRICS the loop enforces
+    memory: PeakMeter
     teacher: torch.nn.Module | None = None  # knowledge distillation: frozen, in eval mode
     resumed_report: dict[str, Any] | None = None  # the report of the checkpoint resumed from
     curve: list[dict[str, Any]] = field(default_factory=list)  # a point per report; checkpointed
@@ -99,6 +101,37 @@ class Meters:
     train_seconds: float = 0.0  # training only (no evaluation), since the start
     last_checkpoint_time: float = field(default=0.0, repr=False)
     last_report_time: float = field(default=0.0, repr=False)
+    # Memory peaks in MB, the largest over ranks and over every segment of the trial (they
+    # are saved with the checkpoint, so a restarted trial keeps what it needed before).
+    peak_memory_mb: float = 0.0
+    peak_allocated_mb: float = 0.0
+    peak_train_memory_mb: float = 0.0
+    peak_eval_memory_mb: float = 0.0  # 0: not evaluated yet
+
+    def note_memory(self, reading: MemoryReading, *, evaluating: bool) -> None:
+        """Takes one phase's reading (training, or an evaluation) into the peaks."""
+        if evaluating:
+            self.peak_eval_memory_mb = max(self.peak_eval_memory_mb, reading.needed_mb)
+        else:
+            self.peak_train_memory_mb = max(self.peak_train_memory_mb, reading.needed_mb)
+        self.peak_memory_mb = max(self.peak_memory_mb, reading.needed_mb)
+        self.peak_allocated_mb = max(self.peak_allocated_mb, reading.allocated_mb)
+
+    def memory_peaks(self) -> list[float]:
+        return [
+            self.peak_memory_mb,
+            self.peak_allocated_mb,
+            self.peak_train_memory_mb,
+            self.peak_eval_memory_mb,
+        ]
+
+    def set_memory_peaks(self, peaks: list[float]) -> None:
+        (
+            self.peak_memory_mb,
+            self.peak_allocated_mb,
+            self.peak_train_memory_mb,
+            self.peak_eval_memory_mb,
+        ) = peaks
 
     def take_loss(self) -> float:
         mean = self.loss_sum / self.loss_batches if self.loss_batches else float("nan")

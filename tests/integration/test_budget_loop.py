@@ -11,7 +11,7 @@ from qa_ray import metrics as m
 from qa_ray.cli import main
 from qa_ray.training import loop
 from qa_ray.training.loop import train_loop_per_worker
-from qa_ray.training.memory import TrialOutOfMemory
+from qa_ray.training.memory import OOM_MARK, MemoryReading, TrialOutOfMemory
 from tests.helpers import RecordingSession, trial_dict
 
 pytestmark = pytest.mark.integration
@@ -40,20 +40,140 @@ def test_a_model_over_a_size_budget_takes_no_step(tiny_model_dir, tmp_path):
     assert session.results[0][m.INFEASIBLE] == 1.0  # the trial's saved results say it too
 
 
+class _Meter:
+    """Stands in for :class:`~qa_ray.training.memory.PeakMeter`: the memory in use is
+    ``level`` (allocated: 80 % of it); a reading is the largest since the last reset."""
+
+    level = 100.0
+    live: list[_Meter] = []
+
+    def __init__(self, device):
+        self.peak = self.level
+        _Meter.live.append(self)
+
+    @classmethod
+    def set(cls, level):
+        cls.level = level
+        for meter in cls.live:
+            meter.peak = max(meter.peak, level)
+
+    def describe(self):
+        return "emulated"
+
+    def reset(self):
+        self.peak = _Meter.level
+
+    def read(self):
+        self.peak = max(self.peak, _Meter.level)
+        return MemoryReading(self.peak, 0.8 * self.peak)
+
+
+def _emulate_memory(monkeypatch, train=None, evaluation=None):
+    """The memory in use: ``train(step)`` while training, ``evaluation`` MB while evaluating
+    (it falls back to training's level after)."""
+    from qa_ray.tasks import extractive
+
+    monkeypatch.setattr(loop, "PeakMeter", _Meter)
+    _Meter.level, _Meter.live = 100.0, []
+    real_loss, real_evaluate = extractive.loss, extractive.evaluate
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        if train is not None:
+            _Meter.set(train(len(calls)))
+        return real_loss(model, batch)
+
+    def evaluate(*args, **kwargs):
+        before = _Meter.level
+        if evaluation is not None:
+            _Meter.set(evaluation)
+        out = real_evaluate(*args, **kwargs)
+        _Meter.level = before
+        return out
+
+    monkeypatch.setattr(extractive, "loss", loss)
+    monkeypatch.setattr(extractive, "evaluate", evaluate)
+
+
 def test_peak_memory_over_budget_stops_at_that_step(tiny_model_dir, tmp_path, monkeypatch):
-    """The peak grows 10 MB a reading; the budget is broken at the 4th reading (step 3 of 6)."""
-    readings = iter(range(100, 10_000, 10))
-    monkeypatch.setattr(loop, "peak_memory_mb", lambda device: float(next(readings)))
+    """The peak grows 10 MB a step; the budget is broken after step 3 of 6."""
+    _emulate_memory(monkeypatch, train=lambda step: 100.0 + 10 * step)
     session = RecordingSession()
     out = train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, ["peak_memory_mb <= 125"]), session)
-    # readings: 100 before training, 110 after step 1, 120 after step 2 (then 130 for the
-    # evaluation's report), 140 after step 3: over.
     assert out[m.STEP] == 3
     assert out[m.INFEASIBLE] == 1.0
-    assert out[m.PEAK_MEMORY_MB] > 125
-    assert out[m.INFEASIBLE_REASON] == "peak_memory_mb 140 breaks the budget peak_memory_mb <= 125"
+    assert out[m.PEAK_MEMORY_MB] == 130
+    assert out[m.INFEASIBLE_REASON] == "peak_memory_mb 130 breaks the budget peak_memory_mb <= 125"
     assert [r[m.STEP] for r in session.reports] == [2, 3]
     assert m.EVAL_F1 in session.reports[0] and m.EVAL_F1 not in session.reports[1]
+
+
+def test_an_evaluation_over_the_memory_budget_ends_the_trial_infeasible(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Training holds 100 MB, its first evaluation (step 2) 200 MB: that report is the
+    trial's last, scored and infeasible, with the two peaks apart."""
+    _emulate_memory(monkeypatch, evaluation=200.0)
+    session = RecordingSession()
+    out = train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, ["peak_memory_mb <= 150"]), session)
+    assert [r[m.STEP] for r in session.reports] == [2]
+    assert out[m.FINAL_REPORT] == 1.0 and out[m.INFEASIBLE] == 1.0
+    assert out[m.INFEASIBLE_REASON] == "peak_memory_mb 200 breaks the budget peak_memory_mb <= 150"
+    assert m.EVAL_F1 in out  # it was scored: the evaluation is what broke the budget
+    assert (out[m.PEAK_TRAIN_MEMORY_MB], out[m.PEAK_EVAL_MEMORY_MB]) == (100.0, 200.0)
+    assert (out[m.PEAK_MEMORY_MB], out[m.PEAK_ALLOCATED_MB]) == (200.0, 160.0)
+    assert session.results[0][m.INFEASIBLE] == 1.0
+
+
+def test_an_evaluation_at_step_0_over_the_budget_takes_no_step(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    _emulate_memory(monkeypatch, evaluation=200.0)
+    session = RecordingSession()
+    cfg = _cfg(tiny_model_dir, tmp_path, ["peak_memory_mb <= 150"], train__eval_on_start=True)
+    out = train_loop_per_worker(cfg, session)
+    assert [r[m.STEP] for r in session.reports] == [0]
+    assert out[m.INFEASIBLE] == 1.0 and out[m.FINAL_REPORT] == 1.0
+
+
+def test_training_and_evaluation_peaks_are_logged_apart(tiny_model_dir, tmp_path):
+    """The real meter (peak RSS on CPU): every report has both peaks once evaluated, and
+    peak_memory_mb is the larger."""
+    session = RecordingSession()
+    train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, []), session)
+    for r in session.reports:
+        assert r[m.PEAK_TRAIN_MEMORY_MB] > 0 and r[m.PEAK_EVAL_MEMORY_MB] > 0
+        assert r[m.PEAK_MEMORY_MB] == max(r[m.PEAK_TRAIN_MEMORY_MB], r[m.PEAK_EVAL_MEMORY_MB])
+        assert r[m.PEAK_ALLOCATED_MB] == r[m.PEAK_MEMORY_MB]  # CPU: one number
+    peaks = [r[m.PEAK_MEMORY_MB] for r in session.reports]
+    assert peaks == sorted(peaks)  # the largest so far
+
+
+def test_the_peak_survives_a_restart(tiny_model_dir, tmp_path, monkeypatch):
+    """A checkpoint keeps the peaks: the resumed segment reports the largest over both, and a
+    budget the first segment broke stays broken after the restart (no step is taken)."""
+    import json
+
+    _emulate_memory(monkeypatch)
+    first = RecordingSession(keep_checkpoints=str(tmp_path / "ckpt"))
+    cfg = _cfg(tiny_model_dir, tmp_path, [], train__checkpoint_steps=2)
+    train_loop_per_worker({**cfg, "train": {**cfg["train"], "max_steps": 4}}, first)
+    ckpt = tmp_path / "ckpt" / "step_000002"
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["meters"]["peak_memory_mb"] == 100.0
+    state["meters"]["peak_memory_mb"] = 5000.0  # the first segment's node held more
+    state["meters"]["peak_train_memory_mb"] = 5000.0
+    (ckpt / "training_state.json").write_text(json.dumps(state))
+
+    rest = RecordingSession(resume_from=str(ckpt))
+    out = train_loop_per_worker(cfg, rest)
+    assert out[m.STEP] == 6 and out[m.PEAK_MEMORY_MB] == 5000.0
+    assert out[m.PEAK_TRAIN_MEMORY_MB] == 5000.0 and out[m.PEAK_EVAL_MEMORY_MB] == 100.0
+    over = RecordingSession(resume_from=str(ckpt))
+    out = train_loop_per_worker({**cfg, "constraints": ["peak_memory_mb <= 1000"]}, over)
+    assert out[m.INFEASIBLE] == 1.0 and out[m.STEP] == 2
+    assert [r[m.STEP] for r in over.reports] == [2]
 
 
 def test_within_budget_runs_to_the_end(tiny_model_dir, tmp_path):
@@ -127,6 +247,43 @@ def test_out_of_memory_on_one_of_several_workers_fails_the_worker_group(
 
     again = pickle.loads(pickle.dumps(info.value))  # crosses Ray's process boundary intact
     assert (again.peak_memory_mb, str(again)) == (info.value.peak_memory_mb, str(info.value))
+
+
+def test_the_attempt_after_an_out_of_memory_ends_infeasible_at_once(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Ray Train restarts a failed worker group (up to `resources.max_failures`, -1: forever):
+    the attempt that ran out of memory leaves a mark, and the next one reads it and reports
+    the trial infeasible without building anything, so it is not retried again."""
+    _oom_at(2, monkeypatch)
+    session = RecordingSession()
+    session.world_size = 2
+    monkeypatch.setattr(loop, "reduce_values", lambda values, op, session: values)
+    monkeypatch.setattr(loop, "from_rank0", lambda values, session: values)
+    monkeypatch.setattr(session, "prepare", lambda model: model)
+    cfg = _cfg(tiny_model_dir, tmp_path, [])
+    with pytest.raises(TrialOutOfMemory) as info:
+        train_loop_per_worker(cfg, session)
+    mark = session.notes[OOM_MARK]
+    assert mark["peak_memory_mb"] == info.value.peak_memory_mb > 0
+    assert mark["reason"] == str(info.value)
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the attempt after an out-of-memory built the trial again")
+
+    monkeypatch.setattr(loop, "setup", no_setup)
+    out = train_loop_per_worker(cfg, session)  # the restarted group: same storage
+    assert out[m.INFEASIBLE] == 1.0 and out[m.FINAL_REPORT] == 1.0
+    assert out[m.PEAK_MEMORY_MB] == info.value.peak_memory_mb
+    assert out[m.INFEASIBLE_REASON] == f"{info.value} (the attempt before; not retried)"
+    assert session.reports[-1] == out
+
+
+def test_one_worker_leaves_no_mark(tiny_model_dir, tmp_path, monkeypatch):
+    _oom_at(2, monkeypatch)
+    session = RecordingSession()
+    assert train_loop_per_worker(_cfg(tiny_model_dir, tmp_path, []), session)[m.INFEASIBLE]
+    assert session.notes == {}
 
 
 def test_qa_ray_train_exits_1_when_over_budget(tiny_model_dir, tmp_path, capsys):

@@ -131,3 +131,57 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     # the sweeps' own reports are untouched: tiny-full's trials keep their own front tags
     own = child_runs(uri, find_parent_run(uri, "tiny-full"))
     assert any(c.data.tags.get("pareto_optimal") == "true" for c in own)
+
+
+def test_configs_predicted_over_the_memory_budget_are_never_launched(
+    tiny_model_dir, tmp_path, ray_2cpu, capsys, monkeypatch
+):
+    """Half the space (batch 4096: gigabytes of activations) is predicted over
+    `peak_memory_mb <= 3000` beyond its uncertainty: those draws become predicted_infeasible
+    child runs with their prediction, Optuna learns them infeasible, and the two trials the
+    sweep asked for are both batch-2 trials that ran (each with its prediction logged)."""
+    from qa_ray import metrics as m
+    from qa_ray.search import memory
+
+    # A prior sure of its activation term (sd 5 %, not 100 %): the account's batch-4096
+    # activations alone are over the budget then, before any measurement.
+    monkeypatch.setattr(memory, "_PRIOR_SD", (0.5, 0.3, 0.05))
+    path, uri = tiny_sweep(tmp_path, [tiny_model_dir("bert")], num_samples=2)
+    sweep = yaml.safe_load(path.read_text())
+    sweep["search"]["space"]["params"] = {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "per_device_batch_size": {"type": "categorical", "choices": [2, 4096]},
+    }
+    sweep["search"]["max_concurrent_trials"] = 1
+    sweep["constraints"] = ["peak_memory_mb <= 3000"]
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path)]) == 0, capsys.readouterr().out
+    client = MlflowClient(uri)
+    parent = client.search_runs(
+        [client.get_experiment_by_name("t").experiment_id], "tags.`qa_ray.role` = 'sweep'"
+    )[0]
+    children = child_runs(uri, parent.info.run_id)
+    outcomes = collections.Counter(c.data.tags.get(TAG_OUTCOME) for c in children)
+    rejected = [c for c in children if c.data.tags.get(TAG_OUTCOME) == "predicted_infeasible"]
+    ran = [c for c in children if c.data.tags.get(TAG_OUTCOME) != "predicted_infeasible"]
+    assert len(ran) == 2 and outcomes["complete"] == 2, outcomes
+    assert all(c.data.params["per_device_batch_size"] == "2" for c in ran)
+    for c in ran:
+        assert m.PREDICTED_PEAK_MEMORY_MB in c.data.metrics and m.PEAK_MEMORY_MB in c.data.metrics
+    # One trial at a time, both batch 2 (the same memory key: only the learning rate differs):
+    # the second is predicted as the first one measured.
+    first, second = sorted(ran, key=lambda c: c.info.start_time)
+    assert second.data.metrics[m.PREDICTED_PEAK_MEMORY_MB] == first.data.metrics[m.PEAK_MEMORY_MB]
+    assert rejected, "the seeded draws held no batch-4096 config"
+    for c in rejected:
+        assert c.data.params["per_device_batch_size"] == "4096"
+        assert c.data.metrics[m.PREDICTED_PEAK_MEMORY_MB] > 3000
+        assert c.data.tags[TAG_INFEASIBLE].startswith("predicted peak_memory_mb ")
+        assert "step" not in c.data.metrics  # nothing ran
+    study = optuna.load_study(
+        study_name="tiny-sweep",
+        storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}",
+    )
+    told = [t for t in study.trials if "qa_ray.predicted_infeasible" in t.user_attrs]
+    assert len(told) == len(rejected)
+    assert all(t.constraints["peak_memory_mb <= 3000"] > 0 for t in told)

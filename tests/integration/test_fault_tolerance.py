@@ -204,3 +204,86 @@ def test_a_killed_driver_resumes_and_every_trial_keeps_one_whole_curve(tiny_mode
         storage=f"sqlite:///{tmp_path / 'runs' / 'killed-driver' / 'optuna.db'}",
     )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def _out_of_memory_on_rank_1(config: dict) -> dict:
+    """The real loop, with rank 1's second micro-batch running out of CUDA memory and every
+    attempt of the worker group counted (a file per attempt and rank)."""
+    from pathlib import Path
+
+    import ray.train
+
+    from qa_ray.tasks import extractive
+
+    rank = ray.train.get_context().get_world_rank()
+    attempts = Path(config["output_dir"], "attempts")
+    attempts.mkdir(parents=True, exist_ok=True)
+    before = len(list(attempts.iterdir()))
+    (attempts / f"{before}-rank{rank}").touch()
+    if before >= 4:  # a third attempt: the retries go on (the test fails on the count)
+        return {}
+    if rank == 1:
+        real, calls = extractive.loss, []
+
+        def loss(model, batch):
+            calls.append(1)
+            if len(calls) == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return real(model, batch)
+
+        extractive.loss = loss
+    return train_loop_per_worker(config)
+
+
+def _reports_to(path):
+    """A Ray Train callback writing every report's rank-0 metrics to ``path``, a line each (it
+    runs in the controller's process)."""
+    from ray.train import UserCallback
+
+    class Reports(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps(metrics[0]) + "\n")
+
+    return Reports()
+
+
+def test_an_out_of_memory_with_two_workers_is_not_retried_forever(tiny_model_dir, tmp_path):
+    """max_failures=-1 restarts a failed group forever: the out-of-memory mark ends the
+    second attempt infeasible at once, and the run finishes with that result."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+
+    from qa_ray import metrics as m
+    from qa_ray.sweep.trial import _trainer_class
+    from tests.helpers import trial_dict
+
+    cfg = trial_dict(tiny_model_dir("bert"), tmp_path, train__max_steps=6)
+    cfg["resources"] = {"num_workers": 2}
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        result = _trainer_class()(
+            _out_of_memory_on_rank_1,
+            train_loop_config=cfg,
+            scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+            run_config=RunConfig(
+                name="oom",
+                storage_path=str(tmp_path / "ray"),
+                failure_config=FailureConfig(max_failures=-1),
+                callbacks=[_reports_to(tmp_path / "reports.jsonl")],
+            ),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert result.error is None
+    attempts = sorted(p.name.split("-")[1] for p in (tmp_path / "out" / "attempts").iterdir())
+    assert attempts == ["rank0", "rank0", "rank1", "rank1"]  # two attempts, not more
+    reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
+    last = reports[-1]
+    assert last[m.INFEASIBLE] == 1.0 and last[m.FINAL_REPORT] == 1.0 and last[m.STEP] == 0
+    reason = last[m.INFEASIBLE_REASON]
+    assert reason.startswith("out of memory at ") and reason.endswith(
+        "(the attempt before; not retried)"
+    )
+    assert "Tried to allocate 9.00 GiB" in reason
+    assert (tmp_path / "ray" / "oom" / "out_of_memory.json").is_file()

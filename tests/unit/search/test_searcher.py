@@ -170,3 +170,93 @@ def test_a_trial_missing_from_a_restored_study_is_skipped_not_an_error(tmp_path)
     _run(s, "after", [{m.EVAL_F1: 60.0, m.PEAK_MEMORY_MB: 700.0}])
     states = [t.state for t in optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials]
     assert states.count(State.COMPLETE) == 2
+
+
+class _Model:
+    """Stands in for the memory model: the peak is 100 MB per unit of batch, sd 5 %."""
+
+    def __init__(self):
+        self.asked = []
+
+    def predict(self, config):
+        from qa_ray.search.memory import Prediction
+
+        batch = config["train"]["per_device_batch_size"]
+        self.asked.append(batch)
+        return Prediction(100.0 * batch, 5.0 * batch)
+
+
+def _admitting(batches, max_in_a_row=100):
+    from qa_ray.search.searcher import MemoryAdmission
+
+    rejected = []
+    admission = MemoryAdmission(
+        model=_Model(),  # type: ignore[arg-type]
+        base={"train": {"per_device_batch_size": 1}},
+        on_rejected=lambda config, p, reason: rejected.append((config, p, reason)),
+        max_in_a_row=max_in_a_row,
+    )
+
+    def space(trial):
+        trial.suggest_categorical("per_device_batch_size", batches)
+
+    s = BudgetAwareOptunaSearch(
+        space=space,
+        metric=[m.EVAL_F1, m.PEAK_MEMORY_MB],
+        mode=["max", "min"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        constraints=[parse_constraint("peak_memory_mb <= 1000")],
+        admission=admission,
+    )
+    return s, admission, rejected
+
+
+def test_a_config_predicted_over_budget_is_not_launched_but_told_infeasible():
+    """batch 16 (1600 +- 80 MB) is over 1000 beyond its uncertainty; 8 (800 +- 40) is not:
+    every config Tune gets is batch 8, and Optuna learns each batch-16 draw as infeasible by
+    its predicted excess (60 %), without any trial run for it."""
+    s, admission, rejected = _admitting([8, 16])
+    launched = [s.suggest(f"t{i}") for i in range(6)]
+    assert all(c == {"per_device_batch_size": 8} for c in launched)
+    assert admission.rejected == len(rejected) > 0
+    told = [t for t in s._ot_study.trials if "qa_ray.predicted_infeasible" in t.user_attrs]
+    assert len(told) == len(rejected)
+    for t in told:
+        assert t.state == State.COMPLETE and t.params == {"per_device_batch_size": 16}
+        assert t.constraints == {"peak_memory_mb <= 1000": pytest.approx(0.6), OTHER_REASON: 0.0}
+        assert t.values[1] == 1600.0  # its memory objective: the predicted peak
+        assert t.user_attrs["qa_ray.predicted_infeasible"] == (
+            "predicted peak_memory_mb 1600 +- 80 breaks the budget peak_memory_mb <= 1000"
+        )
+    config, p, reason = rejected[0]
+    assert config == {"per_device_batch_size": 16} and p.peak_mb == 1600.0
+    # the launched ones are still Optuna's RUNNING trials, told when they complete
+    _run(s, "t0", [{m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 790.0}])
+    assert _trial(s, "t0").state == State.COMPLETE
+
+
+def test_uncertain_configs_run():
+    s, admission, _ = _admitting([10, 11])  # 1000 +- 50, 1100 +- 55: within 2 sd of 1000
+    assert s.suggest("t0") in ({"per_device_batch_size": 10}, {"per_device_batch_size": 11})
+    assert admission.rejected == 0
+
+
+def test_too_many_rejections_in_a_row_end_the_search_naming_the_budget():
+    from ray.tune.search import Searcher
+
+    s, admission, rejected = _admitting([32, 64], max_in_a_row=5)
+    assert s.suggest("t0") == Searcher.FINISHED
+    assert len(rejected) == 5
+    assert admission.stopped is not None
+    assert admission.stopped.startswith(
+        "5 sampled configurations in a row predicted over `peak_memory_mb <= 1000`"
+    )
+    assert "raise the budget or shrink the space's memory axes" in admission.stopped
+
+
+def test_the_admission_pickles_without_its_recorder():
+    import pickle
+
+    s, admission, _ = _admitting([8, 16])
+    again = pickle.loads(pickle.dumps(admission))
+    assert again.on_rejected is None and again.max_in_a_row == admission.max_in_a_row

@@ -57,3 +57,54 @@ class _Trial:
 
     def __str__(self):
         return self.trial_name
+
+
+def test_every_child_run_logs_its_predicted_peak_and_measurements_refine_the_model(
+    tmp_path, tiny_model_dir
+):
+    """Each child run gets the prediction made when it starts; a trial's measured peak (not
+    an infeasible one's) calibrates the predictions of the trials after it, and a trial of an
+    already measured memory key is predicted as that measurement."""
+    from types import SimpleNamespace
+
+    from qa_ray import metrics as m
+    from qa_ray.search.memory import MemoryModel
+    from qa_ray.tracking.callback import MLflowSweepCallback
+    from qa_ray.tracking.runs import child_runs, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "t", "s", params={}, artifacts={})
+    base = {
+        "model": {"name_or_path": str(tiny_model_dir("bert")), "finetune": "full"},
+        "data": {"max_seq_length": 128},
+        "train": {"per_device_batch_size": 8, "learning_rate": 1e-4},
+    }
+    memory = MemoryModel("cpu")
+    callback = MLflowSweepCallback(uri, parent, ("step",), base_config=base, memory=memory)
+
+    def trial(i, **config):
+        return SimpleNamespace(trial_id=f"t_{i}", trial_name=f"trial-{i}", config=config)
+
+    a, b, c = trial(1, learning_rate=1e-3), trial(2, learning_rate=1e-5), trial(3)
+    oom = trial(4, per_device_batch_size=64)
+    prior = memory.predict(base).peak_mb
+    callback.on_trial_start(0, [], a)
+    a.last_result = {m.PEAK_MEMORY_MB: 3000.0, m.STEP: 2}
+    callback.on_trial_complete(0, [], a)
+    oom_before = memory.predict({**base, "train": {**base["train"], "per_device_batch_size": 64}})
+    callback.on_trial_start(0, [], oom)
+    oom.last_result = {m.PEAK_MEMORY_MB: 99_999.0, m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: "oom"}
+    callback.on_trial_complete(0, [], oom)
+    callback.on_trial_start(0, [], b)  # same memory key as a: a's measurement
+    callback.on_trial_start(0, [], c)
+    assert memory.n == 1  # the infeasible trial's peak is a lower bound: not taken
+
+    logged = {r.info.run_name: r.data.metrics for r in child_runs(uri, parent)}
+    assert logged["trial-1"][m.PREDICTED_PEAK_MEMORY_MB] == prior
+    assert logged["trial-2"][m.PREDICTED_PEAK_MEMORY_MB] == 3000.0
+    assert logged["trial-3"][m.PREDICTED_PEAK_MEMORY_MB] == 3000.0
+    assert logged["trial-4"][m.PREDICTED_PEAK_MEMORY_MB] == oom_before.peak_mb
+    assert (
+        logged["trial-2"][m.PREDICTED_PEAK_MEMORY_SD_MB]
+        < logged["trial-1"][m.PREDICTED_PEAK_MEMORY_SD_MB]
+    )

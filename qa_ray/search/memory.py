@@ -1,0 +1,382 @@
+"""Predicting a configuration's peak memory before it runs (torch-free: the driver uses it).
+
+Three parts:
+
+- :func:`memory_key`: the knobs that set a trial's memory (model, fine-tune method, LoRA rank
+  and targets, quantization, micro-batch, sequence length, eval batch, gradient checkpointing,
+  layers kept and pruning, distillation teacher, device, workers). Learning rate, warmup and
+  seeds are not in it: one measurement serves every configuration with the same key.
+- :func:`features`: an analytic account of the bytes a trial holds, from the model's own
+  ``config.json`` (no weights, no torch): ``static_mb`` (weights by dtype after quantization,
+  plus gradients and AdamW's two moments of the trainable parameters, plus a teacher's weights)
+  and ``activation_mb`` (what backward keeps, all layers, or with gradient checkpointing the
+  layer inputs plus one layer; or an evaluation's, whichever is larger). Both grow with batch,
+  sequence and rank.
+- :class:`MemoryModel`: ``peak = c0 + c1 * static_mb + c2 * activation_mb``, a Bayesian linear
+  model whose prior is the account itself (``c1 = c2 = 1`` and a runtime base ``c0``) and whose
+  every measured trial refines it. The coefficients are kept non-negative, so a prediction is
+  monotone in batch, sequence and rank; its uncertainty (``sd_mb``) shrinks as measurements
+  come in. A configuration whose key was measured is predicted as that measurement.
+
+The account covers BERT-family encoders (bert, roberta, electra, albert, distilbert, ...) and
+Llama-family decoders (llama, mistral, qwen2, ...), the families the staged models and the sweep
+files use; another ``model_type`` is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MemoryModel", "ModelShape", "Prediction", "features", "memory_key", "read_shape"]
+
+MB = 2**20
+# Peak memory of the runtime before any model: CPU, a worker's Python + torch + transformers +
+# tokenizer + data (the README's "about 0.6 GB"); GPU, a CUDA context.
+RUNTIME_MB = {"cpu": 700.0, "cuda": 500.0}
+_PRIOR_SD = (0.5, 0.3, 1.0)  # of c0 (relative to RUNTIME_MB), c1, c2: the activations are rough
+_NOISE = 0.03  # relative: the spread of repeated measurements of one configuration
+
+# (path in a TrialConfig dict, default): what a trial's memory depends on.
+_KEY_FIELDS = (
+    ("model.name_or_path", None),
+    ("model.task", "extractive"),
+    ("model.finetune", "full"),
+    ("model.quantization_bits", 32),
+    ("model.lora.r", 8),
+    ("model.lora.target_modules", None),
+    ("model.keep_layers", None),
+    ("model.prune.heads", None),
+    ("model.prune.ffn", None),
+    ("model.gradient_checkpointing", False),
+    ("data.max_seq_length", 384),
+    ("train.per_device_batch_size", 16),
+    ("train.eval_batch_size", 64),
+    ("train.precision", "auto"),
+    ("train.distill.teacher", None),
+    ("resources.num_workers", 1),
+)
+
+
+def _get(d: Mapping[str, Any], path: str, default: Any) -> Any:
+    node: Any = d
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node
+
+
+def memory_key(config: Mapping[str, Any]) -> tuple:
+    """The memory-relevant knobs of a trial config dict (a ``TrialConfig.model_dump()``), as a
+    hashable tuple; LoRA's rank and targets only count for a LoRA trial."""
+    lora = _get(config, "model.finetune", "full") == "lora"
+    out = []
+    for path, default in _KEY_FIELDS:
+        value = _get(config, path, default)
+        if path.startswith("model.lora.") and not lora:
+            value = None
+        out.append(tuple(value) if isinstance(value, list) else value)
+    return tuple(out)
+
+
+# ---- the analytic account --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What sets a transformer's sizes, read from its ``config.json``."""
+
+    model_type: str
+    decoder: bool  # Llama family: gated MLP, grouped KV heads, causal-LM logits
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    positions: int
+    embedding: int  # ALBERT factorizes its embeddings; else = hidden
+    head_dim: int
+    shared_layers: bool = False  # ALBERT: one set of layer weights for every layer
+    tied: bool = True
+    # transformers' default attention (>= 4.36) for these families is SDPA, whose fused
+    # kernels keep no s x s attention map for backward; "eager" keeps two and a dropout mask.
+    eager_attention: bool = False
+
+    def layer_params(self, heads_keep: float = 1.0, ffn_keep: float = 1.0) -> float:
+        h, head_dim = self.hidden, self.head_dim
+        q_out = self.heads * head_dim * heads_keep
+        kv_out = self.kv_heads * head_dim * heads_keep
+        attn = h * q_out + 2 * h * kv_out + q_out * h
+        i = self.intermediate * ffn_keep
+        mlp = (3 if self.decoder else 2) * h * i
+        norms = (2 if self.decoder else 4) * h
+        biases = 0 if self.decoder else q_out + 2 * kv_out + h + i + h
+        return attn + mlp + norms + biases
+
+    def embedding_params(self) -> float:
+        e = self.embedding
+        n = self.vocab * e + (self.hidden if self.decoder else (self.positions + 2 + 2) * e)
+        if e != self.hidden:
+            n += e * self.hidden
+        return n
+
+
+_DECODERS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "smollm3"}
+_ENCODERS = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta"}
+
+
+def read_shape(name_or_path: str) -> ModelShape:
+    """The shape of the model in a local folder (its ``config.json``).
+
+    Raises:
+        ValueError: no ``config.json`` there (hub names are not fetched: the planner runs
+            offline), or a ``model_type`` the account does not cover.
+    """
+    path = Path(name_or_path, "config.json")
+    if not path.is_file():
+        raise ValueError(
+            f"`model.name_or_path` = {name_or_path!r}: no config.json there; the memory "
+            "prediction reads a local model folder (download it, or point at one)"
+        )
+    c = json.loads(path.read_text())
+    model_type = c.get("model_type", "")
+    if model_type not in _DECODERS | _ENCODERS:
+        raise ValueError(
+            f"`model.name_or_path` = {name_or_path!r}: model_type {model_type!r} is not one the "
+            f"memory account covers ({sorted(_DECODERS | _ENCODERS)})"
+        )
+    if model_type == "distilbert":
+        hidden, layers, inter, heads = c["dim"], c["n_layers"], c["hidden_dim"], c["n_heads"]
+    else:
+        hidden, layers = c["hidden_size"], c["num_hidden_layers"]
+        inter, heads = c["intermediate_size"], c["num_attention_heads"]
+    return ModelShape(
+        model_type=model_type,
+        decoder=model_type in _DECODERS,
+        hidden=hidden,
+        layers=layers,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=c.get("num_key_value_heads") or heads,
+        vocab=c["vocab_size"],
+        positions=c.get("max_position_embeddings", 512),
+        embedding=c.get("embedding_size", hidden),
+        head_dim=c.get("head_dim") or hidden // heads,
+        shared_layers=model_type == "albert",
+        tied=c.get("tie_word_embeddings", True),
+        eager_attention=c.get("_attn_implementation") == "eager",
+    )
+
+
+def _bytes_per_frozen_param(bits: int, finetune: str) -> float:
+    # 16 bits: bf16 frozen weights under LoRA; a full fine-tune keeps fp32 master weights.
+    if bits == 16:
+        return 2.0 if finetune == "lora" else 4.0
+    return {32: 4.0, 8: 1.0, 4: 0.5625}[bits]  # 4-bit: + an fp32 absmax per 64 weights
+
+
+_LORA_DIMS = {  # target name -> (d_in, d_out) in units of (hidden, intermediate, kv width)
+    "query": ("h", "h"), "key": ("h", "kv"), "value": ("h", "kv"), "q_lin": ("h", "h"),
+    "v_lin": ("h", "h"), "k_lin": ("h", "h"), "q_proj": ("h", "h"), "k_proj": ("h", "kv"),
+    "v_proj": ("h", "kv"), "o_proj": ("h", "h"), "gate_proj": ("h", "i"), "up_proj": ("h", "i"),
+    "down_proj": ("i", "h"),
+}  # fmt: skip
+
+
+def _lora_params(shape: ModelShape, r: int, targets: list[str] | None, layers: int) -> float:
+    if targets is None:  # peft's defaults: query+value (encoders), q_proj+v_proj (decoders)
+        targets = ["q_proj", "v_proj"] if shape.decoder else ["query", "value"]
+    width = {"h": shape.hidden, "i": shape.intermediate, "kv": shape.kv_heads * shape.head_dim}
+    per_layer = 0.0
+    for t in targets:
+        if t == "dense" and not shape.decoder:  # BERT: attention output, intermediate, output
+            per_layer += r * (4 * width["h"] + 2 * width["i"])
+            continue
+        d_in, d_out = _LORA_DIMS.get(t, ("h", "h"))
+        per_layer += r * (width[d_in] + width[d_out])
+    return per_layer * layers
+
+
+@dataclass(frozen=True)
+class Features:
+    static_mb: float
+    activation_mb: float
+    params: float  # the student's parameters after layers kept and pruning
+    trainable: float
+
+
+def features(config: Mapping[str, Any], shapes: Mapping[str, ModelShape] | None = None) -> Features:
+    """The analytic account of a trial config dict (see the module docstring).
+
+    ``shapes`` maps a model path to its shape (read from its ``config.json`` when missing).
+    """
+    shapes = dict(shapes or {})
+
+    def shape_of(path: str) -> ModelShape:
+        if path not in shapes:
+            shapes[path] = read_shape(path)
+        return shapes[path]
+
+    s = shape_of(_get(config, "model.name_or_path", ""))
+    finetune = _get(config, "model.finetune", "full")
+    bits = int(_get(config, "model.quantization_bits", 32))
+    layers = int(_get(config, "model.keep_layers", s.layers))
+    heads_keep = 1.0 - float(_get(config, "model.prune.heads", 0.0))
+    ffn_keep = 1.0 - float(_get(config, "model.prune.ffn", 0.0))
+    layer = s.layer_params(heads_keep, ffn_keep)
+    stacked = layer * (1 if s.shared_layers else layers)
+    embed = s.embedding_params()
+    causal = _get(config, "model.task", "extractive") != "extractive"
+    head = (0 if s.tied else s.vocab * s.hidden) if causal else 2 * s.hidden + 2  # span head
+    params = stacked + embed + head
+    if finetune == "lora":
+        lora = _lora_params(
+            s,
+            int(_get(config, "model.lora.r", 8)),
+            _get(config, "model.lora.target_modules", None),
+            layers,
+        )
+        # peft trains a copy of the span head (modules_to_save) beside the frozen original.
+        span = 0 if causal else head
+        trainable = lora + span
+        params += span
+        weights = stacked * _bytes_per_frozen_param(bits, "lora") + (embed + head + span) * 4
+        weights += lora * 4
+    else:
+        trainable = params
+        weights = (
+            params * _bytes_per_frozen_param(bits, "full")
+            if bits >= 16
+            else (stacked * _bytes_per_frozen_param(bits, "full") + (embed + head) * 4)
+        )
+    static = weights + trainable * (4 + 8)  # fp32 gradients + AdamW's two moments
+    teacher = _get(config, "train.distill.teacher", None)
+    t = None
+    if teacher is not None and not str(teacher).startswith("sweep:"):
+        t = shape_of(str(teacher))
+        static += (t.layer_params() * (1 if t.shared_layers else t.layers)
+                   + t.embedding_params()) * 4  # fmt: skip
+
+    b = int(_get(config, "train.per_device_batch_size", 16))
+    seq = int(_get(config, "data.max_seq_length", 384))
+    eb = int(_get(config, "train.eval_batch_size", 64))
+    act_bytes = 2.0 if _get(config, "train.precision", "auto") in ("bf16", "fp16") else 4.0
+    checkpointing = bool(_get(config, "model.gradient_checkpointing", False))
+    act = (causal, act_bytes)
+    train_act = _activations(s, b, seq, layers, heads_keep, ffn_keep, *act, checkpointing)
+    if t is not None:  # the teacher's forward under no_grad: one layer live at a time
+        train_act += _activations(t, b, seq, 1, 1.0, 1.0, *act, False) / 2
+    eval_act = _activations(s, eb, seq, 1, heads_keep, ffn_keep, *act, False) / 2
+    return Features(
+        static_mb=static / MB,
+        activation_mb=max(train_act, eval_act) / MB,
+        params=params,
+        trainable=trainable,
+    )
+
+
+def _activations(
+    s: ModelShape,
+    batch: int,
+    seq: int,
+    layers: int,
+    heads_keep: float,
+    ffn_keep: float,
+    causal: bool,
+    act_bytes: float,
+    checkpointing: bool,
+) -> float:
+    """Bytes backward keeps: per layer about ``b*s*(10h + 2i)`` values, plus with eager
+    attention two ``b*a*s*s`` attention maps (scores, probabilities) and the dropout mask (a
+    byte a value), as Korthikanti et al. (2022) count them (SDPA keeps a ``b*a*s`` logsumexp
+    instead); the logits (and their gradient) on top."""
+    h, i, a = s.hidden, s.intermediate * ffn_keep, s.heads * heads_keep
+    maps = batch * a * seq * seq * (2 * act_bytes + 1) if s.eager_attention else batch * a * seq * 4
+    per_layer = batch * seq * (10 * h + 2 * i) * act_bytes + maps
+    kept = (batch * seq * h * act_bytes * layers + per_layer) if checkpointing else (
+        per_layer * layers)  # fmt: skip
+    logits = batch * seq * (s.vocab if causal else 2) * 4 * 2
+    return kept + logits
+
+
+# ---- the calibrated model --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted peak, its standard deviation, and how many measurements informed it."""
+
+    peak_mb: float
+    sd_mb: float
+    measured: bool = False  # this configuration's key was measured: the prediction is that
+
+    def fits(self, budget_mb: float, z: float = 2.0) -> bool | None:
+        """True: under ``budget_mb`` beyond the uncertainty; False: over it beyond the
+        uncertainty; None: within ``z`` standard deviations of it (unknown)."""
+        if self.peak_mb - z * self.sd_mb > budget_mb:
+            return False
+        if self.peak_mb + z * self.sd_mb <= budget_mb:
+            return True
+        return None
+
+
+@dataclass
+class MemoryModel:
+    """A sweep's memory model on one device kind (``"cpu"`` or ``"cuda"``)."""
+
+    device: str = "cpu"
+    shapes: dict[str, ModelShape] = field(default_factory=dict)
+    measured: dict[tuple, float] = field(default_factory=dict)  # key -> largest peak seen
+    _rows: list[tuple[float, float, float]] = field(default_factory=list)  # static, act, peak
+
+    def __post_init__(self) -> None:
+        base = RUNTIME_MB[self.device]
+        self._prior_mean = np.array([base, 1.0, 1.0])
+        self._prior_cov = np.diag(
+            [(_PRIOR_SD[0] * base) ** 2, _PRIOR_SD[1] ** 2, _PRIOR_SD[2] ** 2]
+        )
+
+    def observe(self, config: Mapping[str, Any], peak_mb: float) -> None:
+        """Takes a trial's measured peak (``peak_memory_mb``) into the model."""
+        f = features(config, self.shapes)
+        key = memory_key(config)
+        self.measured[key] = max(peak_mb, self.measured.get(key, 0.0))
+        self._rows.append((f.static_mb, f.activation_mb, float(peak_mb)))
+
+    @property
+    def n(self) -> int:
+        return len(self._rows)
+
+    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior mean (clipped at 0: monotone) and covariance of ``(c0, c1, c2)``."""
+        precision = np.linalg.inv(self._prior_cov)
+        rhs = precision @ self._prior_mean
+        for static, act, peak in self._rows:
+            x = np.array([1.0, static, act])
+            w = 1.0 / (_NOISE * peak) ** 2
+            precision = precision + w * np.outer(x, x)
+            rhs = rhs + w * peak * x
+        cov = np.linalg.inv(precision)
+        mean = cov @ rhs
+        return np.maximum(mean, 0.0), cov
+
+    def predict(self, config: Mapping[str, Any]) -> Prediction:
+        """The predicted peak of a trial config dict, with its uncertainty."""
+        key = memory_key(config)
+        if key in self.measured:
+            peak = self.measured[key]
+            return Prediction(peak, _NOISE * peak, measured=True)
+        f = features(config, self.shapes)
+        mean, cov = self.coefficients()
+        x = np.array([1.0, f.static_mb, f.activation_mb])
+        peak = float(mean @ x)
+        sd = math.sqrt(max(float(x @ cov @ x), 0.0) + (_NOISE * peak) ** 2)
+        return Prediction(peak, sd)

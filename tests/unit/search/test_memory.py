@@ -1,0 +1,130 @@
+"""The memory predictor: its account of parameters against the real models built from the same
+config.json, the memory key, and the calibrated model (monotone, uncertainty that shrinks,
+one measurement serving every config of its key)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qa_ray.search.memory import MemoryModel, Prediction, features, memory_key, read_shape
+
+
+def _config(path, **over):
+    cfg = {
+        "model": {"name_or_path": str(path), "finetune": "full", "quantization_bits": 32},
+        "data": {"max_seq_length": 128},
+        "train": {"per_device_batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-4},
+        "resources": {"num_workers": 1},
+    }
+    for key, value in over.items():
+        block, name = key.split("__")
+        cfg[block][name] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [
+        ("bert", {}),
+        ("bert", {"keep_layers": 1}),
+        ("bert", {"finetune": "lora", "lora": {"r": 4}}),
+        ("bert", {"finetune": "lora", "lora": {"r": 8, "target_modules": ["query", "dense"]}}),
+        ("llama", {}),
+        ("llama", {"finetune": "lora", "lora": {"r": 4}}),
+    ],
+)
+def test_the_account_counts_the_parameters_the_built_model_has(tiny_model_dir, kind, model):
+    from qa_ray.config.trial import ModelConfig
+    from qa_ray.models.build import build_model, model_size
+
+    path = tiny_model_dir(kind)
+    mcfg = ModelConfig(name_or_path=str(path), **model)
+    built = build_model(mcfg, torch.device("cpu"))
+    size = model_size(built)
+    f = features({"model": mcfg.model_dump()})
+    assert f.trainable == size.trainable_params
+    lora = sum(p.numel() for n, p in built.named_parameters() if "lora_" in n)
+    assert f.params == size.total_params - lora  # with peft's copy of the span head
+
+
+def test_the_memory_key_holds_what_sets_memory_only(tmp_path):
+    cfg = _config(tmp_path)
+    key = memory_key(cfg)
+    for block, name, value in [("train", "learning_rate", 3e-5), ("train", "seed", 7),
+                               ("train", "warmup_ratio", 0.1)]:  # fmt: skip
+        assert memory_key({**cfg, block: {**cfg[block], name: value}}) == key
+    assert memory_key(_config(tmp_path, train__per_device_batch_size=16)) != key
+    assert memory_key(_config(tmp_path, data__max_seq_length=256)) != key
+    # a LoRA rank does not count for a full fine-tune, and does for LoRA
+    assert memory_key(_config(tmp_path, model__lora={"r": 64})) == key
+    lora = _config(tmp_path, model__finetune="lora")
+    assert memory_key(lora) != memory_key({**lora, "model": {**lora["model"], "lora": {"r": 64}}})
+
+
+def test_read_shape_names_what_it_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match="no config.json there"):
+        read_shape(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="model_type 'mamba' is not one the memory account"):
+        read_shape(str(tmp_path))
+
+
+def test_the_prior_grows_with_batch_sequence_and_rank(tiny_model_dir):
+    model = MemoryModel("cpu")
+    path = tiny_model_dir("bert")
+    peak = lambda **over: model.predict(_config(path, **over)).peak_mb  # noqa: E731
+    assert peak(train__per_device_batch_size=4) < peak() < peak(train__per_device_batch_size=16)
+    assert peak(data__max_seq_length=64) < peak() < peak(data__max_seq_length=256)
+    r = lambda r: peak(model__finetune="lora", model__lora={"r": r})  # noqa: E731
+    assert r(4) < r(16) < r(64)
+    assert peak(model__gradient_checkpointing=True) < peak()
+
+
+def _truth(config):
+    """A made-up device: 900 MB runtime, 1.3 x the static account, 0.6 x the activations."""
+    f = features(config)
+    return 900 + 1.3 * f.static_mb + 0.6 * f.activation_mb
+
+
+def test_measurements_calibrate_the_model_and_shrink_its_uncertainty(tiny_model_dir):
+    path = tiny_model_dir("bert")
+    grid = [
+        _config(path, train__per_device_batch_size=b, data__max_seq_length=s)
+        for b in (4, 8, 16, 32, 64)
+        for s in (64, 128, 256, 384)
+    ]
+    calibration, held_out = [grid[0], grid[10], grid[19]], grid[1:10] + grid[11:19]
+    model = MemoryModel("cpu")
+    before = [model.predict(c) for c in held_out]
+    for c in calibration:
+        model.observe(c, _truth(c))
+    after = [model.predict(c) for c in held_out]
+    errors = sorted(
+        abs(p.peak_mb - _truth(c)) / _truth(c) for p, c in zip(after, held_out, strict=True)
+    )
+    assert errors[len(errors) // 2] <= 0.10
+    assert all(a.sd_mb < b.sd_mb for a, b in zip(after, before, strict=True))
+    # never more than 10 % under without the uncertainty saying so
+    assert all(
+        p.peak_mb + 2 * p.sd_mb >= 0.9 * _truth(c) for p, c in zip(after, held_out, strict=True)
+    )
+
+
+def test_a_measured_key_is_predicted_as_its_measurement(tiny_model_dir):
+    path = tiny_model_dir("bert")
+    model = MemoryModel("cpu")
+    cfg = _config(path)
+    model.observe(cfg, 1234.0)
+    other_lr = {**cfg, "train": {**cfg["train"], "learning_rate": 5e-3}}
+    p = model.predict(other_lr)
+    assert p.measured and p.peak_mb == 1234.0
+
+
+def test_prediction_fits_says_unknown_within_its_uncertainty():
+    p = Prediction(1000.0, 100.0)
+    assert p.fits(1300) is True
+    assert p.fits(700) is False
+    assert p.fits(1100) is None
