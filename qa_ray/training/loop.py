@@ -255,7 +255,11 @@ def train(trial: Trial, meters: Meters) -> dict[str, Any]:
     cfg = trial.cfg.train
     accum = cfg.gradient_accumulation_steps
     batches = len(trial.loader)
-    if trial.resumed_report is not None and trial.resumed_report.get(m.FINAL_REPORT):
+    if (
+        trial.resumed_report is not None
+        and trial.resumed_report.get(m.FINAL_REPORT)
+        and meters.step >= trial.max_steps  # resumed with a longer budget: it trains on
+    ):
         return report_final_again(trial)
     breach = over_budget(trial, meters)  # the model alone may break a budget: no step then
     if breach:
