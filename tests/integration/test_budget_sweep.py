@@ -133,6 +133,7 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     assert any(c.data.tags.get("pareto_optimal") == "true" for c in own)
 
 
+@pytest.mark.slow  # a real sweep that samples until its asked-for trials ran: `pytest -m slow`
 def test_configs_predicted_over_the_memory_budget_are_never_launched(
     tiny_model_dir, tmp_path, ray_2cpu, capsys, monkeypatch
 ):

@@ -140,6 +140,9 @@ def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_d
         assert final[key] == pytest.approx(through[key], rel=1e-3, abs=1e-3), key
 
 
+# Minutes on 2 cores: the default suite runs the same SIGKILL and --resume on bucket storage
+# (tests/integration/test_bucket.py); this one, on local storage, runs with `pytest -m slow`.
+@pytest.mark.slow
 def test_a_killed_driver_resumes_and_every_trial_keeps_one_whole_curve(tiny_model_dir, tmp_path):
     """SIGKILL of the sweep's driver mid-trial (a closed laptop, an OOM-killed head), then
     ``--resume``: exit 0, no trial lost or run twice, every run and the parent FINISHED, no
@@ -248,6 +251,7 @@ def _reports_to(path):
     return Reports()
 
 
+@pytest.mark.slow  # two real Ray Train workers and a restart of the group: `pytest -m slow`
 def test_an_out_of_memory_with_two_workers_is_not_retried_forever(tiny_model_dir, tmp_path):
     """max_failures=-1 restarts a failed group forever: the out-of-memory mark ends the
     second attempt infeasible at once, and the run finishes with that result."""

@@ -102,7 +102,8 @@ def test_the_real_loop_learns(tiny_model_dir, tmp_path, task, kind, finetune, bi
 EVAL_BATCH_VARIANTS = [
     ("extractive", "bert"),
     ("extractive", "llama"),
-    ("extractive", "bilstm_attention"),
+    # The BiLSTM trains its own embeddings: about 80 s on 2 cores (pytest -m slow).
+    pytest.param("extractive", "bilstm_attention", marks=pytest.mark.slow),
     ("generative", "llama"),
     ("seq2seq", "t5"),
     ("instruction", "llama"),
