@@ -80,12 +80,15 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint, monkeypatch):
+def s3_bucket(s3_endpoint, monkeypatch, tmp_path_factory):
     """A fresh bucket on the loopback S3 server, with the environment pointing at it the way
     a user points the AWS CLI, boto3 and pyarrow at an S3-compatible store."""
     from tests.s3 import make_bucket, set_env
 
     set_env(monkeypatch, s3_endpoint)
+    # A bucket sweep keeps its driver state under $QA_RAY_STATE_DIR (default ~/.cache): each
+    # test gets its own, as each head node has its own disk.
+    monkeypatch.setenv("QA_RAY_STATE_DIR", str(tmp_path_factory.mktemp("qa-ray-state")))
     return make_bucket(s3_endpoint)
 
 

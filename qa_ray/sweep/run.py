@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,13 @@ def _run(
     exp_path = experiment_path(cfg)
     local = state_dir(cfg)
     state_path = local / STATE_FILE
+    if bucket is not None and not resume and local.is_dir() and any(local.iterdir()):
+        # A new sweep on a bucket (none of this name is there) and a state folder left on this
+        # machine by an older one of the same name: its parent run and study are not this
+        # sweep's. Kept aside, not reused and not deleted.
+        aside = local.with_name(f"{local.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        local.rename(aside)
+        print(f"[qa-ray] note: an older sweep state of this name moved to {aside}", flush=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     stages = plan_stages(cfg, state, exp_path, resume)
     # The MLflow store is opened (a new one migrates its schema, about 2 s) while Ray starts.

@@ -137,3 +137,28 @@ def test_a_signal_between_stages_stops_the_next_stage(no_ray, tmp_path, monkeypa
     assert main(["sweep", path]) == 143
     assert ran == [0] and not stale
     assert MlflowClient(uri).get_run(_parent(tmp_path)).info.status == "KILLED"
+
+
+def test_a_new_bucket_sweep_sets_aside_an_older_state_of_its_name(
+    no_ray, tmp_path, monkeypatch, s3_bucket
+):
+    """A state folder on this machine from an older sweep of the same name (the bucket holds
+    no such sweep) is not this sweep's: its parent run is not reused, and it is moved aside."""
+    import json
+    import os
+
+    from qa_ray.cli import main
+
+    path, uri = _local_sweep(tmp_path)
+    stale = tmp_path / "state" / "ends"
+    stale.mkdir(parents=True)
+    (stale / "qa_ray_sweep.json").write_text(json.dumps({"parent_run_id": "gone"}))
+    monkeypatch.setenv("QA_RAY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(no_ray, "_fit", lambda *args: _NoTrials())
+    assert main(["sweep", path, f"storage_path=s3://{s3_bucket}/runs"]) == 1  # no trial ran
+    state = json.loads((stale / "qa_ray_sweep.json").read_text())
+    assert state["parent_run_id"] != "gone"
+    (aside,) = [p for p in os.listdir(tmp_path / "state") if p.startswith("ends.old-")]
+    assert json.loads((tmp_path / "state" / aside / "qa_ray_sweep.json").read_text()) == {
+        "parent_run_id": "gone"
+    }
