@@ -54,6 +54,11 @@ PEAK_EVAL_MEMORY_MB = "peak_eval_memory_mb"
 # predicted peak_memory_mb and its standard deviation, beside the measured one.
 PREDICTED_PEAK_MEMORY_MB = "predicted_peak_memory_mb"
 PREDICTED_PEAK_MEMORY_SD_MB = "predicted_peak_memory_sd_mb"
+# A packed trial's request (resources.pack_by_memory): the GPU memory each worker asked Ray for
+# and caps itself at (the prediction's upper end plus a margin); a key of the sampled config.
+MEMORY_REQUEST_MB = "memory_request_mb"
+# Ray's custom node resource packing counts in: the GPU memory, in MB, a node offers trials.
+GPU_MEMORY_RESOURCE = "gpu_memory_mb"
 MODEL_FOOTPRINT_MB = "model_footprint_mb"
 TRAINABLE_PARAMS = "trainable_params"
 TOTAL_PARAMS = "total_params"

@@ -94,6 +94,8 @@ class LocalCluster:
         self.procs.append(proc)
 
     def add_node(self, *args: str) -> None:
+        if len(self.procs) == 1:  # a node started before the head's GCS is up exits at once
+            self.wait_for_nodes(1)
         self._start([f"--address={self.gcs_address}", *args], f"node{len(self.procs)}")
 
     def alive_nodes(self) -> list:

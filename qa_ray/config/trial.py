@@ -3,6 +3,10 @@
 A trial file (``qa-ray train``) has the blocks ``model``, ``data``, ``train`` and ``resources``;
 a sweep file (``qa-ray sweep``) adds ``search``, ``objectives`` and the sweep settings (see
 :mod:`qa_ray.sweep.config`). Unknown keys are errors everywhere (``extra="forbid"``).
+
+Longer than 500 lines because it is the whole trial schema, a block per concern and every field
+with the description ``docs/configuration.md`` is generated from: split, a field's meaning
+would sit apart from the validator that checks it against its neighbours.
 """
 
 from __future__ import annotations
@@ -389,6 +393,28 @@ class ResourcesConfig(Block):
         description="worker-group restarts per trial after a lost worker (preemption, OOM "
         "kill); the trial resumes from its last checkpoint. -1: no limit",
     )
+    pack_by_memory: bool = Field(
+        False,
+        description="sweeps on GPU nodes: each worker asks Ray for its predicted peak memory "
+        "(plus `memory_margin`) of the nodes' `gpu_memory_mb` resource, and the matching "
+        "fraction of a GPU, instead of `gpus_per_worker`, which stays the most it may take; "
+        "each worker caps itself at what it asked for (see docs/memory.md#packing)",
+    )
+    memory_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="with `pack_by_memory`: the share added to the prediction's upper end "
+        "(peak + 2 sd) when a worker asks for memory",
+    )
+    gpu_memory_mb: float | None = Field(
+        None,
+        gt=0.0,
+        description="the GPU memory a worker may use, CUDA context included: it caps its "
+        "allocator there (torch.cuda.set_per_process_memory_fraction), so its excess is its "
+        "own out-of-memory and never a neighbour's; `pack_by_memory` sets it per trial; "
+        "ignored on CPU",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> ResourcesConfig:
@@ -396,6 +422,15 @@ class ResourcesConfig(Block):
         if g > 1 and g != int(g):
             raise ValueError(
                 f"`gpus_per_worker` above 1 must be a whole number, but got (gpus_per_worker={g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _packing_needs_gpus(self) -> ResourcesConfig:
+        if self.pack_by_memory and self.gpus_per_worker <= 0:
+            raise ValueError(
+                "`pack_by_memory` packs trials on GPUs: set `gpus_per_worker` (the most a "
+                f"worker may take, e.g. 1), but got (gpus_per_worker={self.gpus_per_worker})"
             )
         return self
 

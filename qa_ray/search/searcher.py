@@ -29,6 +29,11 @@ the worst seen), the admission records it (a child run with outcome ``predicted_
 and the searcher samples again within the same ``suggest``, so Tune never sees it and it does
 not count against ``num_samples``. After ``max_in_a_row`` rejections in a row the searcher
 ends the search (Tune's ``FINISHED``) with a message naming the budget.
+
+A packing admission (``pack_margin`` set: ``resources.pack_by_memory``) also writes each
+launched configuration's memory request into it (:data:`qa_ray.metrics.MEMORY_REQUEST_MB`: the
+prediction's upper end, peak + ``z`` sd, plus the margin), for the trial to ask Ray for; it is
+computed when the trial is sampled, so it uses every measurement taken by then.
 """
 
 from __future__ import annotations
@@ -64,7 +69,10 @@ class MemoryAdmission:
         on_rejected: called with ``(config, prediction, reason)`` for each rejection (the
             sweep records a child run); dropped when the searcher is pickled.
         max_in_a_row: rejections in a row that end the search.
-        z: standard deviations the prediction must be over a budget by.
+        z: standard deviations the prediction must be over a budget by; with packing, the
+            standard deviations above the prediction a trial asks for.
+        pack_margin: packing (``resources.pack_by_memory``): the share added to the request;
+            None: no requests.
     """
 
     model: MemoryModel
@@ -72,6 +80,7 @@ class MemoryAdmission:
     on_rejected: Callable[[dict[str, Any], Prediction, str], None] | None = None
     max_in_a_row: int = 100
     z: float = 2.0
+    pack_margin: float | None = None
     rejected: int = 0
     in_a_row: int = 0
     stopped: str | None = None  # why the search ended, once it has
@@ -92,8 +101,25 @@ class MemoryAdmission:
             return p
         return None
 
+    def request_mb(self, config: Mapping[str, Any]) -> float | None:
+        """What a packed trial asks for: ``(peak + z sd) * (1 + pack_margin)``, rounded up to a
+        whole MB; None without packing or without a prediction."""
+        if self.pack_margin is None or self._off:
+            return None
+        try:
+            p = self.model.predict(apply_params(self.base, dict(config)))
+        except ValueError as exc:
+            logger.warning("memory admission off: %s", exc)
+            self._off = True
+            return None
+        return float(math.ceil(round((p.peak_mb + self.z * p.sd_mb) * (1.0 + self.pack_margin), 6)))
+
     def __getstate__(self):
         return {**self.__dict__, "on_rejected": None}
+
+    def __setstate__(self, state):  # pickled by a qa-ray without packing
+        state.setdefault("pack_margin", None)
+        self.__dict__.update(state)
 
 
 class BudgetAwareOptunaSearch(OptunaSearch):
@@ -128,11 +154,13 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         budgets = [c for c in self.constraints if c.metric == m.PEAK_MEMORY_MB and c.is_upper]
         while True:
             config = super().suggest(trial_id)
-            if a is None or not budgets or not isinstance(config, dict):
+            if a is None or not isinstance(config, dict):
                 return config
-            predicted = a.check(config, budgets)
+            predicted = a.check(config, budgets) if budgets else None
             if predicted is None:
                 a.in_a_row = 0
+                if (request := a.request_mb(config)) is not None:
+                    config = {**config, m.MEMORY_REQUEST_MB: request}
                 return config
             self._reject(trial_id, config, predicted, budgets)
             if a.in_a_row >= a.max_in_a_row:

@@ -1,15 +1,27 @@
 """Resources: the plan (trials at once, CPUs and GPUs per trial) from the cluster's resources,
-Ray start-up, and keeping credentials in the driver.
+Ray start-up, packing trials on GPUs by predicted memory, and keeping credentials in the driver.
+
+Packing (``resources.pack_by_memory``): Ray schedules GPUs by fraction, never by memory, so
+every GPU node offers its device memory as a custom resource, :data:`GPU_MEMORY_RESOURCE` (MB,
+the sum over its GPUs): a local Ray started here declares what ``nvidia-smi`` reports, a
+cluster's node types declare theirs (``cluster.yaml``). A packed trial's workers each ask for
+their request in it and for the same share of one GPU of the cluster's largest
+(:func:`worker_resources`): Ray then places them only where both are free, so the requests on
+a node never sum over its memory, and on one-GPU nodes never over the GPU's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qa_ray import metrics as m
 from qa_ray.errors import ConfigError
 from qa_ray.search.space import grid_size
 from qa_ray.storage import is_uri
@@ -17,7 +29,9 @@ from qa_ray.storage import is_uri
 if TYPE_CHECKING:
     from qa_ray.sweep.config import SweepConfig
 
-__all__ = ["plan"]
+__all__ = ["GPU_MEMORY_RESOURCE", "device_memory_mb", "plan", "worker_resources"]
+
+GPU_MEMORY_RESOURCE = m.GPU_MEMORY_RESOURCE
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +51,21 @@ def plan(
     r = cfg.resources
     per_trial = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker}
     fit = None
+    if cluster is not None and r.pack_by_memory and not cluster.get(GPU_MEMORY_RESOURCE):
+        raise ConfigError(
+            "resources.pack_by_memory",
+            [
+                f"packs trials by GPU memory, but no node offers a `{GPU_MEMORY_RESOURCE}` "
+                f"resource (the cluster has {cluster}): a local Ray declares it from nvidia-smi "
+                f"when it sees a GPU; on a cluster, give each GPU node type "
+                f"`resources: {{GPU: 1, {GPU_MEMORY_RESOURCE}: MB}}` (cluster.yaml)"
+            ],
+        )
     if cluster is not None:
-        fits = [cluster.get(k, 0) // v for k, v in per_trial.items() if v > 0]
+        # Packed: a trial's GPU share follows its prediction, known when it is sampled; the
+        # CPUs set how many run at once, and Ray holds the rest back until memory frees.
+        counted = {"CPU": per_trial["CPU"]} if r.pack_by_memory else per_trial
+        fits = [cluster.get(k, 0) // v for k, v in counted.items() if v > 0]
         fit = int(min(fits)) if fits else None
         if fit == 0 and not elastic:
             raise ConfigError(
@@ -54,6 +81,8 @@ def plan(
             concurrent = min(concurrent, fit)
     else:
         concurrent = fit or 1
+    if r.pack_by_memory:
+        per_trial = {**per_trial, "GPU": f"by predicted memory, at most {per_trial['GPU']}"}
     return {
         "per_trial": per_trial,
         "workers_per_trial": r.num_workers,
@@ -81,8 +110,10 @@ def init_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
             # for torch.cuda.device_count() would cost the driver a second and a half.
             # With the dashboard (on 127.0.0.1): Ray Train's placement-group cleaner polls the
             # State API it serves, and warns every few seconds without it.
+            gpu_mb = detect_gpu_memory_mb()
             ctx = ray.init(
                 num_cpus=os.cpu_count(),
+                resources={GPU_MEMORY_RESOURCE: gpu_mb} if gpu_mb else None,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 log_to_driver=verbose,
@@ -90,7 +121,59 @@ def init_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
         if not verbose:
             logs = Path(ctx.address_info["session_dir"]) / "logs"
             print(f"[qa-ray] worker logs: {logs} (`qa-ray sweep ... -v` shows them)", flush=True)
-    return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    return {
+        k: float(v)
+        for k, v in ray.cluster_resources().items()
+        if k in ("CPU", "GPU", GPU_MEMORY_RESOURCE)
+    }
+
+
+def detect_gpu_memory_mb() -> float | None:
+    """The memory of this machine's visible NVIDIA GPUs, summed, in MB (``nvidia-smi``; no torch
+    import), or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    keep = None if visible is None else {v.strip() for v in visible.split(",") if v.strip()}
+    total = 0.0
+    for line in out.strip().splitlines():
+        index, mb = (x.strip() for x in line.split(","))
+        if keep is None or index in keep:
+            total += float(mb)
+    return total or None
+
+
+def device_memory_mb(nodes: list[dict[str, Any]]) -> float | None:
+    """The largest per-GPU memory among the alive nodes (``ray.nodes()``) that offer
+    :data:`GPU_MEMORY_RESOURCE`: a packed worker's GPU share is its request over this."""
+    sizes = [
+        n["Resources"][GPU_MEMORY_RESOURCE] / n["Resources"]["GPU"]
+        for n in nodes
+        if n.get("Alive") and n["Resources"].get("GPU") and n["Resources"].get(GPU_MEMORY_RESOURCE)
+    ]
+    return max(sizes) if sizes else None
+
+
+def worker_resources(
+    cpus: float, gpus: float, request_mb: float | None, device_mb: float | None
+) -> dict[str, float]:
+    """What one Ray Train worker asks for: its CPUs and ``gpus``; packed (a ``request_mb`` and
+    the cluster's ``device_mb``), ``request_mb`` of :data:`GPU_MEMORY_RESOURCE` and the same
+    share of a GPU (rounded up to Ray's 1e-4 resolution). A request over ``gpus`` of the
+    largest GPU asks for those whole: the trial runs alone there and, if it needs more, runs out
+    of memory itself (infeasible), instead of waiting for a node that does not exist."""
+    if request_mb is None or device_mb is None or gpus <= 0:
+        return {"CPU": cpus, "GPU": gpus}
+    request_mb = min(float(request_mb), gpus * device_mb)
+    share = min(gpus, math.ceil(request_mb / device_mb * 1e4) / 1e4)
+    return {"CPU": cpus, "GPU": share, GPU_MEMORY_RESOURCE: request_mb}
 
 
 def cluster_notes(cfg: SweepConfig, exp_path: str) -> list[str]:

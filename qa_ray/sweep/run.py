@@ -292,6 +292,13 @@ def _fit(
 
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
+    device_mb = None
+    if cfg.resources.pack_by_memory:
+        import ray
+
+        from qa_ray.sweep.resources import device_memory_mb
+
+        device_mb = device_memory_mb(ray.nodes())
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
     # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
     trainable = tune.with_resources(
@@ -300,6 +307,7 @@ def _fit(
             base=base,
             storage_path=f"{exp_path}/train",
             objectives=tuple(o.metric for o in cfg.objectives),
+            device_mb=device_mb,
         ),
         {"memory": 1},
     )
@@ -323,7 +331,12 @@ def _fit(
     tracker = MLflowSweepCallback(
         tracking_uri, parent_id, m.CURVES, base_config=base, memory=memory
     )
-    admission = MemoryAdmission(memory, base, on_rejected=tracker.record_predicted_infeasible)
+    admission = MemoryAdmission(
+        memory,
+        base,
+        on_rejected=tracker.record_predicted_infeasible,
+        pack_margin=cfg.resources.memory_margin if cfg.resources.pack_by_memory else None,
+    )
     callbacks = [
         tune.logger.CSVLoggerCallback(),
         tune.logger.JsonLoggerCallback(),

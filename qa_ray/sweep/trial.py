@@ -15,6 +15,7 @@ from qa_ray.config.files import validate_model
 from qa_ray.config.trial import TrialConfig
 from qa_ray.errors import ConfigError
 from qa_ray.search.space import apply_params
+from qa_ray.sweep.resources import GPU_MEMORY_RESOURCE, worker_resources
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,18 @@ def _trainer_class():
 
 
 def run_trial(
-    config: dict[str, Any], base: dict[str, Any], storage_path: str, objectives: tuple[str, ...]
+    config: dict[str, Any],
+    base: dict[str, Any],
+    storage_path: str,
+    objectives: tuple[str, ...],
+    device_mb: float | None = None,
 ) -> None:
-    """One Tune trial: a Ray Train run of the sampled configuration."""
+    """One Tune trial: a Ray Train run of the sampled configuration.
+
+    Packed (``resources.pack_by_memory``), each worker asks for the config's memory request
+    (:data:`~qa_ray.metrics.MEMORY_REQUEST_MB`, set by the searcher) and that share of the
+    cluster's largest GPU (``device_mb``), and caps itself there (``resources.gpu_memory_mb``).
+    """
     for name, value in TRAIN_ENV.items():
         os.environ.setdefault(name, value)
     from ray import tune
@@ -108,14 +118,23 @@ def run_trial(
         raise ValueError(f"sampled configuration is invalid: {'; '.join(exc.errors)}") from None
     r = trial_cfg.resources
     from ray.train import TrainingFailedError
+    from ray.train.torch import TorchConfig
 
+    request = config.get(m.MEMORY_REQUEST_MB) if r.pack_by_memory else None
+    per_worker = worker_resources(r.cpus_per_worker, r.gpus_per_worker, request, device_mb)
+    if (asked := per_worker.get(GPU_MEMORY_RESOURCE)) is not None:
+        r = r.model_copy(update={"gpu_memory_mb": asked})
+        trial_cfg = trial_cfg.model_copy(update={"resources": r})
     trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config=trial_cfg.model_dump(),
+        # GPUs reserved but the loop told to stay on the CPU (train.device: cpu): gloo, as
+        # NCCL serves CUDA tensors only.
+        torch_config=TorchConfig(backend="gloo") if trial_cfg.train.device == "cpu" else None,
         scaling_config=ScalingConfig(
             num_workers=r.num_workers,
             use_gpu=r.gpus_per_worker > 0,
-            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
+            resources_per_worker=per_worker,
         ),
         run_config=RunConfig(
             name=f"{ctx.get_experiment_name()}-train-{ctx.get_trial_name()}",

@@ -46,11 +46,15 @@ from qa_ray.training.checkpoint import CURVE_FILE, load_checkpoint, save_checkpo
 from qa_ray.training.distill import build_teacher, distillation_loss
 from qa_ray.training.memory import (
     OOM_MARK,
+    NeighbourOutOfMemory,
     PeakMeter,
     TrialOutOfMemory,
+    cap_device_memory,
     free_memory,
     is_out_of_memory,
+    out_of_memory_is_own,
     out_of_memory_mark,
+    tried_to_allocate_mb,
 )
 from qa_ray.training.precision import Precision, resolve_precision
 from qa_ray.training.schedule import TimeBudget, lr_factor, warmup_steps
@@ -595,6 +599,11 @@ def train_loop_per_worker(
     if session.world_size > 1 and (mark := session.read_note(OOM_MARK)):
         return _ended_by_mark(mark, session)
     memory = PeakMeter(session.device)
+    cap = cfg.resources.gpu_memory_mb if session.device.type == "cuda" else None
+    if cap is not None:
+        fraction = cap_device_memory(session.device, cap, memory.outside_mb)
+        if session.world_rank == 0:
+            logger.info("GPU memory capped at %.0f MB (%.3f of the device)", cap, fraction)
     trial = None
     try:
         trial, meters = setup(cfg, session, memory)
@@ -603,6 +612,15 @@ def train_loop_per_worker(
         if not is_out_of_memory(exc):
             raise
         peak = memory.read().needed_mb
+        tried = tried_to_allocate_mb(str(exc))
+        if not out_of_memory_is_own(peak, tried, cap):
+            # Not this configuration's answer: no mark, no infeasible report. Ray Train
+            # restarts the worker group (resources.max_failures), then the trial FAILs.
+            raise NeighbourOutOfMemory(
+                f"the GPU ran out of memory while this trial held {peak:.0f} MB and asked for "
+                f"{tried:.0f} MB more, within its own cap of {cap:.0f} MB: another process on "
+                "the device took the memory"
+            ) from exc
         if trial is not None:
             peak = max(peak, meters.peak_memory_mb)  # a restarted trial's earlier segments
         reason = f"out of memory at {peak:.0f} MB peak ({type(exc).__name__}: {exc})".splitlines()

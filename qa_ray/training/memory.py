@@ -1,6 +1,8 @@
 """Memory: the peak a trial needs (:class:`PeakMeter`), out-of-memory recognised as an answer
 (:class:`TrialOutOfMemory`), memory freed after one, and the mark a failed attempt leaves so
-the next one does not run out of memory again (:func:`out_of_memory_mark`).
+the next one does not run out of memory again (:func:`out_of_memory_mark`); a packed trial's
+cap on its device memory (:func:`cap_device_memory`) and an out-of-memory below that cap told
+apart as a neighbour's doing (:func:`out_of_memory_is_own`).
 
 What a trial needs is what it held, not what its tensors used:
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,15 @@ import torch
 if TYPE_CHECKING:
     from qa_ray.training.trial import Trial
 
-__all__ = ["MemoryReading", "PeakMeter", "TrialOutOfMemory", "is_out_of_memory"]
+__all__ = [
+    "MemoryReading",
+    "NeighbourOutOfMemory",
+    "PeakMeter",
+    "TrialOutOfMemory",
+    "cap_device_memory",
+    "is_out_of_memory",
+    "out_of_memory_is_own",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +196,48 @@ OOM_MARK = "out_of_memory.json"
 
 def out_of_memory_mark(peak_mb: float, reason: str) -> dict[str, float | str]:
     return {"peak_memory_mb": peak_mb, "reason": reason}
+
+
+# ---- a packed trial's cap ---------------------------------------------------------------------
+
+
+def cap_device_memory(device: torch.device, cap_mb: float, outside_mb: float) -> float | None:
+    """Caps this process's caching allocator so that it and what the process holds outside it
+    (``outside_mb``: the CUDA context) stay within ``cap_mb``; returns the fraction of the
+    device set, or None on a device without one (CPU: Ray's memory monitor and the node's
+    RAM are the limit there).
+
+    Several trials share a GPU when packed by predicted memory: with the cap, a trial that
+    needs more than it asked for runs out of memory itself, and its neighbours never do.
+    """
+    if device.type != "cuda":
+        return None
+    total_mb = torch.cuda.get_device_properties(device).total_memory / MB
+    fraction = min(1.0, max(0.0, cap_mb - outside_mb) / total_mb)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+_TRIED = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B)")
+_UNITS = {"K": 2**-10, "M": 1.0, "G": 2**10, "T": 2**20}
+
+
+def tried_to_allocate_mb(message: str) -> float | None:
+    """The failed allocation's size from CUDA's out-of-memory message, or None."""
+    found = _TRIED.search(message)
+    return float(found.group(1)) * _UNITS[found.group(2)[0]] if found else None
+
+
+def out_of_memory_is_own(held_mb: float, tried_mb: float | None, cap_mb: float | None) -> bool:
+    """Whether an out-of-memory is the trial's own: without a cap, always; with one, when what
+    it held plus the allocation that failed is over the cap (2 % slack for the allocator's
+    rounding). Below its cap the device itself was full: a neighbour took the memory."""
+    if cap_mb is None or tried_mb is None:
+        return True
+    return held_mb + tried_mb > 0.98 * cap_mb
+
+
+class NeighbourOutOfMemory(RuntimeError):
+    """The device ran out of memory while the trial was within its own cap: another process
+    took it. Not the configuration's answer: the trial fails and Ray Train restarts it
+    (``resources.max_failures``); Optuna is told FAIL, never infeasible."""

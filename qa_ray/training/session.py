@@ -135,20 +135,22 @@ def latest_local_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 class RaySession:
     """A Ray Train worker: rank and device from its context; reports go to Ray Train."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        # `train.device: cpu` keeps the loop on the CPU even where Ray assigned the worker a
+        # GPU (its get_device() answers cuda then, whether or not torch can use one).
+        self.device = torch.device("cpu") if device == "cpu" else ray.train.torch.get_device()
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
         # k-bit weights are placed by bitsandbytes at load time; moving them again is an error.
         kbit = any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
-        return ray.train.torch.prepare_model(model, move_to_device=not kbit)
+        return ray.train.torch.prepare_model(model, move_to_device=False if kbit else self.device)
 
     def latest_checkpoint(self) -> str | None:
         import ray.train
@@ -212,7 +214,7 @@ def _in_ray_worker() -> bool:
 def open_session(cfg: TrialConfig, resume: bool = False) -> Session:
     """Ray Train's session inside a Ray worker, else a :class:`LocalSession` on ``output_dir``."""
     if _in_ray_worker():
-        return RaySession()
+        return RaySession(cfg.train.device)
     return LocalSession(
         cfg.output_dir, cfg.train.checkpoints_to_keep, _resolve_device(cfg), resume=resume
     )

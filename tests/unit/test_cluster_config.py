@@ -73,3 +73,15 @@ def test_nodes_run_this_ray_version_and_this_checkout():
     assert f"ray:{ray.__version__}-" in cfg["docker"]["image"]
     assert cfg["file_mounts"] == {"~/qa-ray": "."}
     assert any("pip install" in c and "qa-ray" in c for c in cfg["setup_commands"])
+
+
+def test_each_gpu_node_type_offers_its_own_device_memory_for_packing():
+    """resources.pack_by_memory packs trials by the nodes' gpu_memory_mb: the 24 GB and 48 GB
+    types each declare what their device reports (nvidia-smi memory.total, MiB)."""
+    types_ = _config()["available_node_types"]
+    offered = {
+        name: t["resources"]["gpu_memory_mb"] / t["resources"]["GPU"]
+        for name, t in types_.items()
+        if t["resources"].get("GPU")
+    }
+    assert offered == {"gpu_a10g_24gb": 23028, "gpu_l40s_48gb": 46068}

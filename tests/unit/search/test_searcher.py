@@ -260,3 +260,27 @@ def test_the_admission_pickles_without_its_recorder():
     s, admission, _ = _admitting([8, 16])
     again = pickle.loads(pickle.dumps(admission))
     assert again.on_rejected is None and again.max_in_a_row == admission.max_in_a_row
+
+
+def test_a_packed_sweep_writes_each_launched_configs_memory_request():
+    """Packing (resources.pack_by_memory): every config Tune gets carries what its workers ask
+    Ray for, the prediction's upper end (peak + 2 sd) plus the margin, a whole MB; also
+    without a budget. batch 8: (800 + 2 * 40) * 1.1 = 968."""
+    s, admission, _ = _admitting([8])
+    s.constraints = ()  # no budget: the request is still written
+    admission.pack_margin = 0.1
+    config = s.suggest("t0")
+    assert config == {"per_device_batch_size": 8, m.MEMORY_REQUEST_MB: 968.0}
+    admission.pack_margin = None
+    assert s.suggest("t1") == {"per_device_batch_size": 8}
+
+
+def test_an_admission_pickled_before_packing_restores_without_it():
+    import pickle
+
+    _, admission, _ = _admitting([8])
+    state = pickle.loads(pickle.dumps(admission)).__dict__
+    state.pop("pack_margin")
+    old = object.__new__(type(admission))
+    old.__setstate__(state)
+    assert old.pack_margin is None and old.request_mb({"per_device_batch_size": 8}) is None

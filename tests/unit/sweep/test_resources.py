@@ -55,3 +55,69 @@ def test_an_autoscaling_cluster_is_not_judged_by_the_nodes_up_now():
         plan(_cfg("search.max_concurrent_trials=null"), {}, elastic=True)["max_concurrent_trials"]
         == 1
     )
+
+
+# ---- packing by predicted memory ---------------------------------------------------------------
+
+
+def test_a_packed_worker_asks_for_its_request_and_that_share_of_the_largest_gpu():
+    from qa_ray.sweep.resources import worker_resources
+
+    assert worker_resources(2.0, 1.0, 6000.0, 46068.0) == {
+        "CPU": 2.0,
+        "GPU": 0.1303,  # 6000 / 46068 = 0.13024..., rounded up
+        "gpu_memory_mb": 6000.0,
+    }
+    # more than the largest GPU: it asks for the whole one (runs alone, or runs out itself)
+    assert worker_resources(2.0, 1.0, 60_000.0, 46068.0) == {
+        "CPU": 2.0,
+        "GPU": 1.0,
+        "gpu_memory_mb": 46068.0,
+    }
+    # not packed, or no node offers memory: the fixed share
+    assert worker_resources(2.0, 0.5, None, 46068.0) == {"CPU": 2.0, "GPU": 0.5}
+    assert worker_resources(2.0, 1.0, 6000.0, None) == {"CPU": 2.0, "GPU": 1.0}
+
+
+def test_the_device_size_is_the_largest_per_gpu_memory_of_the_alive_nodes():
+    from qa_ray.sweep.resources import device_memory_mb
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0, "gpu_memory_mb": 23028.0}},
+        {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0, "gpu_memory_mb": 92136.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0, "gpu_memory_mb": 81559.0}},
+        {"Alive": True, "Resources": {"CPU": 4.0}},
+    ]
+    assert device_memory_mb(nodes) == 46068.0
+    assert device_memory_mb(nodes[3:]) is None
+
+
+def test_packing_needs_a_node_that_offers_gpu_memory():
+    cfg = _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true")
+    with pytest.raises(ConfigError) as e:
+        plan(cfg, {"CPU": 8.0, "GPU": 1.0})
+    assert "no node offers a `gpu_memory_mb` resource" in str(e.value)
+    p = plan(cfg, {"CPU": 8.0, "GPU": 1.0, "gpu_memory_mb": 23028.0})
+    assert p["per_trial"]["GPU"] == "by predicted memory, at most 1.0"
+    assert p["max_concurrent_trials"] == min(cfg.search.max_concurrent_trials or 8, 8)
+
+
+def test_packing_without_gpus_is_refused_naming_the_field():
+    with pytest.raises(ConfigError) as e:
+        _cfg("resources.pack_by_memory=true")
+    assert "`pack_by_memory` packs trials on GPUs: set `gpus_per_worker`" in str(e.value)
+
+
+def test_a_local_ray_offers_the_memory_nvidia_smi_reports(tmp_path, monkeypatch):
+    from qa_ray.sweep.resources import detect_gpu_memory_mb
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0, 81559\\n1, 81559\\n2, 23028\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert detect_gpu_memory_mb() == 81559.0 * 2 + 23028.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert detect_gpu_memory_mb() == 81559.0 + 23028.0
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert detect_gpu_memory_mb() is None

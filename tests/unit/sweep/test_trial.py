@@ -133,3 +133,51 @@ def test_a_trial_runs_no_ray_data_actor_when_it_passes_no_datasets():
     assert ours == [c for c in ray_own if c is not DatasetsCallback]
     with_data = _trainer_class()(lambda: None, run_config=run, datasets={"train": [1]})
     assert DatasetsCallback in names(with_data)
+
+
+def test_a_packed_trial_asks_for_its_request_and_its_workers_cap_themselves(monkeypatch):
+    """The sampled config's memory request becomes each worker's Ray resources (memory and the
+    share of the cluster's largest GPU) and the cap the loop sets (resources.gpu_memory_mb); a
+    loop told to stay on the CPU while holding GPUs gets gloo, as NCCL needs CUDA tensors."""
+    import ray.train.torch
+    from ray import tune
+
+    from qa_ray.sweep import trial as sweep
+    from qa_ray.sweep.trial import run_trial
+
+    seen = {}
+
+    class Trainer:
+        def __init__(self, loop, **kwargs):
+            seen.update(kwargs)
+
+        def fit(self):
+            pass
+
+    class _Ctx:
+        def get_experiment_name(self):
+            return "exp"
+
+        def get_trial_name(self):
+            return "trial-1"
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    monkeypatch.setattr(tune, "get_context", lambda: _Ctx())
+    monkeypatch.setattr(sweep, "_reports_to_tune", lambda objectives: ray.train.UserCallback())
+    base = (
+        _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true", "train.device=cpu")
+        .trial_config()
+        .model_dump()
+    )
+    run_trial({"memory_request_mb": 6000.0}, base, "/tmp/unused", ("eval_f1",), device_mb=23028.0)
+    assert seen["scaling_config"].resources_per_worker == {
+        "CPU": 2.0, "GPU": 0.2606, "gpu_memory_mb": 6000.0,
+    }  # fmt: skip
+    assert seen["train_loop_config"]["resources"]["gpu_memory_mb"] == 6000.0
+    assert seen["torch_config"].backend == "gloo"
+    # not packed: the fixed share, no cap, and Ray's own backend choice
+    base = _cfg("resources.gpus_per_worker=0.5").trial_config().model_dump()
+    run_trial({"memory_request_mb": 6000.0}, base, "/tmp/unused", ("eval_f1",), device_mb=23028.0)
+    assert seen["scaling_config"].resources_per_worker == {"CPU": 2.0, "GPU": 0.5}
+    assert seen["train_loop_config"]["resources"]["gpu_memory_mb"] is None
+    assert seen["torch_config"] is None

@@ -115,3 +115,95 @@ def test_without_a_resettable_peak_each_phase_reads_the_peak_so_far(monkeypatch,
     assert not meter.resettable and "not resettable" in meter.describe()
     meter.reset()  # does nothing, and says nothing
     assert meter.read().needed_mb > 0
+
+
+# ---- a packed trial's cap ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def capped(cuda, monkeypatch):
+    """The emulated 24 000 MB device, recording the fractions the process capped itself at."""
+    fractions = []
+    props = types.SimpleNamespace(total_memory=24_000 * MB)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: props)
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: fractions.append(f)
+    )
+    return fractions
+
+
+def test_a_packed_worker_caps_its_allocator_at_its_request_less_the_context(capped):
+    # asked for 6000 MB; the context holds 600 outside the allocator: 5400 of 24 000
+    assert memory.cap_device_memory(CUDA, 6000.0, 600.0) == pytest.approx(0.225)
+    assert capped == [pytest.approx(0.225)]
+    assert memory.cap_device_memory(CUDA, 90_000.0, 600.0) == 1.0  # never over the device
+    assert memory.cap_device_memory(torch.device("cpu"), 6000.0, 0.0) is None
+    assert len(capped) == 2
+
+
+def test_the_failed_allocation_is_read_from_cudas_message():
+    msg = (
+        "CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 23.68 GiB "
+        "of which 1.12 GiB is free. Including non-PyTorch memory, this process has 5.20 GiB "
+        "memory in use."
+    )
+    assert memory.tried_to_allocate_mb(msg) == 1536.0
+    assert memory.tried_to_allocate_mb("Tried to allocate 20.00 MiB") == 20.0
+    assert memory.tried_to_allocate_mb("DefaultCPUAllocator: can't allocate memory") is None
+
+
+def test_an_out_of_memory_below_the_trials_own_cap_is_a_neighbours():
+    own = memory.out_of_memory_is_own
+    assert own(5900.0, 200.0, 6000.0)  # it needed more than it asked for: its answer
+    assert not own(3000.0, 20.0, 6000.0)  # far below its cap: the device was full
+    assert own(3000.0, 20.0, None) and own(3000.0, None, 6000.0)  # no cap / size: its own
+
+
+def _loop_config(gpu_memory_mb):
+    from tests.unit.sweep.test_resources import _cfg
+
+    cfg = _cfg().trial_config().model_dump()
+    cfg["resources"]["gpu_memory_mb"] = gpu_memory_mb
+    return cfg
+
+
+class _Session:
+    device, world_rank, world_size = CUDA, 0, 1
+
+    def __init__(self):
+        self.notes = {}
+
+    def read_note(self, name):
+        return self.notes.get(name)
+
+    def leave_note(self, name, payload):
+        self.notes[name] = payload
+
+
+def test_the_loop_caps_a_packed_worker_and_tells_a_neighbours_out_of_memory_apart(
+    capped, cuda, monkeypatch
+):
+    """The loop sets the cap before building anything; an out-of-memory at 2000 MB held under
+    a 6000 MB cap is raised as a neighbour's (no mark, no infeasible report: Ray Train retries
+    it, the trial FAILs); at 5950 MB held it is the trial's own (infeasible)."""
+    from qa_ray.training import loop
+
+    held = {"reserved_mb": 1400}  # + the 600 MB context: 2000 MB held
+
+    def setup(cfg, session, meter):
+        assert capped or cfg.resources.gpu_memory_mb is None, "capped before the model is built"
+        cuda["max_reserved"] = held["reserved_mb"] * MB
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB.")
+
+    monkeypatch.setattr(loop, "setup", setup)
+    session = _Session()
+    with pytest.raises(memory.NeighbourOutOfMemory, match="within its own cap of 6000 MB"):
+        loop.train_loop_per_worker(_loop_config(6000.0), session)
+    assert capped == [pytest.approx(5400 / 24_000)] and session.notes == {}
+    held["reserved_mb"] = 5350  # 5950 MB held: + 20 is over 98 % of the cap
+    with pytest.raises(memory.TrialOutOfMemory):
+        loop.train_loop_per_worker(_loop_config(6000.0), session)
+    capped.clear()
+    with pytest.raises(memory.TrialOutOfMemory):  # not packed: no cap, every OOM its own
+        loop.train_loop_per_worker(_loop_config(None), session)
+    assert capped == []
