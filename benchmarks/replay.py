@@ -304,6 +304,57 @@ def format_summary(results: dict[str, dict[str, Any]], rungs: Sequence[float]) -
     return "\n".join(lines)
 
 
+# ---- the noise floor: the same configurations with another seed ---------------------------------
+
+# Params that name a trial or seed it, not its configuration.
+_NOT_CONFIG = ("seed", "name", "output_dir", "train.seed", "tracking", "storage_path")
+
+
+def _config_key(config: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in config.items() if k not in _NOT_CONFIG))
+
+
+def noise_floor(table: Table, rerun: Table) -> dict[str, Any]:
+    """The same configurations run again with another seed (``rerun``): per configuration in
+    both, how far apart the first objective lands at each recorded step, and the hypervolume
+    ratio between the two seeds' run-everything fronts over those configurations (either way
+    round): what no early-stopping rule can be judged more finely than."""
+    first = {_config_key(t["config"]): i for i, t in enumerate(table.trials)}
+    pairs = [
+        (first[key], j)
+        for j, t in enumerate(rerun.trials)
+        if (key := _config_key(t["config"])) in first
+    ]
+    if not pairs:
+        raise ValueError("no configuration of the rerun table is in the table")
+    metric = table.objectives[0][0]
+    gaps: dict[float, list[float]] = {}
+    for i, j in pairs:
+        a = {r[m.STEP]: r.get(metric) for r in table.trials[i]["rows"]}
+        for r in rerun.trials[j]["rows"]:
+            if a.get(r[m.STEP]) is not None and r.get(metric) is not None:
+                gaps.setdefault(r[m.STEP], []).append(abs(r[metric] - a[r[m.STEP]]))
+    hv_a = front_hypervolume(table, [i for i, _ in pairs])
+    both = Table(table.objectives, table.constraints, rerun.trials, table.reference)
+    hv_b = front_hypervolume(both, [j for _, j in pairs])
+    return {
+        "configurations": len(pairs),
+        "metric": metric,
+        "gap_by_step": {s: (statistics.median(g), max(g)) for s, g in sorted(gaps.items())},
+        "hv_ratio": (hv_b / hv_a if hv_a else math.nan, hv_a / hv_b if hv_b else math.nan),
+    }
+
+
+def format_noise(n: dict[str, Any]) -> str:
+    steps = "; ".join(f"{s:g}: {med:.2f} / {mx:.2f}" for s, (med, mx) in n["gap_by_step"].items())
+    lo, hi = sorted(n["hv_ratio"])
+    return (
+        f"noise floor ({n['configurations']} configurations rerun with another seed): "
+        f"|{n['metric']} difference| median / max by step: {steps}\n"
+        f"hypervolume ratio between the two seeds' run-everything fronts: {lo:.3f} and {hi:.3f}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("table")
@@ -314,14 +365,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--graces", type=float, nargs=2, default=[10, 30])
     p.add_argument("--rf", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-floor", type=float, default=1.0, help="memory_aware's, F1 points")
+    p.add_argument("--warmup", type=float, default=0.0, help="memory_aware's, steps")
+    p.add_argument(
+        "--rerun", help="a table of some of the same configurations with another seed: "
+        "prints the noise floor"
+    )  # fmt: skip
     args = p.parse_args(argv)
     table = load_table(args.table)
-    rules = default_rules(args.graces, args.rf) + _extra_rules(args.rf, args.graces[0])
+    rules = default_rules(args.graces, args.rf) + _extra_rules(
+        args.rf, args.graces[0], args.noise_floor, args.warmup
+    )
     rungs = [args.graces[0] * args.rf**k for k in range(4)]
     print(
         f"{args.table}: {len(table.trials)} trials; reference {table.reference}; "
         f"{args.draws} draws; fixed cost {args.fixed:g} s; ratios to running everything"
     )
+    if args.rerun:
+        print(format_noise(noise_floor(table, load_table(args.rerun))))
     began = time.perf_counter()
     for n in args.sizes:
         for w in args.workers:
@@ -332,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _extra_rules(rf: float, grace: float = 10, noise_floor: float = 1.0) -> list[Rule]:
+def _extra_rules(
+    rf: float, grace: float = 10, noise_floor: float = 1.0, warmup: float = 0.0
+) -> list[Rule]:
     from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
     return [
@@ -343,6 +406,7 @@ def _extra_rules(rf: float, grace: float = 10, noise_floor: float = 1.0) -> list
                 grace=grace,
                 reduction_factor=rf,
                 noise_floor=noise_floor,
+                warmup=warmup,
                 constraints=t.constraints,
             ),
         )

@@ -73,6 +73,7 @@ class MemoryAdmission:
             standard deviations above the prediction a trial asks for.
         pack_margin: packing (``resources.pack_by_memory``): the share added to the request;
             None: no requests.
+        enforce: False (``search.memory_admission: false``) launches every configuration.
     """
 
     model: MemoryModel
@@ -81,6 +82,7 @@ class MemoryAdmission:
     max_in_a_row: int = 100
     z: float = 2.0
     pack_margin: float | None = None
+    enforce: bool = True  # False: predictions are logged and packed by, nothing is rejected
     rejected: int = 0
     in_a_row: int = 0
     stopped: str | None = None  # why the search ended, once it has
@@ -119,6 +121,7 @@ class MemoryAdmission:
 
     def __setstate__(self, state):  # pickled by a qa-ray without packing
         state.setdefault("pack_margin", None)
+        state.setdefault("enforce", True)
         self.__dict__.update(state)
 
 
@@ -156,7 +159,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if a is None or not isinstance(config, dict):
                 return config
-            predicted = a.check(config, budgets) if budgets else None
+            predicted = a.check(config, budgets) if budgets and a.enforce else None
             if predicted is None:
                 a.in_a_row = 0
                 if (request := a.request_mb(config)) is not None:

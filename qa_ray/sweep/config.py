@@ -108,6 +108,12 @@ class SearchConfig(Block):
     scheduler: SchedulerConfig | None = Field(
         None, description="early stopping of trials that trail the others at a rung"
     )
+    memory_admission: bool = Field(
+        True,
+        description="with a `peak_memory_mb` budget, sampled configurations predicted over it "
+        "beyond the prediction's uncertainty are not launched (told to Optuna infeasible); "
+        "false launches every one and the loop's budget check stops those that break it",
+    )
 
 
 class TrackingConfig(Block):

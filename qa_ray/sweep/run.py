@@ -336,6 +336,7 @@ def _fit(
         base,
         on_rejected=tracker.record_predicted_infeasible,
         pack_margin=cfg.resources.memory_margin if cfg.resources.pack_by_memory else None,
+        enforce=cfg.search.memory_admission,
     )
     callbacks = [
         tune.logger.CSVLoggerCallback(),

@@ -78,3 +78,25 @@ def test_iqm_and_the_bootstrap_interval(replay):
     assert replay.iqm([0, 1, 2, 3, 4, 5, 6, 100]) == 3.5  # the middle half: 2, 3, 4, 5
     lo, hi = replay.bootstrap_interval([1.0] * 10)
     assert lo == hi == 1.0
+
+
+def test_the_noise_floor_compares_the_same_configurations_across_seeds(replay, tmp_path):
+    """A rerun table of three of the tiny table's configurations (another seed: 2 F1 points
+    higher at every step for one, the same for the others) gives gaps 0 / 2 by step and a
+    hypervolume ratio on each side of 1."""
+    import json
+
+    raw = json.loads(Path(TABLE).read_text())
+    rerun = dict(raw, trials=[])
+    for k, t in enumerate(raw["trials"][:3]):
+        bump = 2.0 if k == 0 else 0.0
+        rows = [{**r, "eval_f1": r["eval_f1"] + bump} for r in t["rows"]]
+        rerun["trials"].append(dict(t, rows=rows, config={**t["config"], "seed": 7}))
+    path = tmp_path / "rerun.json"
+    path.write_text(json.dumps(rerun))
+    n = replay.noise_floor(replay.load_table(TABLE), replay.load_table(str(path)))
+    assert n["configurations"] == 3 and n["metric"] == "eval_f1"
+    assert all(gap == pytest.approx((0.0, 2.0)) for gap in n["gap_by_step"].values())
+    lo, hi = sorted(n["hv_ratio"])
+    assert lo <= 1.0 <= hi and lo == pytest.approx(1 / hi)
+    assert "noise floor (3 configurations" in replay.format_noise(n)

@@ -284,3 +284,11 @@ def test_an_admission_pickled_before_packing_restores_without_it():
     old = object.__new__(type(admission))
     old.__setstate__(state)
     assert old.pack_margin is None and old.request_mb({"per_device_batch_size": 8}) is None
+
+
+def test_with_admission_off_every_sampled_config_is_launched():
+    s, admission, rejected = _admitting([8, 16])
+    admission.enforce = False  # search.memory_admission: false
+    launched = [s.suggest(f"t{i}") for i in range(8)]
+    assert {c["per_device_batch_size"] for c in launched} == {8, 16}
+    assert rejected == [] and admission.rejected == 0
