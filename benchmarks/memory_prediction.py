@@ -7,6 +7,10 @@ it never saw. Prints the prior's and the calibrated model's median and worst rel
 those, and how many it predicted more than 10 % under their measurement without its
 uncertainty (2 sd) covering it.
 
+``--curves TABLE --sweep SWEEP.yaml`` does the same from a recorded sweep without running
+anything: the curve table's measured peaks (``benchmarks/curves/``), calibrated on its first
+three trials of distinct memory keys, the others predicted.
+
     bash /work/shared/tools/stage_models.sh models minilm
     .venv/bin/python benchmarks/memory_prediction.py --model models/all-MiniLM-L6-v2 \\
         --data ../shared/data/squad/dev-v1.1.json.gz --out /tmp/memory
@@ -138,13 +142,83 @@ def name_of_cfg(cfg: dict) -> str:
     return Path(cfg["output_dir"]).name
 
 
+def from_curves(table_path: Path, sweep_path: Path, calibrate: int = 3) -> dict:
+    """Held-out evidence from a recorded sweep: its curve table's measured peaks (each trial's
+    largest ``peak_memory_mb``), its configurations rebuilt from the sweep file and each
+    trial's params; calibrated on the first ``calibrate`` trials of distinct memory keys, the
+    others with a key not among those predicted."""
+    from qa_ray.search.memory import memory_key
+    from qa_ray.search.space import AXES, apply_params
+    from qa_ray.sweep.config import load_sweep_config
+
+    base = load_sweep_config(str(sweep_path)).trial_config().model_dump()
+    table = json.loads(table_path.read_text())
+    rows = []
+    for t in table["trials"]:
+        peaks = [r[m.PEAK_MEMORY_MB] for r in t["rows"] if r.get(m.PEAK_MEMORY_MB) is not None]
+        if t["outcome"] != "complete" or not peaks:
+            continue
+        params = {
+            k: yaml.safe_load(v) if isinstance(v, str) else v
+            for k, v in t["config"].items()
+            if k in AXES
+        }
+        rows.append((t["name"], apply_params(base, params), max(peaks)))
+    model, prior, keys = MemoryModel("cpu"), MemoryModel("cpu"), set()
+    calibration = []
+    for name, cfg, peak in rows:
+        if len(calibration) < calibrate and memory_key(cfg) not in keys:
+            keys.add(memory_key(cfg))
+            model.observe(cfg, peak)
+            calibration.append((name, peak))
+    held_out = [(cfg, peak, name) for name, cfg, peak in rows if memory_key(cfg) not in keys]
+    for cfg, _, name in held_out:
+        cfg["output_dir"] = name  # name_of_cfg reads it
+    pairs = [(cfg, peak) for cfg, peak, _ in held_out]
+    return {
+        "command": " ".join(sys.argv),
+        "table": str(table_path),
+        "device": "cpu (peak RSS of a sweep's Ray Train worker)",
+        "calibration": dict(calibration),
+        "held_out": [
+            {
+                "config": name,
+                "measured_mb": peak,
+                "predicted_mb": model.predict(cfg).peak_mb,
+                "sd_mb": model.predict(cfg).sd_mb,
+            }
+            for cfg, peak, name in held_out
+        ],  # fmt: skip
+        "prior": errors(prior, pairs),
+        "calibrated": errors(model, pairs),
+        "n_held_out": len(pairs),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--data")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--reanalyse", type=Path, help="an earlier run's memory_prediction.json")
+    ap.add_argument("--curves", type=Path, help="a curve table: predict its measured peaks")
+    ap.add_argument("--sweep", type=Path, help="with --curves: the sweep file it was recorded by")
     args = ap.parse_args()
+    if args.curves:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = from_curves(args.curves, args.sweep)
+        for label in ("prior", "calibrated"):
+            e = result[label]
+            print(
+                f"{label:10s} over {result['n_held_out']} held-out configs: median |error| "
+                f"{e['median_abs_rel_error']:.1%}, worst {e['worst_abs_rel_error']:.1%}, "
+                f"most under {e['worst_under']:+.1%}, >10 % under and not covered by 2 sd: "
+                f"{len(e['under_10pct_not_covered'])}"
+            )
+        (args.out / "memory_prediction_curves.json").write_text(json.dumps(result, indent=2))
+        return
+    if not (args.model and args.data):
+        ap.error("--model and --data are needed (or --curves and --sweep)")
     args.out.mkdir(parents=True, exist_ok=True)
     model_path, data = str(Path(args.model).resolve()), str(Path(args.data).resolve())
 

@@ -15,8 +15,10 @@ Three parts:
 - :class:`MemoryModel`: ``peak = c0 + c1 * static_mb + c2 * activation_mb``, a Bayesian linear
   model whose prior is the account itself (``c1 = c2 = 1`` and a runtime base ``c0``) and whose
   every measured trial refines it. The coefficients are kept non-negative, so a prediction is
-  monotone in batch, sequence and rank; its uncertainty (``sd_mb``) shrinks as measurements
-  come in. A configuration whose key was measured is predicted as that measurement.
+  monotone in batch, sequence and rank. Its uncertainty (``sd_mb``) is the coefficients'
+  posterior, which shrinks as measurements come in, plus the measurement noise and the error of
+  the account's form (10 % of the peak until six measurements, then the fit's own relative
+  residual spread). A configuration whose key was measured is predicted as that measurement.
 
 The account covers BERT-family encoders (bert, roberta, electra, albert, distilbert, ...) and
 Llama-family decoders (llama, mistral, qwen2, ...), the families the staged models and the sweep
@@ -42,6 +44,12 @@ MB = 2**20
 RUNTIME_MB = {"cpu": 700.0, "cuda": 500.0}
 _PRIOR_SD = (0.5, 0.3, 1.0)  # of c0 (relative to RUNTIME_MB), c1, c2: the activations are rough
 _NOISE = 0.03  # relative: the spread of repeated measurements of one configuration
+# Relative: how far the account's form (not its coefficients) can miss an unmeasured
+# configuration, until enough measurements estimate it from the fit's own residuals
+# (``_RESIDUALS_FROM`` rows and up). Without it a posterior fitted to three points of three
+# coefficients calls itself exact: on real MiniLM it was too narrow (docs/memory.md).
+_MODEL_ERROR = 0.10
+_RESIDUALS_FROM = 6
 
 # (path in a TrialConfig dict, default): what a trial's memory depends on.
 _KEY_FIELDS = (
@@ -378,5 +386,18 @@ class MemoryModel:
         mean, cov = self.coefficients()
         x = np.array([1.0, f.static_mb, f.activation_mb])
         peak = float(mean @ x)
-        sd = math.sqrt(max(float(x @ cov @ x), 0.0) + (_NOISE * peak) ** 2)
+        form = self.model_error(mean)
+        sd = math.sqrt(max(float(x @ cov @ x), 0.0) + (_NOISE**2 + form**2) * peak**2)
         return Prediction(peak, sd)
+
+    def model_error(self, mean: np.ndarray | None = None) -> float:
+        """The relative error of the account's form: :data:`_MODEL_ERROR` until there are
+        ``_RESIDUALS_FROM`` measurements, then the fit's relative residual spread (degrees of
+        freedom counted), at least the measurement noise."""
+        n = len(self._rows)
+        if n < _RESIDUALS_FROM:
+            return _MODEL_ERROR
+        if mean is None:
+            mean, _ = self.coefficients()
+        rel = [(mean @ np.array([1.0, st, act]) - peak) / peak for st, act, peak in self._rows]
+        return max(_NOISE, math.sqrt(sum(r * r for r in rel) / (n - 3)))

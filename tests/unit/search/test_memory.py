@@ -128,3 +128,16 @@ def test_prediction_fits_says_unknown_within_its_uncertainty():
     assert p.fits(1300) is True
     assert p.fits(700) is False
     assert p.fits(1100) is None
+
+
+def test_the_accounts_form_error_is_a_prior_until_six_measurements_then_the_residuals():
+    from qa_ray.search.memory import MemoryModel
+
+    model = MemoryModel("cpu")
+    assert model.model_error() == 0.10
+    # rows fitted exactly by c0=700, c1=1, c2=1: the residual spread is the noise floor
+    model._rows = [(100.0 * k, 50.0 * k, 700.0 + 150.0 * k) for k in range(1, 7)]
+    assert model.model_error() == 0.03
+    # the same with peaks 20 % off either way: the fit's spread, degrees of freedom counted
+    model._rows = [(s, a, p * (1.2 if i % 2 else 0.8)) for i, (s, a, p) in enumerate(model._rows)]
+    assert 0.15 < model.model_error() < 0.4
