@@ -176,7 +176,8 @@ def simulate(
         now, _, i, j = heapq.heappop(events)
         t = table.trials[i]
         rows = t["rows"]
-        result = {**rows[j], m.TRAINING_ITERATION: j + 1}
+        # What the loop reports with every result: the steps the trial plans.
+        result = {**rows[j], m.TRAINING_ITERATION: j + 1, m.PLANNED_STEPS: rows[-1][m.STEP]}
         last = j == len(rows) - 1
         if last:
             result[m.FINAL_REPORT] = 1.0

@@ -57,7 +57,14 @@ def early_stopping(cfg: SweepConfig, local: Path):
     if sc.type == "memory_aware":
         from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
-        cls, rule = MemoryAwareStopping, {"noise_floor": sc.noise_floor, "warmup": sc.warmup}
+        cls, rule = (
+            MemoryAwareStopping,
+            {
+                "noise_floor": sc.noise_floor,
+                "warmup": sc.warmup,
+                "warmup_ratio": cfg.train.warmup_ratio,
+            },
+        )
     return cls(
         [(o.metric, o.mode) for o in cfg.objectives],
         time_attr=sc.time_attr,

@@ -10,8 +10,9 @@ trial recorded there with no more of every set objective (memory, footprint, par
 one by more than ``noise_floor`` (in its units: F1 points). Never stopped:
 
 - the lowest-memory feasible trial at the rung (over-budget ones are stopped at once);
-- a trial at a rung inside ``warmup`` (``time_attr`` units; the learning-rate warmup, when
-  early F1 says little).
+- a trial at a rung inside its learning-rate warmup, when early F1 says little: with steps as
+  the time attribute, its ``warmup_ratio`` (sampled, else the sweep's) times the steps it
+  plans (``planned_steps``, in every report), and at least ``warmup`` (``time_attr`` units).
 
 Rungs, budgets, the state file and "stopped stays stopped" are MO-ASHA's
 (:class:`qa_ray.search.schedulers.mo_asha.MOASHA`); only the rule at a rung differs. Select it with
@@ -38,6 +39,7 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: rungs at ``grace * rf**k``.
         noise_floor: how far ahead (in a learning objective's units) another trial must be.
         warmup: no trial is judged at a rung below it (default: none).
+        warmup_ratio: the sweep's ``train.warmup_ratio``, for trials that do not sample one.
         time_attr, constraints, state_file: as :class:`~qa_ray.search.schedulers.mo_asha.MOASHA`'s.
     """
 
@@ -49,6 +51,7 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: float = 3.0,
         noise_floor: float = 1.0,
         warmup: float = 0.0,
+        warmup_ratio: float = 0.0,
         time_attr: str = m.STEP,
         constraints: Sequence[Constraint] = (),
         state_file: str | None = None,
@@ -56,6 +59,8 @@ class MemoryAwareStopping(MOASHA):
         if noise_floor < 0:
             raise ValueError(f"noise_floor must be >= 0, but got noise_floor={noise_floor}")
         self.noise_floor, self.warmup = float(noise_floor), float(warmup)
+        self.warmup_ratio = float(warmup_ratio)
+        self.warmups: dict[str, float] = {}  # trial id -> its warmup, in steps
         super().__init__(
             objectives,
             time_attr=time_attr,
@@ -67,10 +72,24 @@ class MemoryAwareStopping(MOASHA):
         self._set = [i for i, (k, _) in enumerate(self.objectives) if k in m.BUDGET_METRICS]
         self._learning = [i for i in range(len(self.objectives)) if i not in self._set]
 
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self.time_attr == m.STEP and trial.trial_id not in self.warmups:
+            planned = _float(result.get(m.PLANNED_STEPS))
+            config = getattr(trial, "config", None) or {}
+            ratio = _float(config.get("warmup_ratio", self.warmup_ratio))
+            if planned is not None and ratio is not None:
+                self.warmups[trial.trial_id] = ratio * planned
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def __setstate__(self, state: dict) -> None:  # pickled before per-trial warmups
+        state.setdefault("warmup_ratio", 0.0)
+        state.setdefault("warmups", {})
+        super().__setstate__(state)
+
     def keeps(self, k: int, trial_id: str) -> bool:
         """Whether no trial at rung k with no more of every set objective is ahead of
         ``trial_id`` by more than the noise floor (values in minimization form)."""
-        if self.rung(k) < self.warmup or not self._learning:
+        if self.rung(k) < max(self.warmup, self.warmups.get(trial_id, 0.0)) or not self._learning:
             return True
         rung = self.rungs[k]
         x = rung[trial_id]
@@ -84,3 +103,11 @@ class MemoryAwareStopping(MOASHA):
             ):
                 return False
         return True
+
+
+def _float(v) -> float | None:
+    """A number from a result or a config (MLflow-logged params are text)."""
+    try:
+        return None if v is None or isinstance(v, bool) else float(v)
+    except (TypeError, ValueError):
+        return None

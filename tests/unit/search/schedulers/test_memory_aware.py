@@ -59,9 +59,31 @@ def test_a_sweep_selects_it(tmp_path):
         constraints = ["peak_memory_mb <= 22000"]
         model = type("M", (), {"task": "extractive"})
         search = type("S", (), {})
+        train = type("T", (), {"warmup_ratio": 0.1})
 
     Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12, noise_floor=2.0)
     s = early_stopping(Cfg, tmp_path)
     assert isinstance(s, MemoryAwareStopping) and (s.grace, s.noise_floor) == (12, 2.0)
+    assert s.warmup_ratio == 0.1  # the sweep's, for trials that do not sample one
     Cfg.search.scheduler = SchedulerConfig(grace=12)
     assert type(early_stopping(Cfg, tmp_path)).__name__ == "MOASHA"
+
+
+def test_no_trial_is_judged_inside_its_own_learning_rate_warmup():
+    """Steps as the time attribute: a trial's warmup is its warmup_ratio (sampled, in its
+    Tune config, else the sweep's) times its planned steps, which every report carries."""
+    from types import SimpleNamespace
+
+    s = rule(warmup_ratio=0.05)
+
+    def result(name, ratio, step, f1, mb):
+        config = {} if ratio is None else {"warmup_ratio": ratio}
+        trial = SimpleNamespace(trial_id=name, config=config)
+        return s.on_trial_result(None, trial, r(step, f1, mb, **{m.PLANNED_STEPS: 100}))
+
+    assert result("a", 0.0, 10, 70.0, 2000) == GO
+    assert result("slow", "0.2", 10, 10.0, 3000) == GO  # warmup 20 steps: not judged at 10
+    assert result("default", None, 10, 10.0, 3000) == STOP  # the sweep's 0.05: 5 steps
+    assert s.warmups == {"a": 0.0, "slow": 20.0, "default": 5.0}
+    assert result("a", 0.0, 30, 70.0, 2000) == GO
+    assert result("slow", "0.2", 30, 10.0, 3000) == STOP  # past its warmup: judged
