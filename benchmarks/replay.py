@@ -308,7 +308,9 @@ def format_summary(results: dict[str, dict[str, Any]], rungs: Sequence[float]) -
 # ---- the noise floor: the same configurations with another seed ---------------------------------
 
 # Params that name a trial or seed it, not its configuration.
-_NOT_CONFIG = ("seed", "name", "output_dir", "train.seed", "tracking", "storage_path")
+_NOT_CONFIG = (
+    "seed", "name", "output_dir", "train.seed", "tracking", "storage_path", "memory_request_mb",
+)  # fmt: skip
 
 
 def _config_key(config: dict[str, Any]) -> tuple:

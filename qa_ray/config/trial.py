@@ -432,6 +432,13 @@ class ResourcesConfig(Block):
                 "`pack_by_memory` packs trials on GPUs: set `gpus_per_worker` (the most a "
                 f"worker may take, e.g. 1), but got (gpus_per_worker={self.gpus_per_worker})"
             )
+        if self.pack_by_memory and (self.num_workers > 1 or self.gpus_per_worker > 1):
+            # Two packed ranks of one trial could share a GPU (NCCL refuses that), and a
+            # share over one GPU is no share.
+            raise ValueError(
+                "`pack_by_memory` packs one-worker trials of at most one GPU each, but got "
+                f"(num_workers={self.num_workers}, gpus_per_worker={self.gpus_per_worker})"
+            )
         return self
 
 

@@ -51,7 +51,12 @@ def plan(
     r = cfg.resources
     per_trial = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker}
     fit = None
-    if cluster is not None and r.pack_by_memory and not cluster.get(GPU_MEMORY_RESOURCE):
+    if (
+        cluster is not None
+        and r.pack_by_memory
+        and not elastic  # an autoscaler may add the GPU nodes later
+        and not cluster.get(GPU_MEMORY_RESOURCE)
+    ):
         raise ConfigError(
             "resources.pack_by_memory",
             [
@@ -144,9 +149,12 @@ def detect_gpu_memory_mb() -> float | None:
     keep = None if visible is None else {v.strip() for v in visible.split(",") if v.strip()}
     total = 0.0
     for line in out.strip().splitlines():
-        index, mb = (x.strip() for x in line.split(","))
+        index, mb = (x.strip() for x in line.split(",", 1))
         if keep is None or index in keep:
-            total += float(mb)
+            try:
+                total += float(mb)
+            except ValueError:  # "[N/A]" (some MIG and vGPU set-ups): not countable here
+                return None
     return total or None
 
 
@@ -156,7 +164,9 @@ def device_memory_mb(nodes: list[dict[str, Any]]) -> float | None:
     sizes = [
         n["Resources"][GPU_MEMORY_RESOURCE] / n["Resources"]["GPU"]
         for n in nodes
-        if n.get("Alive") and n["Resources"].get("GPU") and n["Resources"].get(GPU_MEMORY_RESOURCE)
+        if n.get("Alive")
+        and n.get("Resources", {}).get("GPU")
+        and n["Resources"].get(GPU_MEMORY_RESOURCE)
     ]
     return max(sizes) if sizes else None
 

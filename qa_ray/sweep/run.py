@@ -293,7 +293,8 @@ def _fit(
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
     device_mb = None
-    if cfg.resources.pack_by_memory:
+    if cfg.resources.pack_by_memory and not p["elastic"]:
+        # (An autoscaled cluster's GPU nodes may come later: each trial looks when it starts.)
         import ray
 
         from qa_ray.sweep.resources import device_memory_mb

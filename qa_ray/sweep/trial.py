@@ -121,6 +121,18 @@ def run_trial(
     from ray.train.torch import TorchConfig
 
     request = config.get(m.MEMORY_REQUEST_MB) if r.pack_by_memory else None
+    if request is not None and device_mb is None:
+        import ray
+
+        from qa_ray.sweep.resources import device_memory_mb
+
+        device_mb = device_memory_mb(ray.nodes())
+        if device_mb is None:  # no GPU node up yet (an autoscaler adds one for this trial)
+            logger.warning(
+                "no node offers %s yet: this trial asks for %s GPU, not by memory",
+                GPU_MEMORY_RESOURCE,
+                r.gpus_per_worker,
+            )
     per_worker = worker_resources(r.cpus_per_worker, r.gpus_per_worker, request, device_mb)
     if (asked := per_worker.get(GPU_MEMORY_RESOURCE)) is not None:
         r = r.model_copy(update={"gpu_memory_mb": asked})

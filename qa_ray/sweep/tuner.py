@@ -63,6 +63,7 @@ def early_stopping(cfg: SweepConfig, local: Path):
                 "noise_floor": sc.noise_floor,
                 "warmup": sc.warmup,
                 "warmup_ratio": cfg.train.warmup_ratio,
+                "warmup_steps": cfg.train.warmup_steps,
             },
         )
     return cls(

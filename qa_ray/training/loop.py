@@ -598,8 +598,8 @@ def train_loop_per_worker(
     session = session or open_session(cfg, resume=resume)  # [ray 1]
     if session.world_size > 1 and (mark := session.read_note(OOM_MARK)):
         return _ended_by_mark(mark, session)
-    memory = PeakMeter(session.device)
     cap = cfg.resources.gpu_memory_mb if session.device.type == "cuda" else None
+    memory = PeakMeter(session.device, shared=cap is not None)
     if cap is not None:
         fraction = cap_device_memory(session.device, cap, memory.outside_mb)
         if session.world_rank == 0:

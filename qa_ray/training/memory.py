@@ -71,11 +71,16 @@ class PeakMeter:
     outside the caching allocator (the CUDA context) at that point.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, shared: bool = False):
         self.device = device
         self.outside_mb = 0.0  # GPU: context + NCCL + workspaces, the largest seen
+        self.per_process = False  # outside_mb read for this process alone (NVML)
         if device.type == "cuda":
-            self.outside_mb = _outside_allocator_mb(device)
+            self.outside_mb, self.per_process = _outside_allocator_mb(device)
+            if shared and not self.per_process:
+                # Packed beside other trials, the device's used memory counts theirs: take
+                # the context as the usual CUDA context instead (without NVML to read it).
+                self.outside_mb = CUDA_CONTEXT_MB
             self.resettable = True
         else:
             self.resettable = _reset_rss_peak()
@@ -113,13 +118,19 @@ class PeakMeter:
         return MemoryReading(reserved + self.outside_mb, allocated)
 
 
-def _outside_allocator_mb(device: torch.device) -> float:
+# What a CUDA context takes on a recent GPU, for a packed trial without NVML to read its own.
+CUDA_CONTEXT_MB = 500.0
+
+
+def _outside_allocator_mb(device: torch.device) -> tuple[float, bool]:
+    """What the process holds on ``device`` outside the allocator, and whether that was read
+    for this process alone (NVML) rather than as the device's used memory."""
     reserved = torch.cuda.memory_reserved(device) / MB
+    free, total = torch.cuda.mem_get_info(device)  # creates the context if there is none yet
     per_process = _process_used_mb(device)
     if per_process is not None:
-        return max(0.0, per_process - reserved)
-    free, total = torch.cuda.mem_get_info(device)  # creates the context if there is none yet
-    return max(0.0, (total - free) / MB - reserved)
+        return max(0.0, per_process - reserved), True
+    return max(0.0, (total - free) / MB - reserved), False
 
 
 def _process_used_mb(device: torch.device) -> float | None:
@@ -132,13 +143,25 @@ def _process_used_mb(device: torch.device) -> float | None:
     try:
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = _nvml_handle(pynvml, index)
         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if p.pid == os.getpid() and p.usedGpuMemory is not None:
                 return p.usedGpuMemory / MB
     except pynvml.NVMLError:  # containers often hide other PIDs, or NVML itself
         return None
     return None
+
+
+def _nvml_handle(pynvml, index: int):
+    """NVML's handle of torch's device ``index``: NVML counts every GPU of the machine, torch
+    only those ``CUDA_VISIBLE_DEVICES`` names (Ray sets it per worker), by index or UUID."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    if index < len(visible):
+        name = visible[index]
+        if name.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(name))
+        return pynvml.nvmlDeviceGetHandleByUUID(name)
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def _peak_rss_mb() -> float:
@@ -212,8 +235,13 @@ def cap_device_memory(device: torch.device, cap_mb: float, outside_mb: float) ->
     """
     if device.type != "cuda":
         return None
+    if cap_mb <= outside_mb:
+        raise ValueError(
+            f"resources.gpu_memory_mb {cap_mb:.0f} leaves nothing beside the {outside_mb:.0f} MB "
+            "the process holds outside the allocator (the CUDA context)"
+        )
     total_mb = torch.cuda.get_device_properties(device).total_memory / MB
-    fraction = min(1.0, max(0.0, cap_mb - outside_mb) / total_mb)
+    fraction = min(1.0, (cap_mb - outside_mb) / total_mb)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
 

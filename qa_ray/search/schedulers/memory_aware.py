@@ -39,7 +39,8 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: rungs at ``grace * rf**k``.
         noise_floor: how far ahead (in a learning objective's units) another trial must be.
         warmup: no trial is judged at a rung below it (default: none).
-        warmup_ratio: the sweep's ``train.warmup_ratio``, for trials that do not sample one.
+        warmup_ratio, warmup_steps: the sweep's ``train.warmup_ratio`` / ``warmup_steps``, for
+            trials that do not sample a ratio (steps win, as in the loop).
         time_attr, constraints, state_file: as :class:`~qa_ray.search.schedulers.mo_asha.MOASHA`'s.
     """
 
@@ -51,7 +52,8 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: float = 3.0,
         noise_floor: float = 1.0,
         warmup: float = 0.0,
-        warmup_ratio: float = 0.0,
+        warmup_ratio: float | None = 0.0,
+        warmup_steps: int | None = None,
         time_attr: str = m.STEP,
         constraints: Sequence[Constraint] = (),
         state_file: str | None = None,
@@ -59,7 +61,8 @@ class MemoryAwareStopping(MOASHA):
         if noise_floor < 0:
             raise ValueError(f"noise_floor must be >= 0, but got noise_floor={noise_floor}")
         self.noise_floor, self.warmup = float(noise_floor), float(warmup)
-        self.warmup_ratio = float(warmup_ratio)
+        self.warmup_ratio = float(warmup_ratio or 0.0)
+        self.warmup_steps = float(warmup_steps) if warmup_steps is not None else None
         self.warmups: dict[str, float] = {}  # trial id -> its warmup, in steps
         super().__init__(
             objectives,
@@ -76,13 +79,18 @@ class MemoryAwareStopping(MOASHA):
         if self.time_attr == m.STEP and trial.trial_id not in self.warmups:
             planned = _float(result.get(m.PLANNED_STEPS))
             config = getattr(trial, "config", None) or {}
-            ratio = _float(config.get("warmup_ratio", self.warmup_ratio))
-            if planned is not None and ratio is not None:
-                self.warmups[trial.trial_id] = ratio * planned
+            ratio = _float(config.get("warmup_ratio"))
+            if ratio is None and self.warmup_steps is not None:
+                self.warmups[trial.trial_id] = self.warmup_steps
+            elif planned is not None:
+                self.warmups[trial.trial_id] = (
+                    self.warmup_ratio if ratio is None else ratio
+                ) * planned
         return super().on_trial_result(tune_controller, trial, result)
 
     def __setstate__(self, state: dict) -> None:  # pickled before per-trial warmups
         state.setdefault("warmup_ratio", 0.0)
+        state.setdefault("warmup_steps", None)
         state.setdefault("warmups", {})
         super().__setstate__(state)
 

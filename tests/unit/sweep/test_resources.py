@@ -121,3 +121,15 @@ def test_a_local_ray_offers_the_memory_nvidia_smi_reports(tmp_path, monkeypatch)
     assert detect_gpu_memory_mb() == 81559.0 + 23028.0
     monkeypatch.setenv("PATH", "/nonexistent")
     assert detect_gpu_memory_mb() is None
+
+
+def test_packing_is_for_one_worker_trials_of_at_most_one_gpu():
+    for bad in (["resources.num_workers=2"], ["resources.gpus_per_worker=2"]):
+        with pytest.raises(ConfigError) as e:
+            _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true", *bad)
+        assert "packs one-worker trials of at most one GPU each" in str(e.value)
+
+
+def test_an_autoscaling_cluster_may_add_its_gpu_nodes_later():
+    cfg = _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true")
+    assert plan(cfg, {"CPU": 0.0}, elastic=True)["per_trial"]["GPU"].startswith("by predicted")

@@ -141,6 +141,33 @@ def test_a_packed_worker_caps_its_allocator_at_its_request_less_the_context(capp
     assert len(capped) == 2
 
 
+def test_a_packed_meter_does_not_count_its_neighbours_memory_as_its_own(cuda, capped):
+    """Without NVML the context is read as the device's used memory less the allocator's
+    reserve, which on a shared GPU holds the neighbours' trials: a packed meter (and its cap)
+    takes the usual CUDA context instead; a cap at or under it is refused."""
+    cuda["used"] = 10_600 * MB  # a neighbour's 10 GB beside this process's context
+    assert PeakMeter(CUDA).outside_mb == 10_600  # alone it would call it all its own
+    shared = PeakMeter(CUDA, shared=True)
+    assert shared.outside_mb == memory.CUDA_CONTEXT_MB and not shared.per_process
+    with pytest.raises(ValueError, match="leaves nothing beside"):
+        memory.cap_device_memory(CUDA, 400.0, shared.outside_mb)
+
+
+def test_nvml_is_asked_for_the_gpu_torch_sees(monkeypatch):
+    calls = []
+    fake = types.SimpleNamespace(
+        nvmlDeviceGetHandleByIndex=lambda i: calls.append(("index", i)),
+        nvmlDeviceGetHandleByUUID=lambda u: calls.append(("uuid", u)),
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    memory._nvml_handle(fake, 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2e")
+    memory._nvml_handle(fake, 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    memory._nvml_handle(fake, 2)
+    assert calls == [("index", 5), ("uuid", "GPU-8f2e"), ("index", 2)]
+
+
 def test_the_failed_allocation_is_read_from_cudas_message():
     msg = (
         "CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 23.68 GiB "
@@ -199,8 +226,9 @@ def test_the_loop_caps_a_packed_worker_and_tells_a_neighbours_out_of_memory_apar
     session = _Session()
     with pytest.raises(memory.NeighbourOutOfMemory, match="within its own cap of 6000 MB"):
         loop.train_loop_per_worker(_loop_config(6000.0), session)
-    assert capped == [pytest.approx(5400 / 24_000)] and session.notes == {}
-    held["reserved_mb"] = 5350  # 5950 MB held: + 20 is over 98 % of the cap
+    # packed: the context taken as the usual 500 MB (no NVML here to read its own)
+    assert capped == [pytest.approx(5500 / 24_000)] and session.notes == {}
+    held["reserved_mb"] = 5400  # 5900 MB held: + 20 is over 98 % of the cap
     with pytest.raises(memory.TrialOutOfMemory):
         loop.train_loop_per_worker(_loop_config(6000.0), session)
     capped.clear()

@@ -59,12 +59,16 @@ def test_a_sweep_selects_it(tmp_path):
         constraints = ["peak_memory_mb <= 22000"]
         model = type("M", (), {"task": "extractive"})
         search = type("S", (), {})
-        train = type("T", (), {"warmup_ratio": 0.1})
+        train = type("T", (), {"warmup_ratio": 0.1, "warmup_steps": None})
 
     Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12, noise_floor=2.0)
     s = early_stopping(Cfg, tmp_path)
     assert isinstance(s, MemoryAwareStopping) and (s.grace, s.noise_floor) == (12, 2.0)
     assert s.warmup_ratio == 0.1  # the sweep's, for trials that do not sample one
+    Cfg.train.warmup_ratio, Cfg.train.warmup_steps = None, 8  # the defaults' None: no error
+    Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12)
+    s = early_stopping(Cfg, tmp_path)
+    assert (s.warmup_ratio, s.warmup_steps) == (0.0, 8.0)
     Cfg.search.scheduler = SchedulerConfig(grace=12)
     assert type(early_stopping(Cfg, tmp_path)).__name__ == "MOASHA"
 
