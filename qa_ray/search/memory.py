@@ -325,10 +325,15 @@ class Prediction:
     peak_mb: float
     sd_mb: float
     measured: bool = False  # this configuration's key was measured: the prediction is that
+    # A trial of this key was stopped over a budget (or ran out of memory) holding this much:
+    # it needs at least that, whatever the fit says.
+    at_least_mb: float | None = None
 
     def fits(self, budget_mb: float, z: float = 2.0) -> bool | None:
         """True: under ``budget_mb`` beyond the uncertainty; False: over it beyond the
-        uncertainty; None: within ``z`` standard deviations of it (unknown)."""
+        uncertainty, or known to need more; None: within ``z`` standard deviations of it."""
+        if self.at_least_mb is not None and self.at_least_mb > budget_mb:
+            return False
         if self.peak_mb - z * self.sd_mb > budget_mb:
             return False
         if self.peak_mb + z * self.sd_mb <= budget_mb:
@@ -343,6 +348,7 @@ class MemoryModel:
     device: str = "cpu"
     shapes: dict[str, ModelShape] = field(default_factory=dict)
     measured: dict[tuple, float] = field(default_factory=dict)  # key -> largest peak seen
+    at_least: dict[tuple, float] = field(default_factory=dict)  # key -> a stopped trial's peak
     _rows: list[tuple[float, float, float]] = field(default_factory=list)  # static, act, peak
 
     def __post_init__(self) -> None:
@@ -358,6 +364,20 @@ class MemoryModel:
         key = memory_key(config)
         self.measured[key] = max(peak_mb, self.measured.get(key, 0.0))
         self._rows.append((f.static_mb, f.activation_mb, float(peak_mb)))
+
+    def observe_at_least(self, config: Mapping[str, Any], peak_mb: float) -> None:
+        """Takes the peak of a trial stopped when it broke a budget or ran out of memory: a lower
+        bound of its key's need. It calibrates the fit like a measurement (the loop stops a
+        trial at its first reading over the budget, by when training has allocated most of
+        what it will), and configurations of the same key are known to need at least it."""
+        key = memory_key(config)
+        self.at_least[key] = max(peak_mb, self.at_least.get(key, 0.0))
+        f = features(config, self.shapes)
+        self._rows.append((f.static_mb, f.activation_mb, float(peak_mb)))
+
+    def __setstate__(self, state: dict) -> None:  # pickled before lower bounds
+        state.setdefault("at_least", {})
+        self.__dict__.update(state)
 
     @property
     def n(self) -> int:
@@ -382,13 +402,14 @@ class MemoryModel:
         if key in self.measured:
             peak = self.measured[key]
             return Prediction(peak, _NOISE * peak, measured=True)
+        floor = self.at_least.get(key)
         f = features(config, self.shapes)
         mean, cov = self.coefficients()
         x = np.array([1.0, f.static_mb, f.activation_mb])
-        peak = float(mean @ x)
+        peak = max(float(mean @ x), floor or 0.0)
         form = self.model_error(mean)
         sd = math.sqrt(max(float(x @ cov @ x), 0.0) + (_NOISE**2 + form**2) * peak**2)
-        return Prediction(peak, sd)
+        return Prediction(peak, sd, at_least_mb=floor)
 
     def model_error(self, mean: np.ndarray | None = None) -> float:
         """The relative error of the account's form: :data:`_MODEL_ERROR` until there are

@@ -185,10 +185,14 @@ class MLflowSweepCallback(Callback):
 
     def _observe_memory(self, trial, final: dict[str, Any]) -> None:
         peak = final.get(m.PEAK_MEMORY_MB)
-        if self.memory is None or not self.base_config or final.get(m.INFEASIBLE):
-            return  # out of memory or over budget: the peak it reached is a lower bound
+        if self.memory is None or not self.base_config:
+            return
         if isinstance(peak, int | float) and peak > 0:
-            self.memory.observe(apply_params(self.base_config, trial.config), float(peak))
+            config = apply_params(self.base_config, trial.config)
+            if final.get(m.INFEASIBLE):  # over budget or out of memory: a lower bound
+                self.memory.observe_at_least(config, float(peak))
+            else:
+                self.memory.observe(config, float(peak))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)

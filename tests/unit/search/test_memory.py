@@ -141,3 +141,19 @@ def test_the_accounts_form_error_is_a_prior_until_six_measurements_then_the_resi
     # the same with peaks 20 % off either way: the fit's spread, degrees of freedom counted
     model._rows = [(s, a, p * (1.2 if i % 2 else 0.8)) for i, (s, a, p) in enumerate(model._rows)]
     assert 0.15 < model.model_error() < 0.4
+
+
+def test_a_key_stopped_over_a_budget_is_known_to_need_at_least_what_it_held():
+    """A trial stopped at its first reading over the budget held 2005 MB: its key needs at least
+    that, so a budget of 2000 rules it out however wide the prediction's uncertainty."""
+    from qa_ray.search.memory import MemoryModel, Prediction
+
+    wide = Prediction(1400.0, 500.0)
+    assert wide.fits(2000.0) is None
+    assert Prediction(1400.0, 500.0, at_least_mb=2005.0).fits(2000.0) is False
+    model = MemoryModel("cpu")
+    state = model.__dict__.copy()
+    state.pop("at_least")
+    old = object.__new__(MemoryModel)
+    old.__setstate__(state)  # pickled before lower bounds
+    assert old.at_least == {}

@@ -97,7 +97,11 @@ def test_every_child_run_logs_its_predicted_peak_and_measurements_refine_the_mod
     callback.on_trial_complete(0, [], oom)
     callback.on_trial_start(0, [], b)  # same memory key as a: a's measurement
     callback.on_trial_start(0, [], c)
-    assert memory.n == 1  # the infeasible trial's peak is a lower bound: not taken
+    # the infeasible trial's peak is a lower bound: it calibrates, and its key needs at least it
+    assert memory.n == 2
+    again = memory.predict({**base, "train": {**base["train"], "per_device_batch_size": 64}})
+    assert again.at_least_mb == 99_999.0 and again.peak_mb >= 99_999.0
+    assert again.fits(20_000.0) is False
 
     logged = {r.info.run_name: r.data.metrics for r in child_runs(uri, parent)}
     assert logged["trial-1"][m.PREDICTED_PEAK_MEMORY_MB] == prior
