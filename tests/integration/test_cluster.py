@@ -135,6 +135,7 @@ def _fake_cluster_config(gcs_address: str) -> dict:
     }
 
 
+@pytest.mark.slow  # Ray's autoscaler launching and idling out nodes: `pytest -m slow`
 def test_autoscaler_adds_worker_nodes_for_a_sweep_and_removes_them(
     tiny_model_dir, tmp_path, server, capsys
 ):
