@@ -30,7 +30,7 @@ import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -152,7 +152,7 @@ def _process_used_mb(device: torch.device) -> float | None:
     return None
 
 
-def _nvml_handle(pynvml, index: int):
+def _nvml_handle(pynvml: Any, index: int) -> Any:
     """NVML's handle of torch's device ``index``: NVML counts every GPU of the machine, torch
     only those ``CUDA_VISIBLE_DEVICES`` names (Ray sets it per worker), by index or UUID."""
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
