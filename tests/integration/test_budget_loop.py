@@ -47,7 +47,7 @@ class _Meter:
     level = 100.0
     live: list[_Meter] = []
 
-    def __init__(self, device):
+    def __init__(self, device, shared=False):
         self.peak = self.level
         _Meter.live.append(self)
 
