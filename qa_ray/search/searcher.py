@@ -88,31 +88,29 @@ class MemoryAdmission:
     stopped: str | None = None  # why the search ended, once it has
     _off: bool = field(default=False, repr=False)
 
-    def check(self, config: Mapping[str, Any], budgets: Sequence[Constraint]) -> Prediction | None:
-        """The prediction of a configuration predicted over a memory budget, or None (run
-        it: within budget, uncertain, or not predictable)."""
+    def _predict(self, config: Mapping[str, Any]) -> Prediction | None:
+        """The sampled config's prediction, or None once the model cannot be read."""
         if self._off:
             return None
         try:
-            p = self.model.predict(apply_params(self.base, dict(config)))
+            return self.model.predict(apply_params(self.base, dict(config)))
         except ValueError as exc:  # a model the account cannot read: admit everything
             logger.warning("memory admission off: %s", exc)
             self._off = True
             return None
-        if any(p.fits(c.bound, self.z) is False for c in budgets):
+
+    def check(self, config: Mapping[str, Any], budgets: Sequence[Constraint]) -> Prediction | None:
+        """The prediction of a configuration predicted over a memory budget, or None (run
+        it: within budget, uncertain, or not predictable)."""
+        p = self._predict(config)
+        if p is not None and any(p.fits(c.bound, self.z) is False for c in budgets):
             return p
         return None
 
     def request_mb(self, config: Mapping[str, Any]) -> float | None:
         """What a packed trial asks for: ``(peak + z sd) * (1 + pack_margin)``, rounded up to a
         whole MB; None without packing or without a prediction."""
-        if self.pack_margin is None or self._off:
-            return None
-        try:
-            p = self.model.predict(apply_params(self.base, dict(config)))
-        except ValueError as exc:
-            logger.warning("memory admission off: %s", exc)
-            self._off = True
+        if self.pack_margin is None or (p := self._predict(config)) is None:
             return None
         return float(math.ceil(round((p.peak_mb + self.z * p.sd_mb) * (1.0 + self.pack_margin), 6)))
 

@@ -292,14 +292,6 @@ def _fit(
 
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
-    device_mb = None
-    if cfg.resources.pack_by_memory and not p["elastic"]:
-        # (An autoscaled cluster's GPU nodes may come later: each trial looks when it starts.)
-        import ray
-
-        from qa_ray.sweep.resources import device_memory_mb
-
-        device_mb = device_memory_mb(ray.nodes())
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
     # needs a non-empty bundle, so the driver asks for a token amount of memory (1 byte).
     trainable = tune.with_resources(
@@ -308,7 +300,6 @@ def _fit(
             base=base,
             storage_path=f"{exp_path}/train",
             objectives=tuple(o.metric for o in cfg.objectives),
-            device_mb=device_mb,
         ),
         {"memory": 1},
     )

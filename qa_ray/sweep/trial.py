@@ -101,7 +101,9 @@ def run_trial(
 
     Packed (``resources.pack_by_memory``), each worker asks for the config's memory request
     (:data:`~qa_ray.metrics.MEMORY_REQUEST_MB`, set by the searcher) and that share of the
-    cluster's largest GPU (``device_mb``), and caps itself there (``resources.gpu_memory_mb``).
+    cluster's largest GPU (``device_mb``; by default read from the nodes up when the trial
+    starts, so an autoscaled cluster's later GPU nodes count), and caps itself there
+    (``resources.gpu_memory_mb``).
     """
     for name, value in TRAIN_ENV.items():
         os.environ.setdefault(name, value)

@@ -81,16 +81,13 @@ class _FakeTrainer:
         _FakeTrainer.env = dict(os.environ)
 
 
-def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_otherwise(
-    monkeypatch,
-):
-    """Ray Train's controller copies RAY_TRAIN_* variables from the process calling fit():
-    the trial function sets the poll interval there, and leaves one the user set alone."""
+def _outside_tune(monkeypatch, trainer) -> None:
+    """What run_trial needs of Tune and Ray Train, without them: ``trainer`` as TorchTrainer,
+    a trial context, and a plain callback for the reports."""
     import ray.train.torch
     from ray import tune
 
     from qa_ray.sweep import trial as sweep
-    from qa_ray.sweep.trial import run_trial
 
     class _Ctx:
         def get_experiment_name(self):
@@ -99,9 +96,20 @@ def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_other
         def get_trial_name(self):
             return "trial-1"
 
-    monkeypatch.setattr(ray.train.torch, "TorchTrainer", _FakeTrainer)
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", trainer)
     monkeypatch.setattr(tune, "get_context", lambda: _Ctx())
     monkeypatch.setattr(sweep, "_reports_to_tune", lambda objectives: ray.train.UserCallback())
+
+
+def test_the_train_controller_polls_its_workers_twice_a_second_unless_told_otherwise(
+    monkeypatch,
+):
+    """Ray Train's controller copies RAY_TRAIN_* variables from the process calling fit():
+    the trial function sets the poll interval there, and leaves one the user set alone."""
+
+    from qa_ray.sweep.trial import run_trial
+
+    _outside_tune(monkeypatch, _FakeTrainer)
     base = _cfg().trial_config().model_dump()
     name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
     monkeypatch.delenv(name, raising=False)
@@ -139,10 +147,7 @@ def test_a_packed_trial_asks_for_its_request_and_its_workers_cap_themselves(monk
     """The sampled config's memory request becomes each worker's Ray resources (memory and the
     share of the cluster's largest GPU) and the cap the loop sets (resources.gpu_memory_mb); a
     loop told to stay on the CPU while holding GPUs gets gloo, as NCCL needs CUDA tensors."""
-    import ray.train.torch
-    from ray import tune
 
-    from qa_ray.sweep import trial as sweep
     from qa_ray.sweep.trial import run_trial
 
     seen = {}
@@ -154,16 +159,7 @@ def test_a_packed_trial_asks_for_its_request_and_its_workers_cap_themselves(monk
         def fit(self):
             pass
 
-    class _Ctx:
-        def get_experiment_name(self):
-            return "exp"
-
-        def get_trial_name(self):
-            return "trial-1"
-
-    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
-    monkeypatch.setattr(tune, "get_context", lambda: _Ctx())
-    monkeypatch.setattr(sweep, "_reports_to_tune", lambda objectives: ray.train.UserCallback())
+    _outside_tune(monkeypatch, Trainer)
     base = (
         _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true", "train.device=cpu")
         .trial_config()
