@@ -283,9 +283,17 @@ def summarize(pairs: Sequence[tuple[Outcome, Outcome]]) -> dict[str, Any]:
         "hv_iqm_ci": bootstrap_interval(hv) if hv else (math.nan, math.nan),
         "hv_at_95": sum(v >= 0.95 for v in hv) / len(hv) if hv else math.nan,
         "hv_draws": len(hv),
+        "hv_range": _central(hv) if hv else (math.nan, math.nan),
         "steps_by_rung": by_rung,
         "fixed_share": sum(o.fixed_seconds for o, _ in pairs) / sum(o.seconds for o, _ in pairs),
     }
+
+
+def _central(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Where the middle ``level`` of single draws fall (what one more run should land in)."""
+    v = sorted(values)
+    a = (1 - level) / 2
+    return v[int(a * (len(v) - 1))], v[math.ceil((1 - a) * (len(v) - 1))]
 
 
 def format_summary(results: dict[str, dict[str, Any]], rungs: Sequence[float]) -> str:
@@ -358,6 +366,110 @@ def format_noise(n: dict[str, Any]) -> str:
     )
 
 
+# ---- a live sweep against the replay --------------------------------------------------------------
+
+
+def scheduler_from_block(block: dict[str, Any], table: Table) -> TrialScheduler:
+    """The scheduler a sweep's ``search.scheduler`` block (as its curve table records it)
+    names, built as ``qa_ray.sweep.tuner.early_stopping`` builds it (no state file)."""
+    from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
+
+    common = {
+        "grace": float(block["grace"]),
+        "reduction_factor": float(block.get("reduction_factor", 3.0)),
+        "time_attr": block.get("time_attr", m.STEP),
+        "constraints": table.constraints,
+    }
+    if block.get("type") == "memory_aware":
+        return MemoryAwareStopping(
+            table.objectives,
+            noise_floor=float(block.get("noise_floor", 1.0)),
+            memory_slack=float(block.get("memory_slack", 0.0)),
+            warmup=float(block.get("warmup", 0.0)),
+            **common,
+        )
+    return MOASHA(table.objectives, **common)
+
+
+def live_check(
+    table: Table,
+    live_path: str,
+    workers: int,
+    draws: int = 200,
+    seed: int = 0,
+    fixed: float = FIXED_SECONDS,
+) -> dict[str, Any]:
+    """A sweep run live with a scheduler (``live_path``, its curve table) against the same
+    configurations run to their end (in ``table``) and against the replay of that scheduler.
+
+    The live ratios: the hypervolume of the live trials that ran to their end (their own
+    values) over that of every matched configuration run to its end (the table's), and the
+    steps and seconds (``fixed`` a trial added to both) live over run-to-end. The replay: the
+    same scheduler on the same configurations in the live order (one deterministic run), and
+    over ``draws`` random draws of as many configurations of the table, the central 95 % of
+    single draws and the IQM's bootstrap interval."""
+    with open(live_path) as f:
+        raw = json.load(f)
+    if not raw.get("scheduler"):
+        raise ValueError(f"{live_path}: the sweep ran without a scheduler (`scheduler` is null)")
+    index = {_config_key(t["config"]): i for i, t in enumerate(table.trials)}
+    matched, missing = [], []
+    for t in raw["trials"]:
+        if t["outcome"] not in ("complete", "pruned", "infeasible") or not t["rows"]:
+            continue
+        key = _config_key(t["config"])
+        (matched.append((t, index[key])) if key in index else missing.append(t["name"]))
+    if missing:
+        raise ValueError(
+            f"{live_path}: {len(missing)} live trial(s) have no configuration in the table "
+            f"({', '.join(missing[:3])}): run the live sweep with the table's sampler and seed"
+        )
+    live = Table(table.objectives, table.constraints, tuple(t for t, _ in matched), table.reference)
+    finished = [j for j, (t, _) in enumerate(matched) if t["outcome"] != "pruned"]
+    order = [i for _, i in matched]
+    full = simulate(table, order, FIFOScheduler(), workers, fixed)
+    steps = sum(t["rows"][-1][m.STEP] for t, _ in matched)
+    seconds = sum(fixed + t["rows"][-1][m.TRAIN_SECONDS] for t, _ in matched)
+    again = simulate(table, order, scheduler_from_block(raw["scheduler"], table), workers, fixed)
+    rule = Rule("live rule", lambda t: scheduler_from_block(raw["scheduler"], t))
+    drawn = replay(table, [rule], len(order), workers, draws, seed, fixed)["live rule"]
+    return {
+        "scheduler": raw["scheduler"],
+        "trials": len(order),
+        "stopped": len(order) - len(finished),
+        "hv": front_hypervolume(live, finished) / full.hypervolume,
+        "steps": steps / full.steps,
+        "seconds": seconds / full.seconds,
+        "replayed": {
+            "hv": again.hypervolume / full.hypervolume,
+            "steps": again.steps / full.steps,
+            "stopped": len(again.stopped),
+        },
+        "draws": drawn,
+    }
+
+
+def format_live(r: dict[str, Any], workers: int) -> str:
+    d = r["draws"]
+    lo, hi = d["hv_range"]
+    ci_lo, ci_hi = d["hv_iqm_ci"]
+    inside = lo <= r["hv"] <= hi
+    return "\n".join(
+        [
+            f"live sweep: {r['scheduler']}, {r['trials']} trials, {r['stopped']} stopped early",
+            f"  live:                     hv ratio {r['hv']:.3f} at {r['steps']:.0%} of the steps, "
+            f"{r['seconds']:.0%} of the seconds",
+            f"  replayed, same order, {workers} worker{'s' if workers > 1 else ''}: hv ratio "
+            f"{r['replayed']['hv']:.3f} at {r['replayed']['steps']:.0%} of the steps, "
+            f"{r['replayed']['stopped']} stopped early",
+            f"  replay, {d['hv_draws']} draws of {r['trials']}: hv IQM {d['hv_iqm']:.3f} "
+            f"[{ci_lo:.3f}, {ci_hi:.3f}], central 95 % of draws [{lo:.3f}, {hi:.3f}], "
+            f"steps {d['steps']:.0%}",
+            f"  the live ratio is {'inside' if inside else 'OUTSIDE'} the replay's central 95 %",
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("table")
@@ -371,13 +483,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--noise-floor", type=float, default=1.0, help="memory_aware's, F1 points")
     p.add_argument("--warmup", type=float, default=0.0, help="memory_aware's, steps")
     p.add_argument(
+        "--memory-slack", type=float, default=0.0, help="memory_aware's, a fraction"
+    )  # fmt: skip
+    p.add_argument(
         "--rerun", help="a table of some of the same configurations with another seed: "
         "prints the noise floor"
     )  # fmt: skip
+    p.add_argument(
+        "--live", help="the curve table of a sweep run with a scheduler on configurations of "
+        "TABLE: its ratios against the replay's (then only that is printed)"
+    )  # fmt: skip
+    p.add_argument("--live-workers", type=int, default=2, help="the live sweep's concurrency")
     args = p.parse_args(argv)
     table = load_table(args.table)
+    if args.live:
+        r = live_check(table, args.live, args.live_workers, args.draws, args.seed, args.fixed)
+        print(f"{args.table}: {len(table.trials)} trials; fixed cost {args.fixed:g} s")
+        print(format_live(r, args.live_workers))
+        return 0
     rules = default_rules(args.graces, args.rf) + _extra_rules(
-        args.rf, args.graces[0], args.noise_floor, args.warmup
+        args.rf, args.graces[0], args.noise_floor, args.warmup, args.memory_slack
     )
     rungs = [args.graces[0] * args.rf**k for k in range(4)]
     print(
@@ -397,7 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _extra_rules(
-    rf: float, grace: float = 10, noise_floor: float = 1.0, warmup: float = 0.0
+    rf: float,
+    grace: float = 10,
+    noise_floor: float = 1.0,
+    warmup: float = 0.0,
+    memory_slack: float = 0.0,
 ) -> list[Rule]:
     from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
@@ -409,6 +538,7 @@ def _extra_rules(
                 grace=grace,
                 reduction_factor=rf,
                 noise_floor=noise_floor,
+                memory_slack=memory_slack,
                 warmup=warmup,
                 constraints=t.constraints,
             ),

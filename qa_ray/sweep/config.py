@@ -84,6 +84,12 @@ class SchedulerConfig(Block):
         description="memory_aware: how far ahead (F1 points) a trial with no more memory "
         "must be to stop another",
     )
+    memory_slack: float = Field(
+        0.0,
+        ge=0,
+        description="memory_aware: the trial ahead may use up to this fraction more memory "
+        "(0: no more)",
+    )
     warmup: float = Field(
         0.0, ge=0, description="memory_aware: no trial is judged at a rung below it"
     )

@@ -61,6 +61,7 @@ def early_stopping(cfg: SweepConfig, local: Path):
             MemoryAwareStopping,
             {
                 "noise_floor": sc.noise_floor,
+                "memory_slack": sc.memory_slack,
                 "warmup": sc.warmup,
                 "warmup_ratio": cfg.train.warmup_ratio,
                 "warmup_steps": cfg.train.warmup_steps,

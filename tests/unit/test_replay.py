@@ -100,3 +100,62 @@ def test_the_noise_floor_compares_the_same_configurations_across_seeds(replay, t
     lo, hi = sorted(n["hv_ratio"])
     assert lo <= 1.0 <= hi and lo == pytest.approx(1 / hi)
     assert "noise floor (3 configurations" in replay.format_noise(n)
+
+
+def test_a_live_sweep_is_checked_against_the_replay_of_its_own_configurations(replay, tmp_path):
+    """A live table whose trials stopped where the replayed rule stops them gives the
+    replayed ratios exactly; a trial the table does not hold is refused by name."""
+    import json
+
+    raw = json.loads(Path(TABLE).read_text())
+    t = replay.load_table(TABLE)
+    block = {"type": "memory_aware", "grace": 10, "reduction_factor": 3, "noise_floor": 1.0}
+    order = [6, 7, 3, 0, 2, 5, 1, 4]
+    sched = replay.scheduler_from_block(block, t)
+    stopped_at = {}
+    original = sched.on_trial_complete
+
+    def complete(controller, trial, result):  # the step each trial ended at
+        stopped_at[int(trial.trial_id[1:])] = result["step"]
+        return original(controller, trial, result)
+
+    sched.on_trial_complete = complete
+    again = replay.simulate(t, order, sched, 2)
+    assert again.stopped  # the rule stops some of them, or the check says nothing
+    live = dict(raw, scheduler=block, trials=[])
+    for i in order:
+        tr = raw["trials"][i]
+        rows = [r for r in tr["rows"] if r["step"] <= stopped_at[i]]
+        live["trials"].append(
+            dict(tr, rows=rows, outcome="pruned" if i in again.stopped else "complete")
+        )
+    path = tmp_path / "live.json"
+    path.write_text(json.dumps(live))
+    r = replay.live_check(t, str(path), workers=2, draws=20)
+    assert r["trials"] == 8 and r["stopped"] == len(again.stopped)
+    assert r["hv"] == pytest.approx(r["replayed"]["hv"]) and r["steps"] == r["replayed"]["steps"]
+    lo, hi = r["draws"]["hv_range"]
+    assert lo <= r["draws"]["hv_iqm"] <= hi
+    assert "live sweep:" in replay.format_live(r, 2)
+
+    live["trials"][0] = dict(live["trials"][0], config={"learning_rate": 1.0}, name="odd")
+    path.write_text(json.dumps(live))
+    with pytest.raises(ValueError, match=r"1 live trial\(s\) have no configuration.*odd"):
+        replay.live_check(t, str(path), workers=2, draws=20)
+    path.write_text(json.dumps(dict(live, scheduler=None)))
+    with pytest.raises(ValueError, match="ran without a scheduler"):
+        replay.live_check(t, str(path), workers=2, draws=20)
+
+
+def test_tune_rule_picks_the_cheapest_setting_that_keeps_the_front(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("tune_rule", ROOT / "benchmarks" / "tune_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [TABLE, "--draws", "10", "--sizes", "6", "--graces", "10", "--rfs", "3"]
+    assert module.main([*argv, "--noise-floors", "1", "50", "--memory-slacks", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "2 settings x 2 cells" in out
+    assert "chosen: g10 rf3 nf1 slack0" in out  # nf 50 stops nothing: it costs more
+    assert "--graces 10 30 --rf 3 --noise-floor 1 --memory-slack 0" in out
+    assert module.main([*argv, "--noise-floors", "1", "--keep", "1.01"]) == 0
+    assert "no setting keeps 1.01" in capsys.readouterr().out

@@ -7,7 +7,10 @@ nothing of how far behind a trial is. Peak memory is set by the configuration an
 the first evaluation on; F1 is the learning curve. So a trial is stopped at a rung when a
 trial recorded there with no more of every set objective (memory, footprint, parameters:
 :data:`qa_ray.metrics.BUDGET_METRICS`) is no worse on every learning objective and better on
-one by more than ``noise_floor`` (in its units: F1 points). Never stopped:
+one by more than ``noise_floor`` (in its units: F1 points). ``memory_slack`` widens "no more"
+to "at most that fraction more": a trial only a little leaner than a far better one adds a
+thin strip of hypervolume, so stopping it behind that one costs little and saves its steps.
+Never stopped:
 
 - the lowest-memory feasible trial at the rung (over-budget ones are stopped at once);
 - a trial at a rung inside its learning-rate warmup, when early F1 says little: with steps as
@@ -16,7 +19,7 @@ one by more than ``noise_floor`` (in its units: F1 points). Never stopped:
 
 Rungs, budgets, the state file and "stopped stays stopped" are MO-ASHA's
 (:class:`qa_ray.search.schedulers.mo_asha.MOASHA`); only the rule at a rung differs. Select it with
-``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0}``.
+``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0, memory_slack: 0.0}``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class MemoryAwareStopping(MOASHA):
         grace: the first rung.
         reduction_factor: rungs at ``grace * rf**k``.
         noise_floor: how far ahead (in a learning objective's units) another trial must be.
+        memory_slack: how much more of a set objective (a fraction of the trial's) the trial
+            ahead may use; 0 is "no more".
         warmup: no trial is judged at a rung below it (default: none).
         warmup_ratio, warmup_steps: the sweep's ``train.warmup_ratio`` / ``warmup_steps``, for
             trials that do not sample a ratio (steps win, as in the loop).
@@ -51,6 +56,7 @@ class MemoryAwareStopping(MOASHA):
         grace: float,
         reduction_factor: float = 3.0,
         noise_floor: float = 1.0,
+        memory_slack: float = 0.0,
         warmup: float = 0.0,
         warmup_ratio: float | None = 0.0,
         warmup_steps: int | None = None,
@@ -60,7 +66,10 @@ class MemoryAwareStopping(MOASHA):
     ):
         if noise_floor < 0:
             raise ValueError(f"noise_floor must be >= 0, but got noise_floor={noise_floor}")
+        if memory_slack < 0:
+            raise ValueError(f"memory_slack must be >= 0, but got memory_slack={memory_slack}")
         self.noise_floor, self.warmup = float(noise_floor), float(warmup)
+        self.memory_slack = float(memory_slack)
         self.warmup_ratio = float(warmup_ratio or 0.0)
         self.warmup_steps = float(warmup_steps) if warmup_steps is not None else None
         self.warmups: dict[str, float] = {}  # trial id -> its warmup, in steps
@@ -92,19 +101,22 @@ class MemoryAwareStopping(MOASHA):
         state.setdefault("warmup_ratio", 0.0)
         state.setdefault("warmup_steps", None)
         state.setdefault("warmups", {})
+        state.setdefault("memory_slack", 0.0)
         super().__setstate__(state)
 
     def keeps(self, k: int, trial_id: str) -> bool:
-        """Whether no trial at rung k with no more of every set objective is ahead of
-        ``trial_id`` by more than the noise floor (values in minimization form)."""
+        """Whether no trial at rung k with no more of every set objective (``memory_slack``
+        more) is ahead of ``trial_id`` by more than the noise floor (values in minimization
+        form)."""
         if self.rung(k) < max(self.warmup, self.warmups.get(trial_id, 0.0)) or not self._learning:
             return True
         rung = self.rungs[k]
         x = rung[trial_id]
         if self._set and all(x[self._set[0]] <= p[self._set[0]] for p in rung.values()):
             return True  # the lowest-memory trial (rung entries are all within budget)
+        room = 1.0 + self.memory_slack
         for other, y in rung.items():
-            if other == trial_id or any(y[d] > x[d] for d in self._set):
+            if other == trial_id or any(y[d] > x[d] * room for d in self._set):
                 continue
             if all(y[d] <= x[d] for d in self._learning) and any(
                 x[d] - y[d] > self.noise_floor for d in self._learning

@@ -31,6 +31,18 @@ def test_stopped_only_behind_a_trial_with_no_more_memory_by_more_than_the_noise_
     assert s.stopped == {"poor": 0}
 
 
+def test_memory_slack_lets_a_slightly_leaner_trial_stop_behind_a_far_better_one():
+    for slack, decision in ((0.0, GO), (0.1, STOP)):
+        s = rule(memory_slack=slack)
+        assert s.decide("tiny", r(10, 5.0, 1000)) == GO
+        assert s.decide("good", r(10, 60.0, 3000)) == GO
+        # 5 % leaner than "good", 30 points behind: only a thin strip of hypervolume
+        assert s.decide("lean", r(10, 30.0, 2850)) == decision
+        assert s.decide("leaner", r(10, 30.0, 2500)) == GO  # 17 % leaner: out of reach
+    with pytest.raises(ValueError, match="memory_slack must be >= 0"):
+        rule(memory_slack=-0.1)
+
+
 def test_the_lowest_memory_trial_and_the_warmup_are_never_judged():
     s = rule(warmup=30)
     assert s.decide("a", r(10, 70.0, 2000)) == GO
@@ -61,9 +73,12 @@ def test_a_sweep_selects_it(tmp_path):
         search = type("S", (), {})
         train = type("T", (), {"warmup_ratio": 0.1, "warmup_steps": None})
 
-    Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12, noise_floor=2.0)
+    Cfg.search.scheduler = SchedulerConfig(
+        type="memory_aware", grace=12, noise_floor=2.0, memory_slack=0.1
+    )
     s = early_stopping(Cfg, tmp_path)
     assert isinstance(s, MemoryAwareStopping) and (s.grace, s.noise_floor) == (12, 2.0)
+    assert s.memory_slack == 0.1
     assert s.warmup_ratio == 0.1  # the sweep's, for trials that do not sample one
     Cfg.train.warmup_ratio, Cfg.train.warmup_steps = None, 8  # the defaults' None: no error
     Cfg.search.scheduler = SchedulerConfig(type="memory_aware", grace=12)
