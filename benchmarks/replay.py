@@ -48,6 +48,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from qa_ray import metrics as m
 from qa_ray.pareto import hypervolume_history, parse_constraint
 from qa_ray.report.summary import reference_point
+from qa_ray.search.schedulers.memory_aware import rank_correlation
 from qa_ray.search.schedulers.mo_asha import MOASHA
 
 STOP = TrialScheduler.STOP
@@ -313,6 +314,28 @@ def format_summary(results: dict[str, dict[str, Any]], rungs: Sequence[float]) -
     return "\n".join(lines)
 
 
+# ---- when the curves start to say something ---------------------------------------------------------
+
+
+def signal_by_step(table: Table) -> dict[float, float]:
+    """Spearman's rank correlation, over the table's trials, between the first objective at
+    each recorded step and at the trial's end: how much a rung there can know of the end.
+    Near 0, any rule that stops trials there is guessing."""
+    metric = table.objectives[0][0]
+    final = {i: t["rows"][-1].get(metric) for i, t in enumerate(table.trials)}
+    by_step: dict[float, list[tuple[float, float]]] = {}
+    for i, t in enumerate(table.trials):
+        for r in t["rows"][:-1]:
+            if r.get(metric) is not None and final[i] is not None:
+                by_step.setdefault(r[m.STEP], []).append((r[metric], final[i]))
+    return {s: rank_correlation(pairs) for s, pairs in sorted(by_step.items()) if len(pairs) >= 3}
+
+
+def format_signal(signal: dict[float, float], metric: str) -> str:
+    cells = "; ".join(f"{s:g}: {rho:+.2f}" for s, rho in signal.items())
+    return f"rank correlation of {metric} at a step with its final value, by step: {cells}"
+
+
 # ---- the noise floor: the same configurations with another seed ---------------------------------
 
 # Params that name a trial or seed it, not its configuration.
@@ -385,6 +408,8 @@ def scheduler_from_block(block: dict[str, Any], table: Table) -> TrialScheduler:
             table.objectives,
             noise_floor=float(block.get("noise_floor", 1.0)),
             memory_slack=float(block.get("memory_slack", 0.0)),
+            min_signal=block.get("min_signal"),
+            signal_trials=int(block.get("signal_trials", 5)),
             warmup=float(block.get("warmup", 0.0)),
             **common,
         )
@@ -485,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--memory-slack", type=float, default=0.0, help="memory_aware's, a fraction"
     )  # fmt: skip
+    p.add_argument("--min-signal", type=float, help="memory_aware's (default: none)")
+    p.add_argument("--signal-trials", type=int, default=5, help="memory_aware's")
     p.add_argument(
         "--rerun", help="a table of some of the same configurations with another seed: "
         "prints the noise floor"
@@ -502,13 +529,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_live(r, args.live_workers))
         return 0
     rules = default_rules(args.graces, args.rf) + _extra_rules(
-        args.rf, args.graces[0], args.noise_floor, args.warmup, args.memory_slack
+        args.rf,
+        args.graces[0],
+        args.noise_floor,
+        args.warmup,
+        args.memory_slack,
+        args.min_signal,
+        args.signal_trials,
     )
     rungs = [args.graces[0] * args.rf**k for k in range(4)]
     print(
         f"{args.table}: {len(table.trials)} trials; reference {table.reference}; "
         f"{args.draws} draws; fixed cost {args.fixed:g} s; ratios to running everything"
     )
+    print(format_signal(signal_by_step(table), table.objectives[0][0]))
     if args.rerun:
         print(format_noise(noise_floor(table, load_table(args.rerun))))
     began = time.perf_counter()
@@ -527,6 +561,8 @@ def _extra_rules(
     noise_floor: float = 1.0,
     warmup: float = 0.0,
     memory_slack: float = 0.0,
+    min_signal: float | None = None,
+    signal_trials: int = 5,
 ) -> list[Rule]:
     from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
@@ -539,6 +575,8 @@ def _extra_rules(
                 reduction_factor=rf,
                 noise_floor=noise_floor,
                 memory_slack=memory_slack,
+                min_signal=min_signal,
+                signal_trials=signal_trials,
                 warmup=warmup,
                 constraints=t.constraints,
             ),

@@ -2,7 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/tune_rule.py benchmarks/curves/minilm_squad_v1_a.json
 
-Every combination of grace, reduction factor, noise floor and memory slack in the grid is
+Every combination of grace, reduction factor, noise floor, memory slack (and, with
+``--min-signals``, the rung gate ``min_signal``) in the grid is
 replayed (``benchmarks/replay.py``: the real scheduler, simulated asynchronous arrival) on the
 same seeded draws at N = 12 and 24 configurations, 1 and 4 workers (``--sizes``,
 ``--workers``). The chosen setting is the
@@ -31,16 +32,27 @@ from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping  # noqa: E
 
 
 def grid_rules(
-    graces: Sequence[float], rfs: Sequence[float], floors: Sequence[float], slacks: Sequence[float]
+    graces: Sequence[float],
+    rfs: Sequence[float],
+    floors: Sequence[float],
+    slacks: Sequence[float],
+    signals: Sequence[float | None] = (None,),
 ) -> list[tuple[dict, Rule]]:
     out = []
-    for g, rf, nf, sl in itertools.product(graces, rfs, floors, slacks):
-        params = {"grace": g, "reduction_factor": rf, "noise_floor": nf, "memory_slack": sl}
+    for g, rf, nf, sl, sig in itertools.product(graces, rfs, floors, slacks, signals):
+        params = {
+            "grace": g,
+            "reduction_factor": rf,
+            "noise_floor": nf,
+            "memory_slack": sl,
+            "min_signal": sig,
+        }
         out.append(
             (
                 params,
                 Rule(
-                    f"g{g:g} rf{rf:g} nf{nf:g} slack{sl:g}",
+                    f"g{g:g} rf{rf:g} nf{nf:g} slack{sl:g}"
+                    + ("" if sig is None else f" sig{sig:g}"),
                     lambda t, p=params: MemoryAwareStopping(
                         t.objectives, constraints=t.constraints, **p
                     ),
@@ -61,12 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep", type=float, default=0.95, help="the hypervolume ratio to keep")
     p.add_argument("--graces", type=float, nargs="+", default=[2, 4, 8])
     p.add_argument("--rfs", type=float, nargs="+", default=[2, 3])
-    p.add_argument("--noise-floors", type=float, nargs="+", default=[1.5, 2, 3, 4])
-    p.add_argument("--memory-slacks", type=float, nargs="+", default=[0, 0.05, 0.1, 0.2])
+    p.add_argument("--noise-floors", type=float, nargs="+", default=[1, 1.5, 2, 3, 4])
+    p.add_argument("--memory-slacks", type=float, nargs="+", default=[0, 0.05, 0.1, 0.2, 0.3])
+    p.add_argument(
+        "--min-signals", type=_signal, nargs="+", default=[None],
+        help="memory_aware's min_signal values ('none': off); default: off only",
+    )  # fmt: skip
     args = p.parse_args(argv)
     table = load_table(args.table)
     cell_keys = list(itertools.product(args.sizes, args.workers))
-    grid = grid_rules(args.graces, args.rfs, args.noise_floors, args.memory_slacks)
+    grid = grid_rules(
+        args.graces, args.rfs, args.noise_floors, args.memory_slacks, args.min_signals
+    )
     began = time.perf_counter()
     cells = {
         (n, w): replay(table, [r for _, r in grid], n, w, args.draws, args.seed, args.fixed)
@@ -109,9 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "table:\n  PYTHONPATH=. .venv/bin/python benchmarks/replay.py OTHER_TABLE.json "
         f"--graces {c['grace']:g} {3 * c['grace']:g} --rf {c['reduction_factor']:g} "
         f"--noise-floor {c['noise_floor']:g} --memory-slack {c['memory_slack']:g}"
+        + ("" if c["min_signal"] is None else f" --min-signal {c['min_signal']:g}")
     )
     print(f"\n{time.perf_counter() - began:.1f} s")
     return 0
+
+
+def _signal(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 if __name__ == "__main__":

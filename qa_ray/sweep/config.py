@@ -90,6 +90,16 @@ class SchedulerConfig(Block):
         description="memory_aware: the trial ahead may use up to this fraction more memory "
         "(0: no more)",
     )
+    min_signal: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="memory_aware: a rung judges only once the trials run to their end rank "
+        "there as at their end, by at least this rank correlation (null: always judges)",
+    )
+    signal_trials: int = Field(
+        5, ge=3, description="memory_aware: the trials run to their end that min_signal needs"
+    )
     warmup: float = Field(
         0.0, ge=0, description="memory_aware: no trial is judged at a rung below it"
     )

@@ -62,6 +62,8 @@ def early_stopping(cfg: SweepConfig, local: Path):
             {
                 "noise_floor": sc.noise_floor,
                 "memory_slack": sc.memory_slack,
+                "min_signal": sc.min_signal,
+                "signal_trials": sc.signal_trials,
                 "warmup": sc.warmup,
                 "warmup_ratio": cfg.train.warmup_ratio,
                 "warmup_steps": cfg.train.warmup_steps,

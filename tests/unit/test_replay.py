@@ -159,3 +159,16 @@ def test_tune_rule_picks_the_cheapest_setting_that_keeps_the_front(tmp_path, cap
     assert "--graces 10 30 --rf 3 --noise-floor 1 --memory-slack 0" in out
     assert module.main([*argv, "--noise-floors", "1", "--keep", "1.01"]) == 0
     assert "no setting keeps 1.01" in capsys.readouterr().out
+
+
+def test_the_signal_by_step_is_the_rank_correlation_with_the_end(replay):
+    from qa_ray.search.schedulers.memory_aware import _ranks, rank_correlation
+
+    assert rank_correlation([(1, 10), (2, 20), (3, 30)]) == pytest.approx(1.0)
+    assert rank_correlation([(1, 30), (2, 20), (3, 10)]) == pytest.approx(-1.0)
+    assert _ranks([5.0, 1.0, 5.0]) == [1.5, 0.0, 1.5]  # ties share their mean rank
+    signal = replay.signal_by_step(replay.load_table(TABLE))
+    assert list(signal) == [10, 30, 60, 90, 150, 210, 270]  # every step but the last (300)
+    assert signal[10] == pytest.approx(0.762, abs=1e-3)  # 16 / 21
+    assert signal[270] > signal[10]  # the tiny table's curves separate as they go
+    assert replay.format_signal({2: 0.05}, "eval_f1").endswith("2: +0.05")

@@ -17,20 +17,32 @@ Never stopped:
   the time attribute, its ``warmup_ratio`` (sampled, else the sweep's) times the steps it
   plans (``planned_steps``, in every report), and at least ``warmup`` (``time_attr`` units).
 
+With ``min_signal`` set, a rung also has to have shown that it predicts the end: the rank
+correlation (Spearman's), over the trials that have run to their end, between their values at
+the rung and their final values must be at least ``min_signal``, over at least
+``signal_trials`` such trials. Where learning curves only separate late (the MiniLM tables of
+``benchmarks/curves/``: a correlation of 0.0-0.4 up to step 16 of 64), the early rungs then
+judge nothing, whatever their grace, and the rule judges where the sweep's own curves say it
+can. Until enough trials have finished, no rung judges.
+
 Rungs, budgets, the state file and "stopped stays stopped" are MO-ASHA's
 (:class:`qa_ray.search.schedulers.mo_asha.MOASHA`); only the rule at a rung differs. Select it with
-``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0, memory_slack: 0.0}``.
+``search.scheduler: {type: memory_aware, grace: ..., noise_floor: 1.0, memory_slack: 0.0,
+min_signal: null}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint
 from qa_ray.search.schedulers.mo_asha import MOASHA
 
-__all__ = ["MemoryAwareStopping"]
+__all__ = ["MemoryAwareStopping", "rank_correlation"]
 
 
 class MemoryAwareStopping(MOASHA):
@@ -43,6 +55,9 @@ class MemoryAwareStopping(MOASHA):
         noise_floor: how far ahead (in a learning objective's units) another trial must be.
         memory_slack: how much more of a set objective (a fraction of the trial's) the trial
             ahead may use; 0 is "no more".
+        min_signal: a rung judges only once the finished trials' values there rank as their
+            final values do, by at least this rank correlation (``None``: always judges).
+        signal_trials: the finished trials that correlation needs, at least.
         warmup: no trial is judged at a rung below it (default: none).
         warmup_ratio, warmup_steps: the sweep's ``train.warmup_ratio`` / ``warmup_steps``, for
             trials that do not sample a ratio (steps win, as in the loop).
@@ -57,6 +72,8 @@ class MemoryAwareStopping(MOASHA):
         reduction_factor: float = 3.0,
         noise_floor: float = 1.0,
         memory_slack: float = 0.0,
+        min_signal: float | None = None,
+        signal_trials: int = 5,
         warmup: float = 0.0,
         warmup_ratio: float | None = 0.0,
         warmup_steps: int | None = None,
@@ -70,6 +87,15 @@ class MemoryAwareStopping(MOASHA):
             raise ValueError(f"memory_slack must be >= 0, but got memory_slack={memory_slack}")
         self.noise_floor, self.warmup = float(noise_floor), float(warmup)
         self.memory_slack = float(memory_slack)
+        if min_signal is not None and not -1.0 <= min_signal <= 1.0:
+            raise ValueError(f"min_signal must be in [-1, 1], but got min_signal={min_signal}")
+        if signal_trials < 3:
+            raise ValueError(f"signal_trials must be >= 3, but got signal_trials={signal_trials}")
+        self.min_signal = None if min_signal is None else float(min_signal)
+        self.signal_trials = int(signal_trials)
+        # trial id -> [the rung its final result was recorded at (-1: none), its first
+        # learning objective's final value]
+        self.finals: dict[str, list[float]] = {}
         self.warmup_ratio = float(warmup_ratio or 0.0)
         self.warmup_steps = float(warmup_steps) if warmup_steps is not None else None
         self.warmups: dict[str, float] = {}  # trial id -> its warmup, in steps
@@ -102,7 +128,37 @@ class MemoryAwareStopping(MOASHA):
         state.setdefault("warmup_steps", None)
         state.setdefault("warmups", {})
         state.setdefault("memory_slack", 0.0)
+        state.setdefault("min_signal", None)
+        state.setdefault("signal_trials", 5)
+        state.setdefault("finals", {})
         super().__setstate__(state)
+
+    def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
+        """MO-ASHA's decision; a trial's final result is also kept, for :meth:`signal`."""
+        t = _float(result.get(self.time_attr))
+        if self._learning and t is not None and result.get(m.FINAL_REPORT):
+            metric, mode = self.objectives[self._learning[0]]
+            v = _float(result.get(metric))
+            if v is not None and not result.get(m.INFEASIBLE):
+                k = self.rung_index(t)  # recorded there (below, by MO-ASHA) if not judged yet
+                at = k if k > self.judged.get(trial_id, -1) else -1
+                self.finals[trial_id] = [at, -v if mode == "max" else v]
+                self._save()
+        return super().decide(trial_id, result)
+
+    def signal(self, k: int) -> tuple[float, int]:
+        """The rank correlation between rung k's values and the final ones of the trials that
+        ran to their end (but those whose rung-k value is their final one), and how many."""
+        rung, d = self.rungs.get(k, {}), self._learning[0]
+        pairs = [(rung[t][d], v) for t, (kf, v) in self.finals.items() if t in rung and kf != k]
+        return (rank_correlation(pairs) if len(pairs) >= 3 else math.nan), len(pairs)
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "finals": self.finals}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        super()._restore(state)
+        self.finals = state.get("finals", {})
 
     def keeps(self, k: int, trial_id: str) -> bool:
         """Whether no trial at rung k with no more of every set objective (``memory_slack``
@@ -110,6 +166,10 @@ class MemoryAwareStopping(MOASHA):
         form)."""
         if self.rung(k) < max(self.warmup, self.warmups.get(trial_id, 0.0)) or not self._learning:
             return True
+        if self.min_signal is not None:
+            rho, n = self.signal(k)
+            if n < self.signal_trials or not rho >= self.min_signal:
+                return True  # this rung has not shown it predicts the end
         rung = self.rungs[k]
         x = rung[trial_id]
         if self._set and all(x[self._set[0]] <= p[self._set[0]] for p in rung.values()):
@@ -123,6 +183,30 @@ class MemoryAwareStopping(MOASHA):
             ):
                 return False
         return True
+
+
+def rank_correlation(pairs: Sequence[tuple[float, float]]) -> float:
+    """Spearman's rank correlation of the pairs (ties share their mean rank); NaN when either
+    side is constant."""
+    a, b = _ranks([x for x, _ in pairs]), _ranks([y for _, y in pairs])
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+    var = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+    return cov / var if var else math.nan
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for q in range(i, j + 1):
+            ranks[order[q]] = (i + j) / 2
+        i = j + 1
+    return ranks
 
 
 def _float(v) -> float | None:

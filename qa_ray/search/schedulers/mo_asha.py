@@ -201,7 +201,7 @@ class MOASHA(FIFOScheduler):
     def _save(self) -> None:
         if not self.state_file:
             return
-        state = {"rungs": self.rungs, "judged": self.judged, "stopped": self.stopped}
+        state = self._state()
         tmp = f"{self.state_file}.tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -212,6 +212,13 @@ class MOASHA(FIFOScheduler):
             return
         with open(self.state_file) as f:
             state = json.load(f)
+        self._restore(state)
+
+    def _state(self) -> dict[str, Any]:
+        """What the state file keeps (a rule that learns more extends it)."""
+        return {"rungs": self.rungs, "judged": self.judged, "stopped": self.stopped}
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.rungs = {int(k): v for k, v in state["rungs"].items()}
         self.judged, self.stopped = state["judged"], state["stopped"]
 

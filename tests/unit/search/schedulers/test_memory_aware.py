@@ -106,3 +106,36 @@ def test_no_trial_is_judged_inside_its_own_learning_rate_warmup():
     assert s.warmups == {"a": 0.0, "slow": 20.0, "default": 5.0}
     assert result("a", 0.0, 30, 70.0, 2000) == GO
     assert result("slow", "0.2", 30, 10.0, 3000) == STOP  # past its warmup: judged
+
+
+def test_a_rung_judges_only_once_finished_trials_show_it_predicts_the_end(tmp_path):
+    """min_signal: the rank correlation between rung values and final values of the trials
+    that ran to their end gates the rung; the finals survive the state file."""
+    fin = {m.FINAL_REPORT: 1.0}
+    s = rule(min_signal=0.5, signal_trials=3, state_file=str(tmp_path / "s.json"))
+    # three trials run to their end; at rung 10 they rank the other way round from the end
+    for tid, early, final in (("a", 10.0, 60.0), ("b", 20.0, 40.0), ("c", 30.0, 20.0)):
+        assert s.decide(tid, r(10, early, 5000)) == GO
+        assert s.decide(tid, r(20, final, 5000, **fin)) == GO
+    assert s.signal(0) == (pytest.approx(-1.0), 3)
+    assert s.decide("lean", r(10, 50.0, 1000)) == GO
+    assert s.decide("poor", r(10, 5.0, 3000)) == GO  # 45 behind "lean": but rung 10 says little
+    for tid, early, final in (("d", 10.0, 10.0), ("e", 40.0, 80.0), ("f", 50.0, 90.0)):
+        s.decide(tid, r(10, early, 6000))
+        s.decide(tid, r(20, final, 6000, **fin))
+    rho, n = s.signal(0)
+    assert n == 6 and rho > 0.5  # now it does
+    assert s.decide("poor2", r(10, 5.0, 3000)) == STOP
+    again = rule(min_signal=0.5, signal_trials=3, state_file=str(tmp_path / "s.json"))
+    assert again.finals == s.finals and again.signal(0) == s.signal(0)
+    with pytest.raises(ValueError, match="min_signal must be in"):
+        rule(min_signal=2)
+    with pytest.raises(ValueError, match="signal_trials must be >= 3"):
+        rule(min_signal=0.5, signal_trials=2)
+
+
+def test_a_final_result_recorded_at_a_rung_does_not_vouch_for_that_rung():
+    s = rule(min_signal=0.5, signal_trials=3)
+    for tid, final in (("a", 60.0), ("b", 40.0), ("c", 20.0)):  # first result is the final
+        s.decide(tid, r(10, final, 5000, **{m.FINAL_REPORT: 1.0}))
+    assert s.signal(0)[1] == 0
