@@ -458,11 +458,24 @@ def live_check(
     again = simulate(table, order, scheduler_from_block(raw["scheduler"], table), workers, fixed)
     rule = Rule("live rule", lambda t: scheduler_from_block(raw["scheduler"], t))
     drawn = replay(table, [rule], len(order), workers, draws, seed, fixed)["live rule"]
+    # The same configurations measured twice (live and in the table), step by step.
+    gaps: dict[str, list[float]] = {k: [] for k, _ in table.objectives}
+    for t, i in matched:
+        recorded = {r[m.STEP]: r for r in table.trials[i]["rows"]}
+        for row in t["rows"]:
+            for k in gaps:
+                a, b = row.get(k), recorded.get(row[m.STEP], {}).get(k)
+                if a is not None and b:
+                    gaps[k].append(a / b - 1)
     return {
         "scheduler": raw["scheduler"],
         "trials": len(order),
         "stopped": len(order) - len(finished),
         "hv": front_hypervolume(live, finished) / full.hypervolume,
+        # the live decisions on the table's values: the rule's part of the live ratio
+        "hv_table_values": front_hypervolume(table, [order[j] for j in finished])
+        / full.hypervolume,
+        "measured_apart": {k: (min(v), max(v)) for k, v in gaps.items() if v},
         "steps": steps / full.steps,
         "seconds": seconds / full.seconds,
         "replayed": {
@@ -484,6 +497,11 @@ def format_live(r: dict[str, Any], workers: int) -> str:
             f"live sweep: {r['scheduler']}, {r['trials']} trials, {r['stopped']} stopped early",
             f"  live:                     hv ratio {r['hv']:.3f} at {r['steps']:.0%} of the steps, "
             f"{r['seconds']:.0%} of the seconds",
+            f"  live decisions on the table's values: hv ratio {r['hv_table_values']:.3f}",
+            "  the same configurations at the same steps, live against the table: "
+            + "; ".join(
+                f"{k} {lo:+.1%} to {hi:+.1%}" for k, (lo, hi) in r["measured_apart"].items()
+            ),
             f"  replayed, same order, {workers} worker{'s' if workers > 1 else ''}: hv ratio "
             f"{r['replayed']['hv']:.3f} at {r['replayed']['steps']:.0%} of the steps, "
             f"{r['replayed']['stopped']} stopped early",
@@ -537,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.min_signal,
         args.signal_trials,
     )
-    rungs = [args.graces[0] * args.rf**k for k in range(4)]
+    longest = max(t["rows"][-1][m.STEP] for t in table.trials)
+    rungs = [r for k in range(4) if (r := args.graces[0] * args.rf**k) < longest]
     print(
         f"{args.table}: {len(table.trials)} trials; reference {table.reference}; "
         f"{args.draws} draws; fixed cost {args.fixed:g} s; ratios to running everything"

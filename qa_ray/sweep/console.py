@@ -84,6 +84,13 @@ class _Progress:
         )
 
 
+# Why each search.scheduler.type stops a trial, for the console.
+STOP_REASONS = {
+    "mo_asha": "MO-ASHA: not among the best at its rung",
+    "memory_aware": "memory_aware: a trial with no more memory is ahead by more than the noise floor",
+}
+
+
 class ProgressCallback(Callback):
     """The sweep's console: a line per evaluation of a running trial (step, losses, scores,
     peak memory, elapsed and the time left by its step or time budget), one whenever a trial
@@ -91,8 +98,11 @@ class ProgressCallback(Callback):
     that the reports between evaluations keep current (every running trial's step, loss, peak
     memory and time left), rewritten in place and cleared before any other line."""
 
-    def __init__(self, objectives, total: int, stream=None):
+    def __init__(
+        self, objectives, total: int, stream=None, stop_reason: str = STOP_REASONS["mo_asha"]
+    ):
         self.progress = _Progress(objectives, total)
+        self.stop_reason = stop_reason  # what the sweep's scheduler stops a trial for
         self.objectives = [o.metric for o in objectives]
         self.stream = stream
         self.live: dict[str, str] = {}  # running trial -> its latest progress, short
@@ -134,7 +144,7 @@ class ProgressCallback(Callback):
         elif last.get(m.STOPPED_EARLY_AT) is not None:
             self._print(
                 f"[qa-ray] trial {trial} stopped early at {last[m.STOPPED_EARLY_AT]:g} "
-                "(MO-ASHA: not among the best at its rung)"
+                f"({self.stop_reason})"
             )
         self._print(self.progress.line(trials, finished=trial))
 

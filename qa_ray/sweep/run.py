@@ -27,7 +27,7 @@ from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
 from qa_ray.search.memory import MemoryModel
 from qa_ray.sweep.bucket import BucketState, BucketStateCallback
-from qa_ray.sweep.console import Interrupts, ProgressCallback, tune_console
+from qa_ray.sweep.console import STOP_REASONS, Interrupts, ProgressCallback, tune_console
 from qa_ray.sweep.resources import cluster_notes, credentials_stay_in_the_driver, init_ray, plan
 from qa_ray.sweep.state import (
     STATE_FILE,
@@ -335,7 +335,13 @@ def _fit(
         tune.logger.JsonLoggerCallback(),
         *([EarlyStopMarks(scheduler.time_attr)] if scheduler else []),
         tracker,
-        ProgressCallback(cfg.objectives, stage["num_samples"]),
+        ProgressCallback(
+            cfg.objectives,
+            stage["num_samples"],
+            stop_reason=STOP_REASONS[
+                cfg.search.scheduler.type if cfg.search.scheduler else "mo_asha"
+            ],
+        ),
         *([BucketStateCallback(bucket)] if bucket is not None else []),
     ]
     searcher = BudgetAwareOptunaSearch(

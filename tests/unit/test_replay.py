@@ -134,6 +134,8 @@ def test_a_live_sweep_is_checked_against_the_replay_of_its_own_configurations(re
     r = replay.live_check(t, str(path), workers=2, draws=20)
     assert r["trials"] == 8 and r["stopped"] == len(again.stopped)
     assert r["hv"] == pytest.approx(r["replayed"]["hv"]) and r["steps"] == r["replayed"]["steps"]
+    assert r["hv_table_values"] == pytest.approx(r["hv"])  # the same values on both sides
+    assert r["measured_apart"]["peak_memory_mb"] == (0.0, 0.0)
     lo, hi = r["draws"]["hv_range"]
     assert lo <= r["draws"]["hv_iqm"] <= hi
     assert "live sweep:" in replay.format_live(r, 2)

@@ -92,3 +92,18 @@ def test_tunes_console_is_quiet_unless_verbose(monkeypatch):
     assert get_air_verbosity(0) is not None  # restored
     with tune_console(verbose=True):
         assert get_air_verbosity(0) is not None
+
+
+def test_a_stopped_trial_is_said_to_be_stopped_by_the_sweeps_rule():
+    from qa_ray import metrics as m
+    from qa_ray.sweep.config import Objective
+    from qa_ray.sweep.console import STOP_REASONS, ProgressCallback
+
+    objectives = [Objective(metric=m.EVAL_F1, mode="max")]
+    trial = _Trial("trial-a")
+    trial.last_result = {m.STOPPED_EARLY_AT: 8.0}
+    out = _Tty(False)
+    cb = ProgressCallback(objectives, 2, stream=out, stop_reason=STOP_REASONS["memory_aware"])
+    cb.on_trial_complete(0, [trial], trial)
+    assert "stopped early at 8 (memory_aware: a trial with no more memory is ahead" in out.text
+    assert "MO-ASHA" not in out.text
