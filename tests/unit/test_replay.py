@@ -164,11 +164,14 @@ def test_tune_rule_picks_the_cheapest_setting_that_keeps_the_front(tmp_path, cap
 
 
 def test_the_signal_by_step_is_the_rank_correlation_with_the_end(replay):
-    from qa_ray.search.schedulers.memory_aware import _ranks, rank_correlation
+    import math
+
+    from qa_ray.search.schedulers.memory_aware import rank_correlation
 
     assert rank_correlation([(1, 10), (2, 20), (3, 30)]) == pytest.approx(1.0)
     assert rank_correlation([(1, 30), (2, 20), (3, 10)]) == pytest.approx(-1.0)
-    assert _ranks([5.0, 1.0, 5.0]) == [1.5, 0.0, 1.5]  # ties share their mean rank
+    assert rank_correlation([(5, 1), (1, 2), (5, 3)]) == pytest.approx(0.0)  # ties: mean rank
+    assert math.isnan(rank_correlation([(1, 1), (1, 2), (1, 3)]))  # a constant side
     signal = replay.signal_by_step(replay.load_table(TABLE))
     assert list(signal) == [10, 30, 60, 90, 150, 210, 270]  # every step but the last (300)
     assert signal[10] == pytest.approx(0.762, abs=1e-3)  # 16 / 21

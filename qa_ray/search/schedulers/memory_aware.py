@@ -34,7 +34,6 @@ min_signal: null}``.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -186,27 +185,16 @@ class MemoryAwareStopping(MOASHA):
 
 
 def rank_correlation(pairs: Sequence[tuple[float, float]]) -> float:
-    """Spearman's rank correlation of the pairs (ties share their mean rank); NaN when either
-    side is constant."""
-    a, b = _ranks([x for x, _ in pairs]), _ranks([y for _, y in pairs])
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
-    var = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
-    return cov / var if var else math.nan
+    """Spearman's rank correlation of the pairs (SciPy's; ties share their mean rank); NaN
+    when either side is constant."""
+    import warnings
 
+    from scipy.stats import spearmanr
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for q in range(i, j + 1):
-            ranks[order[q]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    with warnings.catch_warnings():  # a constant side: NaN, said by the caller
+        warnings.simplefilter("ignore")
+        rho = spearmanr([x for x, _ in pairs], [y for _, y in pairs]).statistic
+    return float(rho)
 
 
 def _float(v) -> float | None:
