@@ -39,7 +39,7 @@ from typing import Any
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint
-from qa_ray.search.schedulers.mo_asha import MOASHA
+from qa_ray.search.schedulers.mo_asha import MOASHA, _number
 
 __all__ = ["MemoryAwareStopping", "rank_correlation"]
 
@@ -134,10 +134,10 @@ class MemoryAwareStopping(MOASHA):
 
     def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
         """MO-ASHA's decision; a trial's final result is also kept, for :meth:`signal`."""
-        t = _float(result.get(self.time_attr))
+        t = _number(result.get(self.time_attr))  # as MO-ASHA reads results: NaN is none
         if self._learning and t is not None and result.get(m.FINAL_REPORT):
             metric, mode = self.objectives[self._learning[0]]
-            v = _float(result.get(metric))
+            v = _number(result.get(metric))
             if v is not None and not result.get(m.INFEASIBLE):
                 k = self.rung_index(t)  # recorded there (below, by MO-ASHA) if not judged yet
                 at = k if k > self.judged.get(trial_id, -1) else -1

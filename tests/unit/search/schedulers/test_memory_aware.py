@@ -139,3 +139,10 @@ def test_a_final_result_recorded_at_a_rung_does_not_vouch_for_that_rung():
     for tid, final in (("a", 60.0), ("b", 40.0), ("c", 20.0)):  # first result is the final
         s.decide(tid, r(10, final, 5000, **{m.FINAL_REPORT: 1.0}))
     assert s.signal(0)[1] == 0
+
+
+def test_a_final_result_without_a_number_is_not_kept_as_a_final():
+    s = rule(min_signal=0.5, signal_trials=3)
+    s.decide("a", r(10, 50.0, 1000))
+    s.decide("a", r(20, float("nan"), 1000, **{m.FINAL_REPORT: 1.0}))
+    assert s.finals == {}
