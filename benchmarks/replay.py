@@ -394,26 +394,12 @@ def format_noise(n: dict[str, Any]) -> str:
 
 def scheduler_from_block(block: dict[str, Any], table: Table) -> TrialScheduler:
     """The scheduler a sweep's ``search.scheduler`` block (as its curve table records it)
-    names, built as ``qa_ray.sweep.tuner.early_stopping`` builds it (no state file)."""
-    from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
+    names, built as a sweep builds it (``qa_ray.sweep.tuner.build_scheduler``; no state
+    file)."""
+    from qa_ray.sweep.config import SchedulerConfig
+    from qa_ray.sweep.tuner import build_scheduler
 
-    common = {
-        "grace": float(block["grace"]),
-        "reduction_factor": float(block.get("reduction_factor", 3.0)),
-        "time_attr": block.get("time_attr", m.STEP),
-        "constraints": table.constraints,
-    }
-    if block.get("type") == "memory_aware":
-        return MemoryAwareStopping(
-            table.objectives,
-            noise_floor=float(block.get("noise_floor", 1.0)),
-            memory_slack=float(block.get("memory_slack", 0.0)),
-            min_signal=block.get("min_signal"),
-            signal_trials=int(block.get("signal_trials", 5)),
-            warmup=float(block.get("warmup", 0.0)),
-            **common,
-        )
-    return MOASHA(table.objectives, **common)
+    return build_scheduler(SchedulerConfig(**block), table.objectives, table.constraints)
 
 
 def live_check(

@@ -13,7 +13,7 @@ from qa_ray.search.space import suggest
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from qa_ray.sweep.config import SweepConfig
+    from qa_ray.sweep.config import SchedulerConfig, SweepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,31 @@ def _trial_name(trial) -> str:
 def early_stopping(cfg: SweepConfig, local: Path):
     """The sweep's ``search.scheduler`` as a Ray Tune scheduler, or None (every trial runs
     to its end)."""
+    if cfg.search.scheduler is None:
+        return None
+    return build_scheduler(
+        cfg.search.scheduler,
+        [(o.metric, o.mode) for o in cfg.objectives],
+        parse_constraints(cfg.constraints, cfg.model.task),
+        state_file=str(local / "mo_asha.json"),
+        warmup_ratio=cfg.train.warmup_ratio,
+        warmup_steps=cfg.train.warmup_steps,
+    )
+
+
+def build_scheduler(
+    sc: SchedulerConfig,
+    objectives,
+    constraints,
+    state_file: str | None = None,
+    warmup_ratio: float | None = 0.0,
+    warmup_steps: int | None = None,
+):
+    """The scheduler a ``search.scheduler`` block names (also what ``benchmarks/replay.py``
+    rebuilds from a curve table's block). ``warmup_ratio`` / ``warmup_steps``: the sweep's,
+    for memory_aware's trials that sample no ratio."""
     from qa_ray.search.schedulers.mo_asha import MOASHA
 
-    sc = cfg.search.scheduler
-    if sc is None:
-        return None
     cls, rule = MOASHA, {}
     if sc.type == "memory_aware":
         from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
@@ -65,17 +85,17 @@ def early_stopping(cfg: SweepConfig, local: Path):
                 "min_signal": sc.min_signal,
                 "signal_trials": sc.signal_trials,
                 "warmup": sc.warmup,
-                "warmup_ratio": cfg.train.warmup_ratio,
-                "warmup_steps": cfg.train.warmup_steps,
+                "warmup_ratio": warmup_ratio,
+                "warmup_steps": warmup_steps,
             },
         )
     return cls(
-        [(o.metric, o.mode) for o in cfg.objectives],
+        objectives,
         time_attr=sc.time_attr,
         grace=sc.grace,
         reduction_factor=sc.reduction_factor,
-        constraints=parse_constraints(cfg.constraints, cfg.model.task),
-        state_file=str(local / "mo_asha.json"),
+        constraints=constraints,
+        state_file=state_file,
         **rule,
     )
 
