@@ -528,7 +528,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     table = load_table(args.table)
     if args.live:
-        r = live_check(table, args.live, args.live_workers, args.draws, args.seed, args.fixed)
+        try:
+            r = live_check(table, args.live, args.live_workers, args.draws, args.seed, args.fixed)
+        except ValueError as e:  # a live table that does not fit (said with its path)
+            print(f"replay.py: {e}", file=sys.stderr)
+            return 2
         print(f"{args.table}: {len(table.trials)} trials; fixed cost {args.fixed:g} s")
         print(format_live(r, args.live_workers))
         return 0

@@ -147,6 +147,7 @@ def test_a_live_sweep_is_checked_against_the_replay_of_its_own_configurations(re
     path.write_text(json.dumps(dict(live, scheduler=None)))
     with pytest.raises(ValueError, match="ran without a scheduler"):
         replay.live_check(t, str(path), workers=2, draws=20)
+    assert replay.main([TABLE, "--live", str(path), "--draws", "5"]) == 2  # said, exit 2
 
 
 def test_tune_rule_picks_the_cheapest_setting_that_keeps_the_front(tmp_path, capsys):
