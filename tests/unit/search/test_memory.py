@@ -157,3 +157,85 @@ def test_a_key_stopped_over_a_budget_is_known_to_need_at_least_what_it_held():
     old = object.__new__(MemoryModel)
     old.__setstate__(state)  # pickled before lower bounds
     assert old.at_least == {}
+
+
+# google-bert/bert-base-uncased's config.json, as published
+BERT_BASE = {
+    "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1,
+    "gradient_checkpointing": False, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+    "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 0,
+    "position_embedding_type": "absolute", "transformers_version": "4.6.0.dev0",
+    "type_vocab_size": 2, "use_cache": True, "vocab_size": 30522,
+}  # fmt: skip
+
+
+def _bert_base(tmp_path, batch):
+    (tmp_path / "config.json").write_text(json.dumps(BERT_BASE))
+    return _config(tmp_path, data__max_seq_length=384, train__per_device_batch_size=batch,
+                   train__eval_batch_size=64, train__precision="bf16")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("c0", "c1", "c2"),
+    [
+        # The device is the account itself (the CUDA prior: 500 MB runtime, c1 = c2 = 1): a
+        # BERT-base full fine-tune at batch 48, sequence 384, bf16 needs 8004 MB, the issue's
+        # numbers. The account is then right by construction, and only what the model makes of
+        # the readings can move the prediction.
+        (500.0, 1.0, 1.0),
+        # A device the account misjudges (a larger runtime, 20 % more static memory, 20 % less
+        # activation memory): the two measurements must correct the prior, not the stop.
+        (700.0, 1.2, 0.8),
+    ],
+)
+def test_a_stop_before_training_is_a_lower_bound_not_a_measurement(tmp_path, c0, c1, c2):
+    """Two true measurements (batch 8 and 16) and one trial stopped at setup (batch 32, by a
+    size budget: it held the runtime and its fp32 weights, about 920 MB). As a fit row the
+    stop pulled the batch-48 prediction from 8004 to 4468 MB, and a 7604 MB budget passed it.
+    As a lower bound it leaves every other key's prediction where it was."""
+
+    def truth(batch):
+        f = features(_bert_base(tmp_path, batch))
+        return c0 + c1 * f.static_mb + c2 * f.activation_mb
+
+    if (c0, c1, c2) == (500.0, 1.0, 1.0):
+        assert truth(48) == pytest.approx(8004, abs=1)
+    model = MemoryModel("cuda")
+    model.observe(_bert_base(tmp_path, 8), truth(8), steps=100)
+    model.observe(_bert_base(tmp_path, 16), truth(16), steps=100)
+    others = [_bert_base(tmp_path, b) for b in (24, 48, 64)]
+    before = [model.predict(c) for c in others]
+
+    stopped = _bert_base(tmp_path, 32)
+    weights_only = c0 + 110e6 * 4 / 2**20  # the runtime and BERT-base's fp32 weights
+    model.observe(stopped, weights_only, steps=0)  # a size budget broke at setup
+    model.observe_at_least(_bert_base(tmp_path, 64), weights_only)  # an infeasible peak, too
+
+    assert model.n == 2  # no row from either
+    after = [model.predict(c) for c in others]
+    assert [p.peak_mb for p in after[:2]] == [p.peak_mb for p in before[:2]]
+    assert [p.sd_mb for p in after] == [p.sd_mb for p in before]
+    assert after[2].peak_mb >= before[2].peak_mb and after[2].at_least_mb == weights_only
+    batch48 = after[1]
+    assert abs(batch48.peak_mb - truth(48)) <= 0.10 * truth(48)
+    # Admission: over a budget 5 % under its need (7604 MB, true 8004) the configuration is
+    # never called a fit, and a packed trial's request (peak + 2 sd) covers its need.
+    budget = round(0.95 * truth(48))
+    assert batch48.fits(budget) is not True
+    assert batch48.peak_mb + 2 * batch48.sd_mb >= truth(48)
+    # The stopped key itself: at least what it held, and predicted as the fit says above that.
+    p = model.predict(stopped)
+    assert p.at_least_mb == weights_only and p.peak_mb >= weights_only
+    assert p.peak_mb == pytest.approx(model.predict(_bert_base(tmp_path, 32)).peak_mb)
+
+
+def test_a_lower_bound_over_a_keys_measurement_raises_it():
+    """A key measured at 3000 MB and later stopped over a budget holding 3400: at least 3400."""
+    cfg = _config("unused")
+    model = MemoryModel("cuda")
+    model.measured[memory_key(cfg)] = 3000.0
+    model.at_least[memory_key(cfg)] = 3400.0
+    p = model.predict(cfg)
+    assert p.measured and p.peak_mb == 3400.0 and p.fits(3300.0) is False
