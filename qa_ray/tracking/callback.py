@@ -60,8 +60,9 @@ class MLflowSweepCallback(Callback):
         base_config: the sweep's trial config, which each trial's sampled values complete.
         memory: the sweep's memory model: each child run gets its predicted peak
             (``predicted_peak_memory_mb`` and its sd) when it starts, and every trial that
-            ends with a measured peak (complete or stopped early, not out of memory) refines
-            the model for the trials after it.
+            ends with a measured peak (complete or stopped early after an optimizer step, not
+            infeasible) refines the model for the trials after it; the others' peaks are
+            lower bounds of their own configuration.
     """
 
     def __init__(
@@ -192,7 +193,7 @@ class MLflowSweepCallback(Callback):
             if final.get(m.INFEASIBLE):  # over budget or out of memory: a lower bound
                 self.memory.observe_at_least(config, float(peak))
             else:
-                self.memory.observe(config, float(peak))
+                self.memory.observe(config, float(peak), steps=final.get(m.STEP))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)

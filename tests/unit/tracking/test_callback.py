@@ -95,10 +95,15 @@ def test_every_child_run_logs_its_predicted_peak_and_measurements_refine_the_mod
     callback.on_trial_start(0, [], oom)
     oom.last_result = {m.PEAK_MEMORY_MB: 99_999.0, m.INFEASIBLE: 1.0, m.INFEASIBLE_REASON: "oom"}
     callback.on_trial_complete(0, [], oom)
+    early = trial(5, per_device_batch_size=32)  # stopped after eval_on_start: no training
+    callback.on_trial_start(0, [], early)
+    early.last_result = {m.PEAK_MEMORY_MB: 700.0, m.STEP: 0}
+    callback.on_trial_complete(0, [], early)
     callback.on_trial_start(0, [], b)  # same memory key as a: a's measurement
     callback.on_trial_start(0, [], c)
-    # the infeasible trial's peak is a lower bound: it calibrates, and its key needs at least it
-    assert memory.n == 2
+    # the infeasible trial's peak and the untrained one's are lower bounds of their own keys:
+    # no fit row (only a's), and the infeasible key needs at least what it held
+    assert memory.n == 1
     again = memory.predict({**base, "train": {**base["train"], "per_device_batch_size": 64}})
     assert again.at_least_mb == 99_999.0 and again.peak_mb >= 99_999.0
     assert again.fits(20_000.0) is False
