@@ -10,8 +10,9 @@ and records every trial in MLflow under one parent run with the Pareto front
 The packages, bottom up; each imports only from its own layer and those below it
 (``tests/unit/test_layout.py`` holds the code to this):
 
-  0. ``errors``, ``metrics`` (metric and tag names), ``pareto`` (the front, pure) and
-     ``scoring`` (SQuAD scoring): the vocabulary every layer shares
+  0. ``errors``, ``metrics`` (metric and tag names), ``pareto`` (the front, pure),
+     ``scoring`` (SQuAD scoring), ``storage`` and ``live`` (the sweep this driver runs, which
+     restored objects rejoin): the vocabulary every layer shares
   1. ``data``: reading and validating datasets, the feature cache
   2. ``tasks``: the task families (extractive, generative, seq2seq, instruction)
   3. ``config``: trial files, validated

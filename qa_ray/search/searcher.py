@@ -34,12 +34,21 @@ A packing admission (``pack_margin`` set: ``resources.pack_by_memory``) also wri
 launched configuration's memory request into it (:data:`qa_ray.metrics.MEMORY_REQUEST_MB`: the
 prediction's upper end, peak + ``z`` sd, plus the margin), for the trial to ask Ray for; it is
 computed when the trial is sampled, so it uses every measurement taken by then.
+
+Through a crash the study and Tune's snapshot of this searcher can disagree: the study is
+mirrored after every ask and tell (:attr:`qa_ray.live.Driver.on_study_change`), Tune's
+snapshot at most every ~10 s. So a tell is idempotent (a trial the study already holds
+finished is recorded, not told again), a pickled searcher holds its study's URL and its
+trials as numbers and parameters (never a live connection to the old head's file), and a
+restored one rejoins this driver's study (:meth:`BudgetAwareOptunaSearch.rejoin`): each trial
+found by its number with the same parameters, or added back with what it was told.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +56,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from qa_ray import live
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint
 from qa_ray.search.memory import MemoryModel, Prediction
@@ -143,12 +153,109 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self.constraints = tuple(constraints)
         self.admission = admission
         self._last: dict[str, dict[str, float]] = {}  # trial id -> numbers of its results
+        self._told: dict[str, _Told] = {}  # trial id -> what the study was told of it
 
-    def __setstate__(self, state):  # a searcher pickled by an earlier qa-ray has no admission
-        state.setdefault("admission", None)
+    # ---- through a crash ---------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The searcher without a live study: the study's URL, and each trial as its number,
+        parameters and distributions (an unpickled RDB storage opens the old head's file)."""
+        state = self.__dict__.copy()
+        if isinstance(self._storage, optuna.storages.RDBStorage):
+            state["_storage"] = self._storage.url
+            state["_ot_study"] = None
+            state["_ot_trials"] = {tid: _Asked.of(t) for tid, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("admission", None)  # pickled by an earlier qa-ray
+        state.setdefault("_told", {})
         self.__dict__.update(state)
+        if self._ot_study is None and isinstance(self._storage, str):
+            self.rejoin()
+
+    def save(self, checkpoint_path: str) -> None:  # Tune's snapshot of the searcher
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
+
+    def rejoin(self) -> None:
+        """Opens the study in this driver's state folder and checks every trial against it.
+
+        A trial is the study's trial of the same number when their parameters agree. One
+        the study lacks, or holds other parameters at its number (an older copy of the study,
+        restored from the bucket, whose numbers were asked again), is added back: finished
+        with what it was told, or running. A trial the study holds running that no trial
+        here knows (asked after Tune's last snapshot) is marked FAIL: it never ran to an end.
+        Admission rejoins the driver's memory model.
+        """
+        url = str(self._storage)
+        if url.startswith("sqlite:///"):
+            url = "sqlite:///" + (live.repoint(url.removeprefix("sqlite:///")) or "")
+        self._storage = optuna.storages.RDBStorage(url)
+        self._ot_study = optuna.create_study(
+            storage=self._storage,
+            sampler=self._sampler,
+            study_name=self._study_name,
+            load_if_exists=True,
+            directions=["minimize" if mo == "min" else "maximize" for mo in self._mode],
+        )
+        held = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        trials: dict[str, Any] = {}
+        for tid, asked in self._ot_trials.items():
+            t = held.get(asked.number)
+            if t is None or t.params != asked.params:
+                t = self._add_back(tid, asked)
+                logger.warning(
+                    "optuna trial %d of %s was not in the study: added back as trial %d",
+                    asked.number, tid, t.number,
+                )  # fmt: skip
+            held.pop(t.number, None)
+            if t.state.is_finished():  # told, maybe after Tune's snapshot: never told again
+                self._completed_trials.add(tid)
+                trials[tid] = _Asked.of(t)
+            else:
+                trials[tid] = optuna.trial.Trial(self._ot_study, t._trial_id)
+        self._ot_trials = trials
+        for t in held.values():
+            if t.state == optuna.trial.TrialState.RUNNING:
+                self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                logger.warning(
+                    "optuna trial %d was asked before a crash, never run: FAIL", t.number
+                )
+        if (d := live.current()) is not None and d.memory is not None and self.admission:
+            self.admission.model = d.memory
+        self._study_changed()
+
+    def _add_back(self, trial_id: str, asked: _Asked) -> optuna.trial.FrozenTrial:
+        told = self._told.get(trial_id)
+        template = optuna.trial.create_trial(
+            state=optuna.trial.TrialState[told.state] if told else optuna.trial.TrialState.RUNNING,
+            params=asked.params,
+            distributions=asked.distributions,
+            values=told.values if told else None,
+            user_attrs=told.user_attrs if told else None,
+            system_attrs={f"constraints:{k}": v for k, v in told.constraints.items()}
+            if told
+            else None,
+        )
+        self._ot_study.add_trial(template)
+        return self._ot_study.get_trials(deepcopy=False)[-1]
+
+    def _study_changed(self) -> None:
+        if (d := live.current()) is not None and d.on_study_change is not None:
+            d.on_study_change()
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        try:
+            return self._admit(trial_id)
+        finally:
+            self._study_changed()  # asked (and told, for each rejection)
+
+    def _admit(self, trial_id: str) -> dict | str | None:
         from ray.tune.search import Searcher
 
         a = self.admission
@@ -196,14 +303,11 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         for name, value in self.violations(seen, {m.INFEASIBLE: 1.0}).items():
             ot_trial.set_constraint(name, value)
         ot_trial.set_user_attr("qa_ray.predicted_infeasible", reason)
-        try:
-            self._ot_study.tell(ot_trial, self._values(seen))
-        except Exception as exc:  # no value to give an objective yet: FAIL, never RUNNING
-            logger.warning("optuna could not be told a rejected trial: %s; told FAIL", exc)
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._tell(None, ot_trial, values=seen)
         logger.info("not launched (%d rejected so far): %s: %s", a.rejected, config, reason)
-        if a.on_rejected is not None:
-            a.on_rejected(config, p, reason)
+        record = a.on_rejected or ((d := live.current()) and d.on_rejected)
+        if record:
+            record(config, p, reason)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
@@ -212,39 +316,66 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or not result:
-            self._last.pop(trial_id, None)
-            return super().on_trial_complete(trial_id, result, error)
-        self._remember(trial_id, result)
-        seen = self._last.pop(trial_id)
-        ot_trial = self._ot_trials[trial_id]
-        try:
-            self._ot_study._storage.get_trial(ot_trial._trial_id)
-        except KeyError:
-            # The study was restored from a copy older than this trial (a driver killed
-            # between sampling it and saving the study, see qa_ray.sweep.bucket): the trial's
-            # result stays in Tune and MLflow; the study cannot be told of it.
-            logger.warning(
-                "optuna trial of %s is not in the restored study: its result is not told", trial_id
-            )
+        seen = self._last.pop(trial_id, {})
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return
+        if (held := self._held(ot_trial)) is None or held.state.is_finished():
+            # Told before a crash that Tune's snapshot predates (the trial ran again), or not
+            # in the study at all: recorded as it is, never told a second time.
+            logger.info("optuna trial of %s was already told: %s", trial_id, held and held.state)
             self._completed_trials.add(trial_id)
-            return None
+            return
+        if not result:  # as OptunaSearch: an error FAIL, a trial without a result PRUNED
+            State = optuna.trial.TrialState
+            return self._tell(trial_id, ot_trial, state=State.FAIL if error else State.PRUNED)
+        seen.update(m.finite_numbers(result))
         infeasible = bool(result.get(m.INFEASIBLE))
         pruned = result.get(m.STOPPED_EARLY_AT) is not None and not infeasible
         for name, value in self.violations(seen, result, pruned=pruned).items():
             ot_trial.set_constraint(name, value)
         if infeasible:
             ot_trial.set_user_attr("qa_ray.infeasible", str(result.get(m.INFEASIBLE_REASON)))
+        if pruned:
+            ot_trial.set_user_attr("qa_ray.stopped_early_at", result[m.STOPPED_EARLY_AT])
+            self._tell(trial_id, ot_trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self._tell(trial_id, ot_trial, values=seen)
+
+    def _held(self, ot_trial: Any) -> optuna.trial.FrozenTrial | None:
+        """The study's record of ``ot_trial``: the same number and parameters, or None."""
+        asked = _Asked.of(ot_trial)  # the trial's own view: the storage may have lost it
         try:
-            if pruned:
-                ot_trial.set_user_attr("qa_ray.stopped_early_at", result[m.STOPPED_EARLY_AT])
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                self._ot_study.tell(ot_trial, self._values(seen))
-        except Exception as exc:  # as OptunaSearch does: e.g. a NaN objective
+            held = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        except (KeyError, AttributeError):  # not in the study; or an _Asked, told already
+            return None
+        same = held.number == asked.number and held.params == asked.params
+        return held if same else None
+
+    def _tell(
+        self,
+        trial_id: str | None,
+        ot_trial: Any,
+        values: dict[str, float] | None = None,
+        state: optuna.trial.TrialState | None = None,
+    ) -> None:
+        """Tells the study once (a trial it holds finished is left as it is), FAIL when it
+        cannot take the values (a NaN objective, no value for an unmeasured one), and keeps
+        what it was told with the trial, for a study restored from an older copy."""
+        study = self._ot_study
+        try:
+            told = None if values is None else self._values(values)
+            study.tell(ot_trial, told, state=state, skip_if_finished=True)
+        except Exception as exc:  # never left RUNNING
             logger.warning("optuna could not be told trial %s: %s; told FAIL", trial_id, exc)
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+            study.tell(ot_trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if trial_id is not None:
+            self._completed_trials.add(trial_id)
+            if (held := self._held(ot_trial)) is not None:
+                self._told[trial_id] = _Told(
+                    held.state.name, held.values, dict(held.constraints), dict(held.user_attrs)
+                )
+        self._study_changed()
 
     def violations(
         self, seen: dict[str, float], result: dict[str, Any], pruned: bool = False
@@ -283,6 +414,32 @@ class BudgetAwareOptunaSearch(OptunaSearch):
 
     def _remember(self, trial_id: str, result: dict[str, Any]) -> None:
         self._last.setdefault(trial_id, {}).update(m.finite_numbers(result))
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A trial as a pickled searcher keeps it: its number, parameters and distributions."""
+
+    number: int
+    params: dict[str, Any]
+    distributions: dict[str, Any]
+
+    @classmethod
+    def of(cls, t: Any) -> _Asked:
+        if isinstance(t, _Asked):
+            return t
+        frozen = t if isinstance(t, optuna.trial.FrozenTrial) else t._cached_frozen_trial
+        return cls(frozen.number, dict(frozen.params), dict(frozen.distributions))
+
+
+@dataclass(frozen=True)
+class _Told:
+    """What the study was told of a trial."""
+
+    state: str
+    values: list[float] | None
+    constraints: dict[str, float]
+    user_attrs: dict[str, Any]
 
 
 def _relative(c: Constraint, value: float) -> float:
