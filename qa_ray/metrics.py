@@ -50,6 +50,10 @@ PEAK_MEMORY_MB = "peak_memory_mb"
 PEAK_ALLOCATED_MB = "peak_allocated_mb"
 PEAK_TRAIN_MEMORY_MB = "peak_train_memory_mb"
 PEAK_EVAL_MEMORY_MB = "peak_eval_memory_mb"
+# GPU: how peak_memory_mb counted what the process holds outside the allocator (the CUDA
+# context): "nvml_process", "measured" or "default" (qa_ray.training.memory). Text, not a
+# number: the MLflow callback logs it as the run's param.
+MEMORY_CONTEXT_SOURCE = "memory_context_source"
 # Logged by the driver on every child run, before the trial runs (qa_ray.search.memory): the
 # predicted peak_memory_mb and its standard deviation, beside the measured one.
 PREDICTED_PEAK_MEMORY_MB = "predicted_peak_memory_mb"

@@ -81,7 +81,7 @@ def setup(
 
     ``memory`` reads the trial's peaks (one is started here without it)."""
     device = session.device
-    memory = memory or PeakMeter(device)
+    memory = memory or PeakMeter(device, shared=_may_share_device(cfg))
     precision = resolve_precision(cfg, device)
     task = TASKS[cfg.model.task]
     torch.manual_seed(cfg.train.seed)
@@ -161,6 +161,13 @@ def setup(
             size.footprint_mb,
         )
     return trial, meters
+
+
+def _may_share_device(cfg: TrialConfig) -> bool:
+    """Whether other trials may hold memory on this trial's GPU: a fraction of one, or packed
+    (the meter then never reads the device's used memory as this process's own)."""
+    r = cfg.resources
+    return 0 < r.gpus_per_worker < 1 or r.pack_by_memory or r.gpu_memory_mb is not None
 
 
 def _importance_losses(
@@ -500,6 +507,8 @@ def report(
     )
     if meters.peak_eval_memory_mb:
         result[m.PEAK_EVAL_MEMORY_MB] = meters.peak_eval_memory_mb
+    if trial.memory.context_source:  # GPU: how the CUDA context in peak_memory_mb was read
+        result[m.MEMORY_CONTEXT_SOURCE] = trial.memory.context_source
     if trial.budget.seconds is not None:
         result[m.TIME_BUDGET_SECONDS] = trial.budget.seconds
     meters.last_report_time = trial.budget.elapsed()
@@ -599,7 +608,7 @@ def train_loop_per_worker(
     if session.world_size > 1 and (mark := session.read_note(OOM_MARK)):
         return _ended_by_mark(mark, session)
     cap = cfg.resources.gpu_memory_mb if session.device.type == "cuda" else None
-    memory = PeakMeter(session.device, shared=cap is not None)
+    memory = PeakMeter(session.device, shared=_may_share_device(cfg))
     if cap is not None:
         fraction = cap_device_memory(session.device, cap, memory.outside_mb)
         if session.world_rank == 0:

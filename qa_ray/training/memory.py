@@ -9,10 +9,16 @@ What a trial needs is what it held, not what its tensors used:
 - on GPU, what PyTorch's caching allocator *reserved* at its peak plus what the process holds
   on the device outside it: the CUDA context, and with several workers NCCL's buffers. That sum
   is ``peak_memory_mb``, the number budgets and the objective use; the tensors' own peak
-  (``torch.cuda.max_memory_allocated``) is logged beside it as ``peak_allocated_mb``. Outside
-  the allocator is read from NVML per process when ``pynvml`` is installed, else as the
-  device's used memory minus the allocator's reserve when the meter starts (before the trial
-  allocates), which on a GPU shared with other processes counts theirs too: an upper bound;
+  (``torch.cuda.max_memory_allocated``) is logged beside it as ``peak_allocated_mb``. The
+  allocator's numbers are this process's alone. Outside it, only NVML's per-process count is
+  (``pynvml``, and a process NVML lists by its own pid: inside a container it lists host
+  pids); the device's used memory counts every process on it. So the context is, in order
+  (:data:`CONTEXT_SOURCES`, logged as the run's ``memory_context_source``):
+  ``nvml_process``, NVML's count for this process less the reserve; ``measured``, the device's
+  used memory less the reserve when the meter starts, where the trial has the device to itself
+  (not packed, a whole GPU, and nothing beyond a context's size there); ``default``, the usual
+  CUDA context (:data:`CUDA_CONTEXT_MB`) on a device the trial may share. A trial never counts
+  another process's memory as its own;
 - on CPU, the worker's peak RSS (``VmHWM``); ``peak_allocated_mb`` is the same number.
 
 A :class:`PeakMeter` reads one phase at a time (training, then an evaluation, then training
@@ -69,29 +75,37 @@ class PeakMeter:
 
     Create it before the trial allocates: on GPU it measures what the process already holds
     outside the caching allocator (the CUDA context) at that point.
+
+    Args:
+        device: the trial's device.
+        shared: the trial may share the device with other processes (a fractional
+            ``resources.gpus_per_worker``, packing): the device's used memory is never read
+            as this process's own.
     """
 
     def __init__(self, device: torch.device, shared: bool = False):
         self.device = device
         self.outside_mb = 0.0  # GPU: context + NCCL + workspaces, the largest seen
-        self.per_process = False  # outside_mb read for this process alone (NVML)
+        # How outside_mb was read (CONTEXT_SOURCES); None on CPU, where there is no context.
+        self.context_source: str | None = None
         if device.type == "cuda":
-            self.outside_mb, self.per_process = _outside_allocator_mb(device)
-            if shared and not self.per_process:
-                # Packed beside other trials, the device's used memory counts theirs: take
-                # the context as the usual CUDA context instead (without NVML to read it).
-                self.outside_mb = CUDA_CONTEXT_MB
+            self.outside_mb, self.context_source = _outside_allocator_mb(device, shared)
             self.resettable = True
         else:
             self.resettable = _reset_rss_peak()
         self.reset()
+
+    @property
+    def per_process(self) -> bool:
+        """Whether what the process holds outside the allocator is read for it alone (NVML)."""
+        return self.context_source == "nvml_process"
 
     def describe(self) -> str:
         """For the one log line that says what ``peak_memory_mb`` is on this device."""
         if self.device.type == "cuda":
             return (
                 "CUDA max reserved + memory outside the allocator "
-                f"({self.outside_mb:.0f} MB now: context, NCCL); "
+                f"({self.outside_mb:.0f} MB now: context, NCCL; {self.context_source}); "
                 "peak_allocated_mb is CUDA max allocated"
             )
         return "the worker's peak RSS" + (
@@ -118,19 +132,34 @@ class PeakMeter:
         return MemoryReading(reserved + self.outside_mb, allocated)
 
 
-# What a CUDA context takes on a recent GPU, for a packed trial without NVML to read its own.
+# What a CUDA context takes on a recent GPU (CUDA 12, lazy module loading: 300-550 MB), for a
+# trial that may share its device and has no NVML to read its own.
 CUDA_CONTEXT_MB = 500.0
+# More than this outside the allocator when the meter starts is more than one context: another
+# process holds memory on the device, and its used memory is not this process's.
+CONTEXT_AT_MOST_MB = 2 * CUDA_CONTEXT_MB
+CONTEXT_SOURCES = ("nvml_process", "measured", "default")
 
 
-def _outside_allocator_mb(device: torch.device) -> tuple[float, bool]:
-    """What the process holds on ``device`` outside the allocator, and whether that was read
-    for this process alone (NVML) rather than as the device's used memory."""
+def _outside_allocator_mb(device: torch.device, shared: bool) -> tuple[float, str]:
+    """What the process holds on ``device`` outside the allocator, and how that was read (one
+    of :data:`CONTEXT_SOURCES`; see the module docstring)."""
     reserved = torch.cuda.memory_reserved(device) / MB
     free, total = torch.cuda.mem_get_info(device)  # creates the context if there is none yet
     per_process = _process_used_mb(device)
     if per_process is not None:
-        return max(0.0, per_process - reserved), True
-    return max(0.0, (total - free) / MB - reserved), False
+        return max(0.0, per_process - reserved), "nvml_process"
+    device_outside = (total - free) / MB - reserved  # every process's, this one's context too
+    if shared or device_outside > CONTEXT_AT_MOST_MB:
+        if not shared:
+            logger.info(
+                "%.0f MB on %s outside this process's allocator is more than a CUDA context: "
+                "another process uses the device; its memory is not counted",
+                device_outside,
+                device,
+            )
+        return CUDA_CONTEXT_MB, "default"
+    return max(0.0, device_outside), "measured"
 
 
 def _process_used_mb(device: torch.device) -> float | None:

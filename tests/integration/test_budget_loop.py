@@ -46,6 +46,7 @@ class _Meter:
 
     level = 100.0
     live: list[_Meter] = []
+    context_source = None  # as on CPU: no CUDA context
 
     def __init__(self, device, shared=False):
         self.peak = self.level

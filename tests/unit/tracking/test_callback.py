@@ -117,3 +117,27 @@ def test_every_child_run_logs_its_predicted_peak_and_measurements_refine_the_mod
         logged["trial-2"][m.PREDICTED_PEAK_MEMORY_SD_MB]
         < logged["trial-1"][m.PREDICTED_PEAK_MEMORY_SD_MB]
     )
+
+
+def test_a_gpu_trials_run_says_how_its_peak_counted_the_cuda_context(tmp_path):
+    """The loop reports ``memory_context_source`` (nvml_process, measured or default) on a
+    GPU; the trial's run keeps it as a param."""
+    from types import SimpleNamespace
+
+    from qa_ray import metrics as m
+    from qa_ray.tracking.callback import MLflowSweepCallback
+    from qa_ray.tracking.runs import child_runs, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "t", "s", params={}, artifacts={})
+    callback = MLflowSweepCallback(uri, parent, ("step",))
+    gpu = SimpleNamespace(trial_id="t_1", trial_name="gpu", config={})
+    cpu = SimpleNamespace(trial_id="t_2", trial_name="cpu", config={})
+    gpu.last_result = {m.PEAK_MEMORY_MB: 3686.0, m.STEP: 4, m.MEMORY_CONTEXT_SOURCE: "default"}
+    cpu.last_result = {m.PEAK_MEMORY_MB: 900.0, m.STEP: 4}
+    for trial in (gpu, cpu):
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_complete(0, [], trial)
+    params = {r.info.run_name: r.data.params for r in child_runs(uri, parent)}
+    assert params["gpu"][m.MEMORY_CONTEXT_SOURCE] == "default"
+    assert m.MEMORY_CONTEXT_SOURCE not in params["cpu"]

@@ -75,7 +75,7 @@ def test_nvml_per_process_counts_nccl_buffers_allocated_later(cuda, monkeypatch)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     cuda["used"] = 20_000 * MB  # the device is shared: device-wide numbers would count others
     meter = PeakMeter(CUDA)
-    assert meter.outside_mb == 600
+    assert meter.outside_mb == 600 and meter.context_source == "nvml_process"
     cuda.update(reserved=4000 * MB, max_reserved=4000 * MB, max_allocated=3500 * MB)
     used["mb"] = 4000 + 600 + 400  # NCCL: 400 MB
     assert meter.read().needed_mb == 4000 + 1000
@@ -141,14 +141,17 @@ def test_a_packed_worker_caps_its_allocator_at_its_request_less_the_context(capp
     assert len(capped) == 2
 
 
-def test_a_packed_meter_does_not_count_its_neighbours_memory_as_its_own(cuda, capped):
-    """Without NVML the context is read as the device's used memory less the allocator's
-    reserve, which on a shared GPU holds the neighbours' trials: a packed meter (and its cap)
-    takes the usual CUDA context instead; a cap at or under it is refused."""
+def test_a_meter_never_counts_its_neighbours_memory_as_its_own(cuda, capped):
+    """Without NVML the device's used memory counts every process on it. A meter that may
+    share the device (packed), or that finds more than a context's worth there at its start,
+    takes the usual CUDA context instead; alone on it, the reading is its own context."""
+    assert (PeakMeter(CUDA).outside_mb, PeakMeter(CUDA).context_source) == (600, "measured")
+    shared = PeakMeter(CUDA, shared=True)  # packed: what it reads may hold a neighbour's
+    assert shared.outside_mb == memory.CUDA_CONTEXT_MB and shared.context_source == "default"
+    assert not shared.per_process and "default" in shared.describe()
     cuda["used"] = 10_600 * MB  # a neighbour's 10 GB beside this process's context
-    assert PeakMeter(CUDA).outside_mb == 10_600  # alone it would call it all its own
-    shared = PeakMeter(CUDA, shared=True)
-    assert shared.outside_mb == memory.CUDA_CONTEXT_MB and not shared.per_process
+    unmarked = PeakMeter(CUDA)
+    assert unmarked.outside_mb == memory.CUDA_CONTEXT_MB and unmarked.context_source == "default"
     with pytest.raises(ValueError, match="leaves nothing beside"):
         memory.cap_device_memory(CUDA, 400.0, shared.outside_mb)
 
@@ -235,3 +238,96 @@ def test_the_loop_caps_a_packed_worker_and_tells_a_neighbours_out_of_memory_apar
     with pytest.raises(memory.TrialOutOfMemory):  # not packed: no cap, every OOM its own
         loop.train_loop_per_worker(_loop_config(None), session)
     assert capped == []
+
+
+# ---- two trials on one GPU ---------------------------------------------------------------------
+
+
+class _SharedGPU:
+    """One emulated 24 000 MB GPU and two processes on it (no NVML). CUDA's calls answer for
+    the process in ``current``: its allocator's reserve and peak are its own, the device's free
+    memory is what every process left."""
+
+    total = 24_000 * MB
+
+    def __init__(self, monkeypatch):
+        self.procs: dict[str, dict[str, float]] = {}
+        self.current = ""
+        own = lambda key: lambda d=None: self.procs[self.current][key]  # noqa: E731
+        monkeypatch.setattr(torch.cuda, "memory_reserved", own("reserved"))
+        monkeypatch.setattr(torch.cuda, "max_memory_reserved", own("max_reserved"))
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", own("max_reserved"))
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", self._mem_get_info)
+        monkeypatch.setitem(sys.modules, "pynvml", None)
+
+    def _mem_get_info(self, device=None):
+        used = sum(p["context"] + p["reserved"] for p in self.procs.values())
+        return self.total - used, self.total
+
+    def start(self, name: str, context_mb: float) -> None:
+        """A process creates its CUDA context, nothing in its allocator yet."""
+        self.procs[name] = {"context": context_mb * MB, "reserved": 0, "max_reserved": 0}
+        self.current = name
+
+    def hold(self, name: str, reserved_mb: float) -> None:
+        self.procs[name].update(reserved=reserved_mb * MB, max_reserved=reserved_mb * MB)
+
+
+@pytest.mark.parametrize("gpus_per_worker", [0.5, 1.0])
+@pytest.mark.parametrize("order", ["A first", "B first"])
+def test_two_trials_on_one_gpu_each_report_their_own_peak(monkeypatch, order, gpus_per_worker):
+    """Trial A holds 7 GiB, trial B's own peak is about 3.6 GiB (a 520 MB context each). Read
+    as the device's used memory less its reserve at start, B reported A's memory too: 10.6 GiB,
+    over its 9500 MB budget at the first step. Each meter is the one the loop builds: packed
+    (0.5 GPU) it never reads the device as its own; on a whole GPU it reads its own context
+    when it starts alone, and takes the usual context when a neighbour is already there."""
+    from qa_ray.training import loop
+
+    gpu = _SharedGPU(monkeypatch)
+    own = {"A": 7168.0, "B": 3686.0}  # reserve + context: what each truly holds at its peak
+    meters: dict[str, PeakMeter] = {}
+
+    class Built(Exception):
+        pass
+
+    def setup(cfg, session, meter):
+        meters[gpu.current] = meter
+        raise Built  # the meter is all this test needs of the loop
+
+    monkeypatch.setattr(loop, "setup", setup)
+    config = _loop_config(None)
+    config["resources"]["gpus_per_worker"] = gpus_per_worker
+    for name in "AB" if order == "A first" else "BA":
+        gpu.start(name, 520.0)
+        with pytest.raises(Built):
+            loop.train_loop_per_worker(config, _Session())
+        gpu.hold(name, own[name] - 520.0)  # then trains to its peak, and stays there
+
+    for name, meter in meters.items():
+        gpu.current = name
+        reported = meter.read().needed_mb
+        assert abs(reported - own[name]) <= 0.05 * own[name], (name, reported)
+    gpu.current = "B"
+    assert meters["B"].read().needed_mb < 9500  # B's budget holds
+    first, second = ("A", "B") if order == "A first" else ("B", "A")
+    expected = "measured" if gpus_per_worker == 1.0 else "default"
+    assert meters[first].context_source == expected
+    assert meters[second].context_source == "default"
+
+
+def test_a_gpu_reports_say_how_the_context_was_counted(cuda, tiny_model_dir, tmp_path):
+    """Every report of a GPU trial carries ``memory_context_source``, for the run's params
+    (a tiny CPU trial with an emulated GPU meter, stopped by a size budget before a step)."""
+    from qa_ray import metrics as m
+    from qa_ray.config.trial import TrialConfig
+    from qa_ray.training import loop
+    from tests.helpers import RecordingSession, trial_dict
+
+    cfg = trial_dict(tiny_model_dir("bert"), tmp_path)
+    cfg["constraints"] = ["trainable_params <= 1000"]
+    session = RecordingSession()
+    trial, meters = loop.setup(TrialConfig.model_validate(cfg), session, PeakMeter(CUDA))
+    out = loop.train(trial, meters)
+    assert out[m.MEMORY_CONTEXT_SOURCE] == "measured"
+    assert [r[m.MEMORY_CONTEXT_SOURCE] for r in session.reports] == ["measured"]
