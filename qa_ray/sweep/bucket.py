@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from ray.tune import Callback
 
-from qa_ray import storage
+from qa_ray import live, storage
 from qa_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -244,5 +244,7 @@ class BucketStateCallback(Callback):
     def __getstate__(self):  # the lock is the driver's that runs, not the pickled one's
         return {"bucket": (self.bucket.remote, str(self.bucket.local), self.bucket.name)}
 
-    def __setstate__(self, state):
-        self.bucket = BucketState(*state["bucket"])
+    def __setstate__(self, state):  # in this head's state folder, not the first head's
+        remote, local, name = state["bucket"]
+        d = live.current()
+        self.bucket = BucketState(remote, d.state_dir if d is not None else Path(local), name)

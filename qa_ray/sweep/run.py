@@ -15,14 +15,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from qa_ray import live, storage
 from qa_ray import metrics as m
-from qa_ray import storage
 from qa_ray.config.trial import parse_constraints
 from qa_ray.errors import ConfigError
 from qa_ray.search.memory import MemoryModel
@@ -50,8 +51,6 @@ from qa_ray.tracking.runs import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from qa_ray.sweep.config import SweepConfig
 
 __all__ = ["SweepResult", "run_sweep"]
@@ -120,25 +119,38 @@ def run_sweep(
         if resume:
             bucket.pull()
     try:
-        return _run(cfg, tracking_uri, address, resume, resolved_yaml, verbose, bucket)
+        return _run(
+            _Sweep(cfg, tracking_uri, local, bucket, address=address, verbose=verbose),
+            resume,
+            resolved_yaml,
+        )
     finally:
         if bucket is not None:
             bucket.release()
 
 
-def _run(
-    cfg: SweepConfig,
-    tracking_uri: str,
-    address: str | None,
-    resume: bool,
-    resolved_yaml: str,
-    verbose: bool,
-    bucket: BucketState | None,
-) -> SweepResult:
+@dataclass
+class _Sweep:
+    """What every stage of one driver run shares."""
+
+    cfg: SweepConfig
+    tracking_uri: str
+    local: Path  # the state folder on this head
+    bucket: BucketState | None
+    address: str | None = None
+    verbose: bool = False
+    parent_id: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
+    # The sweep this process drives: what the searcher, scheduler and callbacks Tune
+    # restores rejoin (this head's state folder, one memory model, the study's mirror).
+    driver: live.Driver | None = None
+
+
+def _run(sweep: _Sweep, resume: bool, resolved_yaml: str) -> SweepResult:
     from ray import tune
 
+    cfg, tracking_uri, local, bucket = sweep.cfg, sweep.tracking_uri, sweep.local, sweep.bucket
     exp_path = experiment_path(cfg)
-    local = state_dir(cfg)
     state_path = local / STATE_FILE
     if bucket is not None and not resume and local.is_dir() and any(local.iterdir()):
         # A new sweep on a bucket (none of this name is there) and a state folder left on this
@@ -152,9 +164,9 @@ def _run(
     # The MLflow store is opened (a new one migrates its schema, about 2 s) while Ray starts.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qa-ray-mlflow") as pool:
         store = pool.submit(open_experiment, tracking_uri, cfg.tracking.experiment_name)
-        cluster = init_ray(address, verbose)
+        cluster = init_ray(sweep.address, sweep.verbose)
         store.result()
-    p = plan(cfg, cluster, elastic=address is not None)
+    p = sweep.plan = plan(cfg, cluster, elastic=sweep.address is not None)
     local.mkdir(parents=True, exist_ok=True)
     objectives = [(o.metric, o.mode) for o in cfg.objectives]
     parent_id = start_parent_run(
@@ -205,18 +217,29 @@ def _run(
             f"(same Optuna study, same parent run)",
             flush=True,
         )
-    if address:
+    sweep.parent_id = parent_id
+    sweep.driver = live.Driver(
+        state_dir=local,
+        memory=MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu"),
+        on_study_change=bucket.push if bucket is not None else None,
+    )
+    if sweep.address:
         for note in cluster_notes(cfg, exp_path):
             print(f"[qa-ray] note: {note}", flush=True)
 
     status, results = "FAILED", []
-    with Interrupts() as interrupts, credentials_stay_in_the_driver(), tune_console(verbose):
+    with (
+        Interrupts() as interrupts,
+        credentials_stay_in_the_driver(),
+        tune_console(sweep.verbose),
+        live.driving(sweep.driver),
+    ):
         try:
             for i, stage in enumerate(stages):
                 if interrupts.signal is not None:  # between stages: the next one never starts
                     break
                 try:
-                    grid = _fit(cfg, stage, i, local, tracking_uri, parent_id, p, bucket)
+                    grid = _fit(sweep, stage, i)
                 finally:
                     interrupts.tune_loop_ended()
                 # Each result with its trial's status (ResultGrid lists results in the order
@@ -275,21 +298,14 @@ def _outcome(r, tune_status: str) -> dict[str, Any]:
     }
 
 
-def _fit(
-    cfg: SweepConfig,
-    stage: dict,
-    index: int,
-    local: Path,
-    tracking_uri: str,
-    parent_id: str,
-    p: dict,
-    bucket: BucketState | None = None,
-):
+def _fit(sweep: _Sweep, stage: dict, index: int):
     from ray import tune
 
     from qa_ray.search.schedulers.mo_asha import EarlyStopMarks
     from qa_ray.search.searcher import BudgetAwareOptunaSearch, MemoryAdmission
 
+    cfg, local, bucket, p = sweep.cfg, sweep.local, sweep.bucket, sweep.plan
+    assert sweep.driver is not None
     exp_path = experiment_path(cfg)
     base = cfg.trial_config().model_dump()
     # The trial function only drives its TorchTrainer; the workers hold the CPUs/GPUs. Ray
@@ -319,9 +335,9 @@ def _fit(
     os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
     # One memory model per sweep: the callback logs each child's prediction and calibrates it
     # with the measured peaks; the searcher keeps configs predicted over a budget from running.
-    memory = MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu")
+    memory = sweep.driver.memory
     tracker = MLflowSweepCallback(
-        tracking_uri, parent_id, m.CURVES, base_config=base, memory=memory
+        sweep.tracking_uri, sweep.parent_id, m.CURVES, base_config=base, memory=memory
     )
     admission = MemoryAdmission(
         memory,
@@ -358,6 +374,8 @@ def _fit(
         study_name=cfg.name,
         storage=study_storage(local),
     )
+    if bucket is not None:
+        bucket.push()  # the study exists: the bucket holds it before any trial is asked
     tuner = tune.Tuner(
         trainable,
         tune_config=tune_config(searcher, scheduler, stage["num_samples"], p),

@@ -17,6 +17,7 @@ from typing import Any
 from mlflow.entities import Metric
 from ray.tune import Callback
 
+from qa_ray import live
 from qa_ray import metrics as m
 
 # The tag names live with the metric names; re-exported here for readers of this module.
@@ -86,6 +87,14 @@ class MLflowSweepCallback(Callback):
         state.setdefault("_last_step", {})
         state.setdefault("memory", None)
         self.__dict__.update(state)
+
+    def setup(self, **info):
+        """Joins the sweep this driver runs (a callback Tune restored too): its one memory
+        model, shared with the searcher, and the rejections the admission makes."""
+        d = live.current()
+        if d is not None:
+            self.memory = d.memory if d.memory is not None else self.memory
+            d.on_rejected = self.record_predicted_infeasible
 
     def __getstate__(self):  # pickled into Tune's experiment state; the client is not
         state = self.__dict__.copy()

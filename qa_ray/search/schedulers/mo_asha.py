@@ -46,6 +46,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from qa_ray import live
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint, dominates
 
@@ -224,6 +225,9 @@ class MOASHA(FIFOScheduler):
 
     def __setstate__(self, state: dict) -> None:  # Tuner.restore: the rungs as last saved
         self.__dict__.update(state)
+        # In this head's state folder: the pickled path is the first head's, which on a new
+        # head is missing, or, where it exists, holds another sweep's stale rungs.
+        self.state_file = live.repoint(self.state_file)
         self._load()
 
 

@@ -101,3 +101,17 @@ def test_the_callback_tune_restores_holds_the_drivers_lock(s3_bucket, tmp_path):
     head.acquire()
     restored = pickle.loads(pickle.dumps(b.BucketStateCallback(head)))
     assert restored.bucket.owner == head.owner and restored.bucket.remote == head.remote
+
+
+def test_the_callback_tune_restores_mirrors_this_heads_state_folder(s3_bucket, tmp_path):
+    """Pickled with the first head's folder: a new head with another home pushed files that
+    were not there (or an older sweep's), not the state the resumed sweep writes."""
+    import pickle
+
+    from qa_ray import live
+
+    first, _ = _state(tmp_path, s3_bucket)
+    new = tmp_path / "new-head"
+    with live.driving(live.Driver(state_dir=new)):
+        restored = pickle.loads(pickle.dumps(b.BucketStateCallback(first)))
+    assert restored.bucket.local == new and restored.bucket.remote == first.remote

@@ -68,9 +68,9 @@ def test_a_sweep_that_raises_ends_its_runs_failed_and_exits_1(
     path, uri = _local_sweep(tmp_path)
     client = MlflowClient(uri)
 
-    def fit(cfg, stage, index, local, tracking_uri, parent_id, p, bucket=None):
-        experiment = client.get_run(parent_id).info.experiment_id
-        client.create_run(experiment, tags={TAG_PARENT: parent_id})  # a trial in flight
+    def fit(sweep, stage, index):
+        experiment = client.get_run(sweep.parent_id).info.experiment_id
+        client.create_run(experiment, tags={TAG_PARENT: sweep.parent_id})  # a trial in flight
         raise RuntimeError("the cluster went away")
 
     monkeypatch.setattr(no_ray, "_fit", fit)
@@ -124,7 +124,7 @@ def test_a_signal_between_stages_stops_the_next_stage(no_ray, tmp_path, monkeypa
         first = {"storage_path": cfg.storage_path, "name": cfg.name, "num_samples": 1}
         return [first, {"storage_path": exp_path, "name": "extend-1", "num_samples": 1}]
 
-    def fit(cfg, stage, index, *rest):
+    def fit(sweep, stage, index):
         if index == 0:  # as Tune 2.60 leaves it when its loop ends
             signal.signal(signal.SIGUSR1, lambda *a: stale.append("stop event set"))
         else:  # the second stage is being set up: its Tune loop not started yet

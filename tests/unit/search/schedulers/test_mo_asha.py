@@ -207,6 +207,27 @@ def test_a_trial_stopped_before_a_driver_crash_stays_stopped(tmp_path):
     assert resumed.rungs == s.rungs and resumed.stopped == {"b": 0}
 
 
+def test_a_new_head_reads_the_rungs_in_its_own_state_folder(tmp_path):
+    """The state file was pickled as the first head's absolute path: a new head with another
+    state folder read nothing there (the sweep's stops forgotten), or, where that path
+    existed, another sweep's stale rungs, and revived trials this sweep had stopped."""
+    from qa_ray import live
+
+    first, new = tmp_path / "first", tmp_path / "new"
+    first.mkdir(), new.mkdir()
+    s = sched(state_file=str(first / "mo_asha.json"))
+    s.decide("a", r(10, 50.0, 100))
+    assert s.decide("b", r(10, 40.0, 200)) == STOP
+    (new / "mo_asha.json").write_bytes((first / "mo_asha.json").read_bytes())  # the bucket's
+    (first / "mo_asha.json").write_text('{"rungs": {}, "judged": {}, "stopped": {}}')  # stale
+    pickled = pickle.dumps(s)
+    with live.driving(live.Driver(state_dir=new)):
+        restored = pickle.loads(pickled)
+    assert restored.state_file == str(new / "mo_asha.json")
+    assert restored.stopped == {"b": 0}
+    assert restored.decide("b", r(30, 90.0, 50)) == STOP
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="reduction_factor > 1"):
         sched(reduction_factor=1)
