@@ -42,12 +42,17 @@ def resume_command(args) -> str:
     """The exact command that continues an interrupted sweep, without credentials."""
     import shlex
 
-    parts = ["qa-ray", "sweep", args.sweep, *args.overrides, "--resume"]
+    from qa_ray.sweep.config import overrides_without_credentials
+    from qa_ray.tracking.runs import split_credentials
+
+    # Credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD; the command holds none.
+    overrides = overrides_without_credentials(args.overrides)[0]
+    parts = ["qa-ray", "sweep", args.sweep, *overrides, "--resume"]
+    for budget in getattr(args, "constraint", []):
+        parts += ["--constraint", budget]
     if args.address:
         parts += ["--address", args.address]
-    if args.tracking_uri:  # its credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD
-        from qa_ray.tracking.runs import split_credentials
-
+    if args.tracking_uri:
         parts += ["--tracking-uri", split_credentials(args.tracking_uri)[0]]
     return shlex.join(parts)
 
@@ -73,13 +78,7 @@ def cmd_sweep(args) -> int:
         resolve_tracking_uri,
     )
 
-    cfg = load_sweep_config(args.sweep, args.overrides)
-    if args.constraint:  # validated as the file's own `constraints`
-        args.overrides = [
-            *args.overrides,
-            "constraints=" + json.dumps([*cfg.constraints, *args.constraint]),
-        ]
-        cfg = load_sweep_config(args.sweep, args.overrides)
+    cfg = load_sweep_config(args.sweep, args.overrides, args.constraint)
     uri = credentials_to_environment(
         resolve_tracking_uri(cfg.tracking.tracking_uri, args.tracking_uri)
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from qa_ray.config.paths import absolutize_paths, check_local_paths
+from qa_ray.config.paths import absolutize_paths, local_path_errors
 from qa_ray.config.trial import TrialConfig
 from qa_ray.errors import ConfigError
 
@@ -17,9 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "apply_overrides",
+    "check_file_kind",
     "config_differences",
+    "did_you_mean",
     "load_trial_config",
     "load_yaml",
+    "overridden",
     "validate_model",
 ]
 
@@ -29,11 +35,71 @@ def _is_branch(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
 
 
-def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not _is_branch(p)) or "(top level)"
+def _members(annotation: Any) -> list[Any]:
+    """The types a field may hold: a union's members, an ``Annotated`` or ``X | None`` opened."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(annotation) for t in _members(a)]
+    return [annotation]
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    """The value of a discriminated union member's ``type: Literal[...]`` field, if any."""
+    field = model.model_fields.get("type")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _locate(cls: type[BaseModel], loc: tuple) -> tuple[str, list[type[BaseModel]]]:
+    """An error's location as the user writes it (``objectives[0].mode``: union branches and
+    tags left out), and the blocks that may hold its last key."""
+    shown, current = "", [cls]
+    for i, part in enumerate(loc):
+        if i == len(loc) - 1:
+            parents = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)]
+        following = []
+        for t in (m for c in current for m in _members(c)):
+            origin = typing.get_origin(t)
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                if isinstance(part, str) and part in t.model_fields:
+                    following.append(t.model_fields[part].annotation)
+                elif part == _tag(t):
+                    following.append(t)  # a discriminated union's member, named by its tag
+            elif origin in (list, tuple) and isinstance(part, int):
+                following.append(typing.get_args(t)[0])
+            elif origin is dict and isinstance(part, str) and not _is_branch(part):
+                following.append(typing.get_args(t)[1])
+        is_key = i == len(loc) - 1 or any(  # the last: a key, known or not
+            (isinstance(t, type) and issubclass(t, BaseModel) and part in t.model_fields)
+            or typing.get_origin(t) in (list, tuple, dict)
+            for t in (m for c in current for m in _members(c))
+        )
+        if isinstance(part, int) and is_key:
+            shown += f"[{part}]"
+        elif is_key and not _is_branch(part):
+            shown += f".{part}" if shown else str(part)
+        current = following or current
+    if not loc:
+        parents = [cls]
+    return shown, parents
+
+
+def did_you_mean(word: Any, known: Any) -> str:
+    """``"; did you mean `x`?"`` for the closest of ``known`` to a misspelt ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _format_error(err: dict[str, Any], cls: type[BaseModel]) -> str:
+    where, parents = _locate(cls, tuple(err["loc"]))
+    loc = where or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"`{loc}`: unknown key (value {err['input']!r})"
+        key = err["loc"][-1]
+        known = sorted({f for p in parents for f in p.model_fields})
+        return f"`{loc}`: unknown key (value {err['input']!r}){did_you_mean(key, known)}"
     if err["type"] == "missing":
         return f"`{loc}`: required field is missing"
     if "but got" in msg:  # our own validators already name fields and values
@@ -54,7 +120,8 @@ def validate_model(cls: type[BaseModel], data: Any, source: str) -> Any:
         branchy = [e for e in errors if any(_is_branch(p) for p in e["loc"])]
         if len(branchy) > 1:
             errors = [e for e in errors if not (e in branchy and e["type"] == "string_type")]
-        raise ConfigError(source, list(dict.fromkeys(_format_error(e) for e in errors))) from None
+        messages = [_format_error(e, cls) for e in errors]
+        raise ConfigError(source, list(dict.fromkeys(messages))) from None
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -77,7 +144,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Applies ``dotted.key=value`` overrides (values parsed as YAML) to a nested mapping.
 
     Unknown keys are not caught here but by validation (``extra="forbid"``), which names them.
+
+    Raises:
+        ConfigError: every malformed override (source ``"command line"``).
     """
+    out, errors = overridden(data, overrides)
+    if errors:
+        raise ConfigError("command line", errors)
+    return out
+
+
+def overridden(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """:func:`apply_overrides` that returns its errors beside the mapping (with the good
+    overrides applied), for a caller that reports them with others."""
     out = _deepcopy(data)
     errors = []
     for item in overrides:
@@ -101,9 +180,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         else:
             node[parts[-1]] = value
-    if errors:
-        raise ConfigError("command line", errors)
-    return out
+    return out, errors
+
+
+def check_file_kind(data: dict[str, Any], path: str, expected: str) -> None:
+    """Refuses a sweep file given where a trial file is expected (``expected="trial"``), or a
+    trial file where a sweep file is (``"sweep"``), saying which command runs it.
+
+    A sweep file is a trial file's blocks plus a ``search`` block.
+    """
+    if expected == "trial" and "search" in data:
+        raise ConfigError(
+            path,
+            [
+                f"this is a sweep file (it has a `search` block): run `qa-ray sweep {path}` "
+                f"(`qa-ray validate {path}` checks it); `qa-ray train` runs one trial file"
+            ],
+        )
+    if expected == "sweep" and "search" not in data and ("model" in data or "output_dir" in data):
+        raise ConfigError(
+            path,
+            [
+                f"this is a trial file (it has no `search` block): run `qa-ray train {path}`; "
+                "a sweep file adds `search` (docs/configuration.md#sweep-file)"
+            ],
+        )
 
 
 def config_differences(
@@ -136,8 +237,22 @@ def _deepcopy(data: Any) -> Any:
 
 
 def load_trial_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrialConfig:
-    """Loads, overrides and validates a trial file; local paths come back absolute."""
-    data = apply_overrides(load_yaml(path), list(overrides))
-    cfg = validate_model(TrialConfig, data, str(path))
-    check_local_paths(cfg, str(path))
+    """Loads, overrides and validates a trial file; local paths come back absolute.
+
+    Raises:
+        ConfigError: every problem at once: malformed overrides, invalid fields, missing
+            local files (a sweep file is refused with the command that runs it).
+    """
+    source = str(path)
+    raw = load_yaml(path)
+    check_file_kind(raw, source, "trial")
+    data, errors = overridden(raw, list(overrides))
+    cfg = None
+    try:
+        cfg = validate_model(TrialConfig, data, source)
+    except ConfigError as exc:
+        errors += exc.errors
+    errors += local_path_errors(cfg.model_dump() if cfg is not None else data)
+    if errors:
+        raise ConfigError(source, errors)
     return absolutize_paths(cfg)

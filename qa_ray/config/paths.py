@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qa_ray import storage
+from qa_ray.config.trial import TEACHER_FROM_SWEEP
 from qa_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,15 +68,19 @@ def _how_to_get(field: str, value: str) -> str:
     return ""
 
 
-def check_local_paths(cfg: TrialConfig, source: str) -> None:
-    """Fails before any cluster work when a path that is clearly local does not exist."""
+def local_path_errors(config: dict[str, Any]) -> list[str]:
+    """One message per path that is clearly local and not there, read from a config's blocks
+    (a dump of a validated config, or the raw mapping of one that failed validation: values
+    that are not strings are left to validation)."""
+
+    def get(block: str, key: str) -> Any:
+        fields = config.get(block)
+        return fields.get(key) if isinstance(fields, dict) else None
+
     errors = []
-    for field, value in (
-        ("model.name_or_path", cfg.model.name_or_path),
-        ("data.path", cfg.data.path),
-        ("data.eval_path", cfg.data.eval_path),
-    ):
-        if value is None or os.path.exists(os.path.expanduser(value)):
+    for field in ("model.name_or_path", "data.path", "data.eval_path"):
+        value = get(*field.split("."))
+        if not isinstance(value, str) or os.path.exists(os.path.expanduser(value)):
             continue
         first = Path(os.path.expanduser(value)).parts[0] if value else ""
         hint = _how_to_get(field, value)
@@ -89,20 +94,27 @@ def check_local_paths(cfg: TrialConfig, source: str) -> None:
                 f"`{field}`: no such file or folder, but got {value!r} (relative paths "
                 f"are resolved from the current directory, {os.getcwd()}){hint}"
             )
-    distill = cfg.train.distill
+    distill = get("train", "distill")
+    teacher = distill.get("teacher") if isinstance(distill, dict) else None
     if (
-        distill is not None
-        and distill.from_sweep is None  # looked up in MLflow (tracking.resolve_teacher)
+        isinstance(teacher, str)
+        and not teacher.startswith(TEACHER_FROM_SWEEP)  # looked up in MLflow (resolve_teacher)
         and not (
-            storage.exists(distill.teacher)
-            if storage.is_uri(distill.teacher)
-            else os.path.isdir(os.path.expanduser(distill.teacher))
+            storage.exists(teacher)
+            if storage.is_uri(teacher)
+            else os.path.isdir(os.path.expanduser(teacher))
         )
     ):
         errors.append(
-            f"`train.distill.teacher`: no such model folder, but got {distill.teacher!r} "
+            f"`train.distill.teacher`: no such model folder, but got {teacher!r} "
             f"(a local folder or a bucket URI; relative paths are resolved from {os.getcwd()})"
         )
+    return errors
+
+
+def check_local_paths(cfg: TrialConfig, source: str) -> None:
+    """Fails before any cluster work when a path that is clearly local does not exist."""
+    errors = local_path_errors(cfg.model_dump())
     if errors:
         raise ConfigError(source, errors)
 

@@ -11,15 +11,16 @@ would sit apart from the validator that checks it against its neighbours.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from qa_ray import metrics as m
 from qa_ray.pareto import Constraint, parse_constraint
 
 __all__ = [
     "Block",
+    "Budget",
     "DataConfig",
     "DistillConfig",
     "LoraConfig",
@@ -260,6 +261,16 @@ class DataConfig(Block):
     cache_dir: str | None = Field(None, description="tokenized-feature cache (default ~/.cache)")
 
 
+def _known_budget(text: str, info: ValidationInfo) -> str:
+    # `model` is declared above `constraints`, so it is validated (or absent) by now.
+    model = info.data.get("model")
+    parse_constraints([text], model.task if model is not None else None)
+    return text
+
+
+# One budget of a `constraints` list, checked on its own: an error names `constraints[i]`.
+Budget = Annotated[str, AfterValidator(_known_budget)]
+
 TEACHER_FROM_SWEEP = "sweep:"
 
 
@@ -453,17 +464,12 @@ class TrialConfig(Block):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output_dir: str = Field("outputs", description="where `qa-ray train` writes its results")
-    constraints: list[str] = Field(
+    constraints: list[Budget] = Field(
         default_factory=list,
         description="budgets, e.g. 'peak_memory_mb <= 22000': a trial that breaks one on a "
         "metric that only grows (peak memory, footprint, parameters) stops at that "
         "measurement, reported infeasible",
     )
-
-    @model_validator(mode="after")
-    def _known_constraints(self) -> TrialConfig:
-        parse_constraints(self.constraints, self.model.task)
-        return self
 
     @model_validator(mode="after")
     def _windows_overlap(self) -> TrialConfig:
@@ -476,8 +482,9 @@ class TrialConfig(Block):
         return self
 
 
-def parse_constraints(texts: list[str], task: str) -> list[Constraint]:
-    """Parses ``metric <= number`` budgets on metrics the task reports.
+def parse_constraints(texts: list[str], task: str | None) -> list[Constraint]:
+    """Parses ``metric <= number`` budgets on metrics the task reports (any metric when
+    ``task`` is None: a config whose task is itself invalid).
 
     Raises:
         ValueError: every malformed constraint and every metric the task never reports.
@@ -485,7 +492,7 @@ def parse_constraints(texts: list[str], task: str) -> list[Constraint]:
     from qa_ray.tasks import FACTS
 
     reported = [k for k in m.OBJECTIVES if not k.startswith("eval_") or k == m.EVAL_LATENCY_MS]
-    reported += [m.eval_key(s) for s in FACTS[task].scores]
+    reported += [m.eval_key(s) for s in FACTS[task].scores] if task in FACTS else []
     out, errors = [], []
     for text in texts:
         try:
@@ -493,9 +500,10 @@ def parse_constraints(texts: list[str], task: str) -> list[Constraint]:
         except ValueError as exc:
             errors.append(str(exc))
             continue
-        if c.metric not in reported:
+        if task in FACTS and c.metric not in reported:
             errors.append(
-                f"{text!r}: task {task!r} never reports {c.metric!r} (it reports {reported})"
+                f"task {task!r} never reports {c.metric!r} (it reports {reported}), but got "
+                f"{text!r}"
             )
         out.append(c)
     if errors:

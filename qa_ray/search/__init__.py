@@ -1,6 +1,8 @@
 """Search: what a sweep samples and how it decides what to run and stop.
 
 - :mod:`.space`: search-space files, validated, and the Optuna distributions they become;
+- :mod:`.checks`: what a sweep could sample (axis ends and choices, initial points) checked
+  as whole trial configs before Ray starts;
 - :mod:`.searcher`: Ray's ``OptunaSearch`` told budgets and out-of-memory as constraints;
 - :mod:`.schedulers`: early stopping across several objectives;
 - :mod:`.memory`: a configuration's peak memory predicted before it runs (an analytic prior

@@ -14,12 +14,15 @@ Coupled axes are sampled define-by-run so Optuna sees them as they are: 4/8 bits
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from qa_ray.config.files import did_you_mean
 from qa_ray.config.trial import Block, TrialConfig
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "apply_params",
     "suggest",
     "to_distributions",
+    "valid_axes",
 ]
 
 # axis name -> the trial-config field it sets (lora_alpha_multiple sets alpha = multiple * r)
@@ -56,8 +60,8 @@ AXES: dict[str, str] = {
     "distill_alpha": "train.distill.alpha",
     "distill_temperature": "train.distill.temperature",
 }
-_LORA_AXES = ("lora_r", "lora_alpha_multiple", "lora_dropout")
-_KBIT = (4, 8)
+LORA_AXES = ("lora_r", "lora_alpha_multiple", "lora_dropout")  # sampled in LoRA trials only
+KBIT = (4, 8)  # quantization bits that imply LoRA
 
 
 class FloatParam(Block):
@@ -120,10 +124,23 @@ def _check_range(low, high, log, step, default_step) -> None:
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+def _known_axis(name: str) -> str:
+    if name not in AXES:
+        raise ValueError(
+            f"unknown axis, expected one of {sorted(AXES)}, but got {name!r}"
+            + did_you_mean(name, AXES)
+        )
+    return name
+
+
+# An axis name, checked apart from its entry: a misspelt axis and a bad entry are both named.
+AxisName = Annotated[str, AfterValidator(_known_axis)]
+
+
 class SearchSpace(Block):
     """The axes to search and an optional effective-batch constraint."""
 
-    params: dict[str, Param] = Field(
+    params: dict[AxisName, Param] = Field(
         min_length=1, description="axis name (one of AXES) -> its float, int or categorical entry"
     )
     effective_batch_size: int | None = Field(
@@ -133,87 +150,94 @@ class SearchSpace(Block):
         "sampled per_device_batch_size (a categorical axis)",
     )
 
-    @model_validator(mode="after")
-    def _known_coherent_axes(self) -> SearchSpace:
-        errors = []
-        for name in self.params:
-            if name not in AXES:
-                errors.append(f"`params.{name}`: unknown axis, expected one of {sorted(AXES)}")
-        _check_choices(
-            self.params.get("quantization_bits"), {4, 8, 16, 32}, "quantization_bits", errors
-        )
-        _check_choices(self.params.get("finetune"), {"full", "lora"}, "finetune", errors)
-        if self.effective_batch_size is not None:
-            if "gradient_accumulation_steps" in self.params:
-                errors.append(
-                    "`effective_batch_size` derives `gradient_accumulation_steps`, so the two "
-                    "are exclusive, but got both"
+    @model_validator(mode="wrap")
+    @classmethod
+    def _coherent_axes(cls, data: Any, handler: Any) -> SearchSpace:
+        # Wrapped, so the entries that are valid are checked together even when another is
+        # not: every error of a space is reported at once.
+        try:
+            space = handler(data)
+        except ValidationError as exc:
+            raw = data if isinstance(data, dict) else {}
+            size = raw.get("effective_batch_size")
+            found = _incoherent(
+                _entries(raw.get("params")), size if isinstance(size, int) else None
+            )
+            if not found:
+                raise
+            more = [
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                    loc=(),
+                    input=data,
                 )
-            bs = self.params.get("per_device_batch_size")
-            if not isinstance(bs, CategoricalParam):
-                errors.append(
-                    "`effective_batch_size` needs `per_device_batch_size` as a categorical "
-                    f"axis (so every choice can divide it), but got {type(bs).__name__}"
-                )
-            else:
-                bad = [
-                    c for c in bs.choices if not isinstance(c, int) or self.effective_batch_size % c
-                ]
-                if bad:
-                    errors.append(
-                        f"every `per_device_batch_size` choice must divide `effective_batch_size`"
-                        f", but got (effective_batch_size={self.effective_batch_size}, "
-                        f"choices={bs.choices})"
-                    )
-        if errors:
-            raise ValueError("; ".join(errors))
-        return self
+                for message in found
+            ]
+            raise ValidationError.from_exception_data(exc.title, [*exc.errors(), *more]) from None
+        found = _incoherent(space.params, space.effective_batch_size)
+        if found:
+            raise ValueError("; ".join(found))
+        return space
 
 
-def _check_choices(p, allowed: set, name: str, errors: list[str]) -> None:
+_CHOICES = {"quantization_bits": {4, 8, 16, 32}, "finetune": {"full", "lora"}}
+
+
+def _incoherent(params: dict[str, Param], effective_batch_size: int | None) -> list[str]:
+    """The rules between a space's axes: fixed choices, the effective batch size."""
+    errors = [e for name in _CHOICES if (e := _choice_error(params.get(name), name))]
+    if effective_batch_size is not None:
+        if "gradient_accumulation_steps" in params:
+            errors.append(
+                "`effective_batch_size` derives `gradient_accumulation_steps`, so the two "
+                "are exclusive, but got both"
+            )
+        bs = params.get("per_device_batch_size")
+        if not isinstance(bs, CategoricalParam):
+            errors.append(
+                "`effective_batch_size` needs `per_device_batch_size` as a categorical "
+                f"axis (so every choice can divide it), but got {type(bs).__name__}"
+            )
+        elif any(not isinstance(c, int) or effective_batch_size % c for c in bs.choices):
+            errors.append(
+                f"every `per_device_batch_size` choice must divide `effective_batch_size`"
+                f", but got (effective_batch_size={effective_batch_size}, "
+                f"choices={bs.choices})"
+            )
+    return errors
+
+
+def _choice_error(p: Param | None, name: str) -> str:
+    allowed = _CHOICES[name]
     if p is None:
-        return
+        return ""
     if not isinstance(p, CategoricalParam):
-        errors.append(f"`params.{name}` must be categorical, but got type {p.type!r}")
-    elif not set(p.choices) <= allowed:
-        errors.append(
+        return f"`params.{name}` must be categorical, but got type {p.type!r}"
+    if not set(p.choices) <= allowed:
+        return (
             f"`params.{name}.choices` must be a subset of {sorted(allowed, key=str)}, "
             f"but got {p.choices}"
         )
+    return ""
 
 
-def invalid_axis_values(space: SearchSpace, base: TrialConfig) -> list[str]:
-    """The axis values the trial field they set refuses (a LoRA rank of 0, a dropout of 1),
-    checked at a range's ends and at every choice, so no trial is sampled only to fail.
+def _entries(params: Any) -> dict[str, Param]:
+    """The entries of a space's raw ``params`` that are valid on their own."""
+    adapter: TypeAdapter = TypeAdapter(Param)
+    out = {}
+    known = {k: v for k, v in params.items() if k in AXES} if isinstance(params, dict) else {}
+    for name, entry in known.items():
+        # an entry that is not valid is named by the space's own validation
+        with contextlib.suppress(ValidationError):
+            out[name] = adapter.validate_python(entry)
+    return out
 
-    Only the field's own rules are checked (its block's cross-field checks run per trial).
-    """
-    from pydantic import ValidationError
 
-    config = base.model_dump()
-    errors = []
-    for name, p in space.params.items():
-        if name not in AXES:
-            continue  # reported as an unknown axis
-        block_path, leaf = AXES[name].rsplit(".", 1)
-        block: Any = base
-        for part in block_path.split("."):
-            block = getattr(block, part, None)
-        if block is None:  # an optional block left out (model.prune, train.distill)
-            continue
-        values = p.choices if isinstance(p, CategoricalParam) else sorted({p.low, p.high})
-        for value in values:
-            fields = _get(apply_params(config, {name: value}), block_path, {})
-            try:
-                type(block).model_validate(fields)
-            except ValidationError as exc:
-                reasons = [e["msg"] for e in exc.errors() if e["loc"][:1] == (leaf,)]
-                if reasons:
-                    errors.append(
-                        f"`search.space`: `params.{name}`: every value must be a valid "
-                        f"`{AXES[name]}` ({reasons[0].lower()}), but got {value!r}"
-                    )
-    return errors
+def valid_axes(params: Any) -> dict[str, Param]:
+    """The axes of a space's raw ``params`` that are valid on their own (in a space that is
+    not): the trials they sample are still checked (:func:`axis_errors`)."""
+    entries = _entries(params)
+    return {k: p for k, p in entries.items() if k not in _CHOICES or not _choice_error(p, k)}
 
 
 def to_distributions(space: SearchSpace) -> dict[str, Any]:
@@ -264,7 +288,7 @@ def suggest(trial, space: SearchSpace, base: TrialConfig) -> dict[str, Any]:
     bits = (
         take("quantization_bits") if "quantization_bits" in dists else base.model.quantization_bits
     )
-    if bits in _KBIT:
+    if bits in KBIT:
         finetune = constants["finetune"] = "lora"
     elif "finetune" in dists:
         finetune = take("finetune")
@@ -273,7 +297,7 @@ def suggest(trial, space: SearchSpace, base: TrialConfig) -> dict[str, Any]:
     for name in dists:
         if name in sampled or name == "finetune":
             continue
-        if name in _LORA_AXES and finetune != "lora":
+        if name in LORA_AXES and finetune != "lora":
             continue  # without LoRA these axes do not exist for this trial
         take(name)
     if space.effective_batch_size is not None:
@@ -321,7 +345,7 @@ def axis_values(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
     lora = _get(resolved, "model.finetune", "full") == "lora"
     out: dict[str, Any] = {}
     for name in RECORDED_AXES:
-        if name in _LORA_AXES and not lora:
+        if name in LORA_AXES and not lora:
             continue
         if name == "lora_alpha_multiple":
             alpha, r = _get(resolved, "model.lora.alpha", None), _get(resolved, "model.lora.r", 8)

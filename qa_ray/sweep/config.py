@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from qa_ray import metrics as m
-from qa_ray.config.files import apply_overrides, load_yaml, validate_model
-from qa_ray.config.paths import absolutize_paths, check_local_paths
+from qa_ray.config.files import (
+    check_file_kind,
+    did_you_mean,
+    load_yaml,
+    overridden,
+    validate_model,
+)
+from qa_ray.config.paths import absolutize_paths, local_path_errors
 from qa_ray.config.trial import (
     Block,
+    Budget,
     DataConfig,
     ModelConfig,
     ResourcesConfig,
@@ -27,9 +35,13 @@ from qa_ray.config.trial import (
     parse_constraints,
 )
 from qa_ray.errors import ConfigError
-from qa_ray.search.space import SearchSpace, invalid_axis_values
+from qa_ray.search.checks import axis_errors, initial_point_errors
+from qa_ray.search.space import SearchSpace, valid_axes
 from qa_ray.sweep.shipped import shipped_space
 from qa_ray.tasks import FACTS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "Objective",
@@ -38,6 +50,7 @@ __all__ = [
     "SweepConfig",
     "TrackingConfig",
     "load_sweep_config",
+    "overrides_without_credentials",
 ]
 
 OBJECTIVE_METRICS = m.OBJECTIVES
@@ -53,8 +66,15 @@ class Objective(Block):
     @classmethod
     def _known(cls, v: str) -> str:
         if v not in OBJECTIVE_METRICS:
-            raise ValueError(f"unknown metric {v!r}, expected one of {list(OBJECTIVE_METRICS)}")
+            raise ValueError(
+                f"unknown metric {v!r}, expected one of {list(OBJECTIVE_METRICS)}"
+                + did_you_mean(v, OBJECTIVE_METRICS)
+            )
         return v
+
+
+# The fields of SchedulerConfig that only the memory_aware rule reads.
+MEMORY_AWARE_ONLY = ("noise_floor", "memory_slack", "min_signal", "signal_trials", "warmup")
 
 
 class SchedulerConfig(Block):
@@ -103,6 +123,23 @@ class SchedulerConfig(Block):
     warmup: float = Field(
         0.0, ge=0, description="memory_aware: no trial is judged at a rung below it"
     )
+
+    @model_validator(mode="after")
+    def _own_fields(self) -> SchedulerConfig:
+        # A field of memory_aware's under mo_asha is refused when it would matter (not at its
+        # default): dumps of a sweep's config (its resume state, its curve table) hold every
+        # field at its default and are validated again.
+        if self.type == "memory_aware":
+            return self
+        fields = type(self).model_fields
+        foreign = [k for k in MEMORY_AWARE_ONLY if getattr(self, k) != fields[k].default]
+        if foreign:
+            raise ValueError(
+                f"memory_aware's fields ({', '.join(f'`{k}`' for k in foreign)}) are ignored "
+                f"by type {self.type!r}: remove them or set `type: memory_aware`, but got "
+                f"({', '.join(f'{k}={getattr(self, k)!r}' for k in foreign)})"
+            )
+        return self
 
 
 class SearchConfig(Block):
@@ -163,7 +200,7 @@ class SweepConfig(Block):
         min_length=1,
         description="what the search optimizes, each with its direction",
     )
-    constraints: list[str] = Field(
+    constraints: list[Budget] = Field(
         default_factory=list,
         description="budgets the search knows, e.g. ['peak_memory_mb <= 22000']: the sampler "
         "learns them, and a trial that breaks one stops at that measurement",
@@ -188,10 +225,6 @@ class SweepConfig(Block):
                 f"`objectives`: task {self.model.task!r} never reports {never} (its scores: "
                 f"{sorted(scores)}), but got {names}"
             )
-        try:
-            parse_constraints(self.constraints, self.model.task)
-        except ValueError as exc:
-            raise ValueError(f"`constraints`: {exc}") from None
         check_windows(self.model, self.data)
         check_precision(self.model, self.train)
         return self
@@ -224,57 +257,56 @@ class SweepConfig(Block):
         return self.search.space
 
 
-def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> SweepConfig:
+def load_sweep_config(
+    path: str | os.PathLike, overrides: list[str] = (), constraints: list[str] = ()
+) -> SweepConfig:
     """Loads a sweep file, applies overrides, resolves its search-space file, validates all,
     and loads local data files to validate their records too.
 
+    Every stage runs whatever the others found, so one report holds every problem: the sweep
+    file's fields, its search space, the trials its axes and initial points would sample
+    (each checked as a whole trial config), missing local files and bad data records.
+
+    Args:
+        path: the sweep file.
+        overrides: ``dotted.key=value`` overrides, validated like the file.
+        constraints: budgets from ``--constraint``, added to the file's and named by the flag.
+
     Raises:
-        ConfigError: every problem, in the sweep file and in its search-space file, or
-            (:class:`~qa_ray.data.DataError`) in a local data file.
+        ConfigError: every problem, in the sweep file, its search-space file, the command
+            line and its local data files (a trial file is refused with the command that runs
+            it).
     """
-    data = apply_overrides(load_yaml(path), list(overrides))
-    cfg = validate_model(SweepConfig, data, str(path))
-    space = cfg.search.space
-    if isinstance(space, str):
-        space_path = Path(space)
-        if not space_path.is_file():
-            # Not here: the shipped space of that name, so a copied shipped sweep runs anywhere.
-            space_path = shipped_space(space) or space_path
-        if not space_path.is_file():
-            raise ConfigError(
-                str(path),
-                [
-                    f"`search.space`: search-space file not found, but got {space!r} (relative "
-                    f"to {os.getcwd()}, and qa-ray ships no space by that file name: "
-                    "`qa-ray sweeps list`)"
-                ],
-            )
-        space = validate_model(SearchSpace, load_yaml(space_path), str(space_path))
-    unknown = [
-        f"`search.initial_points[{i}].{k}`: not an axis of the search space {sorted(space.params)}"
-        for i, point in enumerate(cfg.search.initial_points)
-        for k in point
-        if k not in space.params
-    ]
-    distill_axes = sorted(a for a in space.params if a.startswith("distill_"))
-    if distill_axes and cfg.train.distill is None:
-        unknown.append(
-            f"`search.space`: the axes {distill_axes} need `train.distill` (its teacher), but "
-            "got (train.distill=None)"
-        )
-    unknown += invalid_axis_values(space, cfg.trial_config())
-    if unknown:
-        raise ConfigError(str(path), unknown)
-    check_local_paths(cfg.trial_config(), str(path))
+    source = str(path)
+    raw = load_yaml(path)
+    check_file_kind(raw, source, "sweep")
+    data, errors = overridden(raw, list(overrides))
+    data, flagged = _with_flag_constraints(data, list(constraints))
+    errors += flagged
+    cfg = None
+    try:
+        cfg = validate_model(SweepConfig, data, source)
+    except ConfigError as exc:
+        errors += exc.errors
+    search = data.get("search") if isinstance(data.get("search"), dict) else {}
+    space = _search_space(search.get("space"), cfg)
+    errors += space.errors
+    base = cfg.trial_config().model_dump() if cfg is not None else _trial_blocks(data)
+    if base is not None:
+        errors += axis_errors(space.params, base)
+        points = search.get("initial_points")
+        if isinstance(points, list) and space.names is not None:
+            errors += initial_point_errors(points, space.params, space.names, base)
+    path_errors = local_path_errors(base if base is not None else {})
+    errors += path_errors
+    if cfg is not None and not path_errors:
+        errors += _data_errors(cfg.trial_config())
+    if errors:
+        raise ConfigError(source, errors)
     trial = absolutize_paths(cfg.trial_config())
-    # Local data are loaded and validated now, so a bad record is reported (exit 2) before any
-    # cluster work; hub datasets are checked where the trials load them.
-    sources = [p for p in (trial.data.path, trial.data.eval_path) if p is not None]
-    if all(os.path.exists(p) for p in sources):
-        FACTS[trial.model.task].load_train_eval(trial.data)
     return cfg.model_copy(
         update={
-            "search": cfg.search.model_copy(update={"space": space}),
+            "search": cfg.search.model_copy(update={"space": space.space}),
             "model": trial.model,
             "data": trial.data,
             "train": cfg.train.model_copy(update={"distill": trial.train.distill}),
@@ -283,3 +315,128 @@ def load_sweep_config(path: str | os.PathLike, overrides: list[str] = ()) -> Swe
             else os.path.abspath(os.path.expanduser(cfg.storage_path)),
         }
     )
+
+
+def _with_flag_constraints(data: dict[str, Any], flags: list[str]) -> tuple[dict, list[str]]:
+    """The sweep with the ``--constraint`` budgets added to its own, and one error, naming
+    the flag, for each budget that is malformed or on a metric the task never reports."""
+    if not flags:
+        return data, []
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    task = model.get("task", "extractive")
+    good, errors = [], []
+    for text in flags:
+        try:
+            parse_constraints([text], task if task in FACTS else None)
+            good.append(text)
+        except ValueError as exc:
+            errors.append(f"`--constraint`: {exc}")
+    own = data.get("constraints")
+    if own is None or isinstance(own, list):
+        data = {**data, "constraints": [*(own or []), *good]}
+    return data, errors
+
+
+@dataclass(frozen=True)
+class _Space:
+    """A sweep's search space as far as it validates."""
+
+    space: SearchSpace | None  # None: invalid
+    names: list[str] | None  # every axis name, valid or not (None: no params to read)
+    params: dict[str, Any]  # the axes valid on their own
+    errors: list[str]  # those the sweep's own validation did not report
+
+
+def _search_space(space: Any, cfg: SweepConfig | None) -> _Space:
+    """The sweep's search space, inline or in a file (a shipped one by its file name)."""
+    if isinstance(space, dict):  # inline: the sweep's validation reported its errors
+        if cfg is not None:
+            return _Space(cfg.space, sorted(cfg.space.params), cfg.space.params, [])
+        params = space.get("params")
+        names = sorted(params) if isinstance(params, dict) else None
+        return _Space(None, names, valid_axes(params), [])
+    if not isinstance(space, str):
+        return _Space(None, None, {}, [])  # missing or not a path: the sweep's validation
+    space_path = Path(space)
+    if not space_path.is_file():
+        # Not here: the shipped space of that name, so a copied shipped sweep runs anywhere.
+        space_path = shipped_space(space) or space_path
+    if not space_path.is_file():
+        return _Space(None, None, {}, [
+            f"`search.space`: search-space file not found, but got {space!r} (relative to "
+            f"{os.getcwd()}, and qa-ray ships no space by that file name: `qa-ray sweeps list`)"
+        ])  # fmt: skip
+    try:
+        raw = load_yaml(space_path)
+    except ConfigError as exc:
+        return _Space(None, None, {}, [f"{exc.source}: {e}" for e in exc.errors])
+    params = raw.get("params")
+    names = sorted(params) if isinstance(params, dict) else None
+    try:
+        valid = validate_model(SearchSpace, raw, str(space_path))
+    except ConfigError as exc:
+        return _Space(None, names, valid_axes(params), [f"{exc.source}: {e}" for e in exc.errors])
+    return _Space(valid, names, valid.params, [])
+
+
+def _trial_blocks(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial part of a raw sweep mapping that failed validation, without its unknown keys
+    (reported already), so a misspelt key hides no rule between two fields; None when a block
+    is not even a mapping."""
+    from pydantic import ValidationError
+
+    names = ("model", "data", "train", "resources")
+    if any(not isinstance(data.get(k, {}), dict) for k in names):
+        return None
+    blocks = {k: dict(data[k]) for k in names if k in data}
+    blocks |= {k: data[k] for k in ("name", "constraints") if k in data}
+    try:
+        TrialConfig.model_validate(blocks)
+    except ValidationError as exc:
+        for e in exc.errors():
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 2 and e["loc"][0] in names:
+                del blocks[e["loc"][0]][e["loc"][1]]
+    return blocks
+
+
+def _data_errors(trial: TrialConfig) -> list[str]:
+    """Local data are loaded and validated now, so a bad record is reported (exit 2) before
+    any cluster work; hub datasets are checked where the trials load them."""
+    trial = absolutize_paths(trial)
+    sources = [p for p in (trial.data.path, trial.data.eval_path) if p is not None]
+    if not all(os.path.exists(p) for p in sources):
+        return []
+    try:
+        FACTS[trial.model.task].load_train_eval(trial.data)
+    except ConfigError as exc:  # a DataError: its file is its source
+        return [f"{exc.source}: {e}" for e in exc.errors]
+    return []
+
+
+def overrides_without_credentials(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The overrides with their credentials taken out, as ``--tracking-uri`` has them taken
+    out: ``tracking.tracking_uri=http://user:secret@host`` becomes ``...=http://host`` and its
+    credentials MLflow's environment variables (returned); a password in any other URL is
+    masked (``user:***@host``), as nothing reads it from the environment.
+
+    For what is printed (the command that resumes a sweep) and sent (a Ray job's command
+    line, which Ray shows).
+    """
+    from qa_ray.tracking.runs import redact_uri, split_credentials
+
+    clean, env = [], {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "@" not in value or "://" not in value:
+            clean.append(item)
+            continue
+        try:
+            if key == "tracking.tracking_uri":
+                value, found = split_credentials(value)
+                env.update(found)
+            else:
+                value = redact_uri(value)
+        except ValueError:  # not a URL after all (urlsplit refused it)
+            pass
+        clean.append(f"{key}={value}")
+    return clean, env

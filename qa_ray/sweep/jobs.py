@@ -76,7 +76,8 @@ def submit(
     """Validates the sweep locally, then submits it as a Ray job; returns the job id.
 
     Raises:
-        ConfigError: the sweep file is invalid or lies outside ``working_dir``.
+        ConfigError: the sweep file is invalid or lies outside ``working_dir``, or an
+            override other than ``tracking.tracking_uri`` holds a password.
     """
     from qa_ray.sweep.config import load_sweep_config
 
@@ -89,14 +90,26 @@ def submit(
             sweep,
             [f"the sweep file must lie inside the uploaded working dir {root} (run from there)"],
         ) from None
+    from qa_ray.sweep.config import overrides_without_credentials
     from qa_ray.tracking.runs import split_credentials
 
     # Credentials travel in the job's environment, never on its command line (Ray shows it).
-    tracking_uri, secret_env = split_credentials(tracking_uri) if tracking_uri else (None, {})
+    sent, secret_env = overrides_without_credentials(overrides)
+    masked = [
+        f"override {item!r}: a password in a URL would reach the job's command line, which "
+        "Ray shows; give it to the cluster another way (its environment, a credentials file)"
+        for item, given in zip(sent, overrides, strict=True)
+        if item != given and not item.startswith("tracking.tracking_uri=")
+    ]
+    if masked:
+        raise ConfigError("command line", masked)
+    if tracking_uri:  # over the override's, as the sweep prefers --tracking-uri
+        tracking_uri, found = split_credentials(tracking_uri)
+        secret_env.update(found)
     client = _client(address)
     job_id = submission_id or f"qa-ray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client.submit_job(
-        entrypoint=entrypoint(rel.as_posix(), overrides, tracking_uri),
+        entrypoint=entrypoint(rel.as_posix(), sent, tracking_uri),
         submission_id=job_id,
         runtime_env={
             "working_dir": str(root),

@@ -58,6 +58,13 @@ def _sweep(tmp: Path, **changes) -> str:
     return str(path)
 
 
+def _trial(tmp: Path, **changes) -> str:
+    cfg = {k: v for k, v in _base().items() if k in ("model", "data", "train")}
+    for dotted, value in changes.items():
+        _set(cfg, dotted.replace("__", "."), value)
+    return _file(tmp, "trial.yaml", yaml.safe_dump(cfg | {"output_dir": "out"}))
+
+
 def _file(tmp: Path, name: str, text: str) -> str:
     (tmp / name).write_text(text)
     return str(tmp / name)
@@ -113,11 +120,19 @@ ROWS = [
     ("unknown sampler", lambda t: ["sweep", _sweep(t, search__sampler="cmaes")], ["`search.sampler`", "cmaes"]),
     ("zero trials", lambda t: ["sweep", _sweep(t, search__num_samples=0)], ["`search.num_samples`", "0"]),
     ("space file missing", lambda t: ["sweep", _sweep(t, search__space="nope_space.yaml")], ["search-space file not found", "nope_space.yaml"]),
-    ("unknown axis", lambda t: ["sweep", _sweep(t, search__space={"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})], ["`params.lr`", "unknown axis"]),
+    ("unknown axis", lambda t: ["sweep", _sweep(t, search__space={"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})], ["`search.space.params.lr`", "unknown axis", "'lr'"]),
+    ("misspelt axis", lambda t: ["sweep", _sweep(t, search__space={"params": {"learnig_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})], ["`search.space.params.learnig_rate`", "did you mean `learning_rate`?"]),
+    ("misspelt key", lambda t: ["sweep", _sweep(t, train__learnig_rate=1e-4)], ["`train.learnig_rate`", "unknown key", "did you mean `learning_rate`?"]),
     ("log axis from 0", lambda t: ["sweep", _sweep(t, search__space={"params": {"learning_rate": {"type": "float", "low": 0.0, "high": 1e-2, "log": True}}})], ["learning_rate", "low"]),
     ("low above high", lambda t: ["sweep", _sweep(t, search__space={"params": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}})], ["low=0.1", "high=0.01"]),
     ("bad axis in a space file", lambda t: ["sweep", _sweep(t, search__space=_space_file(t, {"lora_r": {"type": "int", "low": 8, "high": 2}}))], ["space.yaml", "lora_r"]),
     ("initial point off the space", lambda t: ["sweep", _sweep(t, search__initial_points=[{"lora_r": 8}])], ["initial_points[0].lora_r", "not an axis"]),
+    ("initial point's axis misspelt", lambda t: ["sweep", _sweep(t, search__initial_points=[{"learning_rat": 1e-3}])], ["`search.initial_points[0].learning_rat`", "did you mean `learning_rate`?"]),
+    ("initial point outside its axis's range", lambda t: ["sweep", _sweep(t, search__initial_points=[{"learning_rate": 0.5}])], ["`search.initial_points[0].learning_rate`", "low <= value <= high", "got 0.5"]),
+    ("initial point not among the choices", lambda t: ["sweep", _sweep(t, search__space={"params": {"lora_r": {"type": "categorical", "choices": [4, 8]}}}, search__initial_points=[{"lora_r": 12}])], ["`search.initial_points[0].lora_r`", "[4, 8]", "got 12"]),
+    ("warmup steps with a warmup_ratio axis", lambda t: ["sweep", _sweep(t, train__warmup_steps=5, search__space={"params": {"warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1}}})], ["sweep.yaml", "`params.warmup_ratio`", "warmup_ratio=0.0", "warmup_steps=5"]),
+    ("an LSTM with a LoRA axis", lambda t: ["sweep", _sweep(t, model__finetune="full", model__architecture="bilstm_attention", search__space={"params": {"lora_r": {"type": "int", "low": 4, "high": 16}}})], ["`params.lora_r`", "bilstm_attention", "lora_r=4", "finetune='lora'"]),
+    ("a model axis naming a missing folder", lambda t: ["sweep", _sweep(t, search__space={"params": {"model": {"type": "categorical", "choices": ["./no-model"]}}})], ["`params.model`", "`model.name_or_path`", "./no-model"]),
     ("bad sweep name", lambda t: ["sweep", _sweep(t, name="my sweep")], ["`name`", "my sweep"]),
     ("local data file missing", lambda t: ["sweep", _sweep(t, data__path="./nope.json")], ["`data.path`", "nope.json", "no such file"]),
     ("the quickstart without its model and data", lambda t: ["sweep", str(ROOT / "sweeps" / "quickstart.yaml")], ["quickstart.yaml", "2 errors", "`model.name_or_path`", "'models/all-MiniLM-L6-v2'", "scripts/stage_minilm.sh models", "`data.path`", "'data/squad/dev-v1.1.json.gz'", "scripts/get_data.sh", "curl -fL https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v1.1.json | gzip > data/squad/dev-v1.1.json.gz", "data.path=rajpurkar/squad data.split=validation"]),
@@ -138,15 +153,18 @@ ROWS = [
     ("pareto unknown axis", lambda t: ["pareto", "x", "--x", "vram"], ["`--x`", "vram"]),
     ("submit to a malformed address", lambda t: ["submit", _sweep(t), "--address", "head:8265"], ["`--address`", "head:8265"]),
     ("submit to nobody", lambda t: ["submit", _sweep(t), "--address", "http://127.0.0.1:9"], ["`--address`", "no Ray cluster answers"]),
-    ("train with a bad trial file", lambda t: ["train", _sweep(t, train__max_steps=0)], ["`train.max_steps`", "0"]),
+    ("train with a bad trial file", lambda t: ["train", _trial(t, train__max_steps=0)], ["`train.max_steps`", "0"]),
+    ("train given a sweep file", lambda t: ["train", _sweep(t)], ["sweep.yaml", "this is a sweep file", "`qa-ray sweep"]),
+    ("validate given a trial file", lambda t: ["validate", _trial(t)], ["trial.yaml", "this is a trial file", "`qa-ray train"]),
     ("train --resume without checkpoints", lambda t: ["train", _file(t, "trial.yaml", yaml.safe_dump({k: v for k, v in _base().items() if k in ("model", "data", "train")} | {"output_dir": "out"})), "--resume"], ["--resume", "no checkpoint"]),
-    ("constraint malformed", lambda t: ["sweep", _sweep(t, constraints=["memory < lots"])], ["`constraints`", "memory < lots"]),
-    ("constraint on a metric the task never reports", lambda t: ["sweep", _sweep(t, constraints=["eval_loss <= 2"])], ["`constraints`", "never reports 'eval_loss'"]),
-    ("constraint flag malformed", lambda t: ["sweep", _sweep(t), "--constraint", "peak_memory_mb = 8000"], ["`constraints`", "peak_memory_mb = 8000"]),
-    ("constraint flag unknown metric", lambda t: ["sweep", _sweep(t), "--constraint", "vram <= 8000"], ["`constraints`", "'vram'"]),
+    ("constraint malformed", lambda t: ["sweep", _sweep(t, constraints=["memory < lots"])], ["`constraints[0]`", "memory < lots"]),
+    ("constraint on a metric the task never reports", lambda t: ["sweep", _sweep(t, constraints=["eval_loss <= 2"])], ["`constraints[0]`", "never reports 'eval_loss'", "got 'eval_loss <= 2'"]),
+    ("constraint flag malformed", lambda t: ["sweep", _sweep(t), "--constraint", "peak_memory_mb = 8000"], ["`--constraint`", "peak_memory_mb = 8000"]),
+    ("constraint flag unknown metric", lambda t: ["sweep", _sweep(t), "--constraint", "vram <= 8000"], ["`--constraint`", "'vram'"]),
     ("scheduler grace not positive", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "mo_asha", "grace": 0})], ["`search.scheduler.grace`", "0"]),
     ("scheduler unknown type", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "hyperband", "grace": 3})], ["`search.scheduler.type`", "hyperband"]),
     ("scheduler reduction factor 1", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "reduction_factor": 1})], ["`search.scheduler.reduction_factor`", "1"]),
+    ("mo_asha given memory_aware's fields", lambda t: ["sweep", _sweep(t, search__scheduler={"type": "mo_asha", "grace": 3, "noise_floor": 2.0, "memory_slack": 0.1})], ["`search.scheduler`", "`noise_floor`, `memory_slack`", "type 'mo_asha'", "noise_floor=2.0"]),
     ("scheduler on an unknown time attribute", lambda t: ["sweep", _sweep(t, search__scheduler={"grace": 3, "time_attr": "epochs"})], ["`search.scheduler.time_attr`", "epochs"]),
     ("distillation axes without a teacher", lambda t: ["sweep", _sweep(t, search__space={"params": {"distill_alpha": {"type": "float", "low": 0.1, "high": 0.9}}})], ["`search.space`", "train.distill"]),
     ("distillation alpha out of range", lambda t: ["sweep", _sweep(t, train__distill={"teacher": str(ASSETS / "wordpiece"), "alpha": 1.5})], ["`train.distill.alpha`", "1.5"]),
