@@ -115,6 +115,11 @@ class BucketState:
         (self.local / LOCAL_VERSION).write_text(str(version))
         return version
 
+    def holds_state(self) -> bool:
+        """Whether the bucket holds a state of this sweep (it was started, maybe never got
+        as far as a trial)."""
+        return self._read(MANIFEST) is not None
+
     def pull(self) -> bool:
         """Brings the newest version here when the local copy is missing or older; returns
         whether it did."""

@@ -37,6 +37,7 @@ from qa_ray.sweep.state import (
     plan_stages,
     stage_path,
     state_dir,
+    study_exists,
     study_storage,
 )
 from qa_ray.sweep.trial import TUNE_AUTO_LOGGERS_OFF, run_trial
@@ -99,13 +100,19 @@ def run_sweep(
     storage.s3_endpoint_to_environment()
     exp_path = experiment_path(cfg)
     local = state_dir(cfg)
-    restorable = tune.Tuner.can_restore(exp_path)
-    if resume and not restorable:
+    bucket = BucketState.of(cfg, local)
+    # Started: Tune wrote its experiment, or at least the sweep its state and parent run (a
+    # driver killed before Tune's first snapshot). Either is resumed, never started again
+    # beside a parent run left RUNNING.
+    started = tune.Tuner.can_restore(exp_path) or (
+        bucket.holds_state() if bucket is not None else (local / STATE_FILE).is_file()
+    )
+    if resume and not started:
         raise ConfigError(
             "--resume",
             [f"no sweep to resume at {exp_path} (storage_path/name); run it without --resume"],
         )
-    if not resume and restorable:
+    if not resume and started:
         raise ConfigError(
             "storage_path",
             [
@@ -113,7 +120,6 @@ def run_sweep(
                 "continue it, or choose another `name` (nothing there was touched)"
             ],
         )
-    bucket = BucketState.of(cfg, local)
     if bucket is not None:
         bucket.acquire()  # before any Ray work: a second driver on this sweep is refused
         if resume:
@@ -367,9 +373,12 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
         metric=[o.metric for o in cfg.objectives],
         mode=[o.mode for o in cfg.objectives],
         sampler=build_sampler(cfg),
-        # The first stage evaluates the initial points; an extension continues the study.
+        # The first stage evaluates the initial points (enqueued once: a first stage started
+        # again after its driver died finds them in the study); an extension continues it.
         points_to_evaluate=(
-            [dict(pt) for pt in cfg.search.initial_points] or None if index == 0 else None
+            [dict(pt) for pt in cfg.search.initial_points] or None
+            if index == 0 and not study_exists(local, cfg.name)
+            else None
         ),
         study_name=cfg.name,
         storage=study_storage(local),

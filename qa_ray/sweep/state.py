@@ -153,6 +153,16 @@ def study_storage(local: Path):
     return optuna.storages.RDBStorage(f"sqlite:///{local / 'optuna.db'}")
 
 
+def study_exists(local: Path, name: str) -> bool:
+    """Whether the sweep's study was created already (by a driver that died before Tune's
+    first snapshot: its initial points are enqueued there)."""
+    import optuna
+
+    if not (local / "optuna.db").is_file():
+        return False
+    return name in optuna.study.get_all_study_names(study_storage(local))
+
+
 def close_study(local: Path, name: str) -> None:
     """Marks FAIL the Optuna trials a sweep leaves RUNNING (a driver killed mid-trial whose
     trial Tune did not rerun): the samplers skip them instead of waiting on them forever."""

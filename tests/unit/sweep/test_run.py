@@ -162,3 +162,42 @@ def test_a_new_bucket_sweep_sets_aside_an_older_state_of_its_name(
     assert json.loads((tmp_path / "state" / aside / "qa_ray_sweep.json").read_text()) == {
         "parent_run_id": "gone"
     }
+
+
+def test_a_driver_lost_before_tunes_first_snapshot_is_resumed_under_its_parent(
+    no_ray, tmp_path, monkeypatch, s3_bucket, capsys
+):
+    """The head died right after the parent-run line, before Tune wrote anything: --resume
+    said there was nothing to resume, and the fresh start that it named left the first
+    parent run RUNNING forever beside the new one. Here the state comes back from the
+    bucket on a fresh head (another state folder) and the sweep goes on under its parent."""
+    import json
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from qa_ray.cli import main
+
+    path, uri = _local_sweep(tmp_path)
+    bucket = [f"storage_path=s3://{s3_bucket}/runs"]
+    monkeypatch.setenv("QA_RAY_STATE_DIR", str(tmp_path / "head-1"))
+
+    def lost(sweep, stage, index):  # the head is gone: nothing after this line runs
+        raise SystemExit("head lost")
+
+    monkeypatch.setattr(no_ray, "_fit", lost)
+    with pytest.raises(SystemExit):
+        main(["sweep", path, *bucket])
+    first = json.loads((tmp_path / "head-1" / "ends" / "qa_ray_sweep.json").read_text())
+    shutil.rmtree(tmp_path / "head-1")
+    monkeypatch.setenv("QA_RAY_STATE_DIR", str(tmp_path / "head-2"))
+    monkeypatch.setattr(no_ray, "_fit", lambda *args: _NoTrials())
+    assert main(["sweep", path, *bucket]) == 2  # started: never again beside its parent
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["sweep", path, "--resume", *bucket]) == 1  # resumed; no trial ran here
+    again = json.loads((tmp_path / "head-2" / "ends" / "qa_ray_sweep.json").read_text())
+    assert again["parent_run_id"] == first["parent_run_id"]
+    parents = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("t").experiment_id]
+    )
+    assert [r.info.status for r in parents] == ["FAILED"]  # one parent, ended
