@@ -19,6 +19,22 @@ def test_the_resume_command_repeats_the_sweep_without_credentials():
     ]  # fmt: skip
 
 
+def test_the_resume_command_takes_credentials_out_of_every_override():
+    args = argparse.Namespace(
+        sweep="q.yaml", address=None, tracking_uri=None,
+        overrides=["tracking.tracking_uri=https://alice:s3cret@mlflow:5000/x",
+                   "storage_path=s3://key:s3cret2@bucket/runs", "train.max_steps=4"],
+        constraint=["peak_memory_mb <= 8000"],
+    )  # fmt: skip
+    command = sweep.resume_command(args)
+    assert "s3cret" not in command and "alice" not in command
+    assert shlex.split(command) == [
+        "qa-ray", "sweep", "q.yaml", "tracking.tracking_uri=https://mlflow:5000/x",
+        "storage_path=s3://key:***@bucket/runs", "train.max_steps=4", "--resume",
+        "--constraint", "peak_memory_mb <= 8000",
+    ]  # fmt: skip
+
+
 def test_failures_are_grouped_by_reason_most_frequent_first():
     trials = [
         {"status": "FAILED", "error": "OSError: no model"},

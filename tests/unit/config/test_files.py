@@ -81,3 +81,62 @@ def test_missing_local_data_is_caught_before_training(tmp_path, capsys):
         "`data.path`: no such file or folder, but got 'nowhere/dev.json.gz'"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "block, key, meant",
+    [("train", "learnig_rate", "learning_rate"), ("model", "finetun", "finetune"),
+     ("data", "max_seq_len", "max_seq_length"), (None, "resource", "resources")],
+)  # fmt: skip
+def test_a_misspelt_key_gets_a_did_you_mean(tmp_path, block, key, meant):
+    data = _trial(tmp_path)
+    (data.setdefault(block, {}) if block else data)[key] = 1
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(_write(tmp_path, data))
+    where = f"{block}.{key}" if block else key
+    assert e.value.errors == [f"`{where}`: unknown key (value 1); did you mean `{meant}`?"]
+
+
+def test_a_key_like_none_gets_no_guess(tmp_path):
+    data = _trial(tmp_path)
+    data["train"]["zzz"] = 1
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(_write(tmp_path, data))
+    assert e.value.errors == ["`train.zzz`: unknown key (value 1)"]
+
+
+def test_a_bad_field_and_a_missing_file_are_reported_together(tmp_path):
+    data = _trial(tmp_path)
+    data["train"]["learning_rat"] = 1e-4
+    data["data"]["path"] = "./nowhere.json"
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(_write(tmp_path, data), ["novalue"])
+    override, typo, missing = e.value.errors
+    assert override == "override 'novalue': expected dotted.key=value"
+    assert typo.startswith("`train.learning_rat`: unknown key")
+    assert missing.startswith("`data.path`: no such file or folder, but got './nowhere.json'")
+
+
+def test_a_sweep_file_given_to_train_says_to_run_sweep(tmp_path, capsys):
+    data = _trial(tmp_path) | {"search": {"space": "search_spaces/quickstart.yaml"}}
+    path = _write(tmp_path, data)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"this is a sweep file (it has a `search` block): run `qa-ray sweep {path}`" in err
+    assert "1 error" in err  # not the search block's unknown keys besides
+
+
+@pytest.mark.parametrize(
+    "loc, shown",
+    [(("objectives", 0, "mode"), "objectives[0].mode"),
+     (("search", "space", "function-wrap[_coherent_axes(), SearchSpace]", "params", "lora_r",
+       "categorical", "choices"), "search.space.params.lora_r.choices"),
+     (("search", "space", "params", "lr", "[key]"), "search.space.params.lr"),
+     (("constraints", 2), "constraints[2]")],
+)  # fmt: skip
+def test_error_locations_read_as_the_file_is_written(loc, shown):
+    from qa_ray.config.files import _format_error
+    from qa_ray.sweep.config import SweepConfig
+
+    err = {"loc": loc, "type": "value_error", "msg": "Value error, bad, but got 3", "input": 3}
+    assert _format_error(err, SweepConfig) == f"`{shown}`: bad, but got 3"

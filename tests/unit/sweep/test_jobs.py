@@ -58,3 +58,31 @@ def test_a_sweep_outside_the_working_dir_is_refused(tiny_model_dir, tmp_path, mo
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(ConfigError, match="inside the uploaded working dir"):
         jobs.submit(str(path), [], "http://127.0.0.1:8265", working_dir=str(tmp_path / "elsewhere"))
+
+
+def test_submit_takes_credentials_out_of_a_tracking_uri_override(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    path, _ = tiny_sweep(tmp_path, [tiny_model_dir("bert")])
+    fake = _FakeJobs()
+    monkeypatch.setattr(jobs, "_client", lambda address: fake)
+    jobs.submit(
+        str(path), ["tracking.tracking_uri=https://alice:s3cret@mlflow:5000"],
+        "http://127.0.0.1:8265", working_dir=str(tmp_path), submission_id="job-1",
+    )  # fmt: skip
+    sent = fake.submitted
+    assert "s3cret" not in sent["entrypoint"] and "alice" not in sent["entrypoint"]
+    assert "tracking.tracking_uri=https://mlflow:5000" in shlex.split(sent["entrypoint"])
+    env = sent["runtime_env"]["env_vars"]
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s3cret")
+
+
+def test_submit_refuses_a_password_in_any_other_override(tiny_model_dir, tmp_path, monkeypatch):
+    path, _ = tiny_sweep(tmp_path, [tiny_model_dir("bert")])
+    monkeypatch.setattr(jobs, "_client", lambda address: pytest.fail("the cluster was reached"))
+    with pytest.raises(ConfigError) as info:
+        jobs.submit(str(path), ["storage_path=s3://key:s3cret@bucket/runs"],
+                    "http://127.0.0.1:8265", working_dir=str(tmp_path))  # fmt: skip
+    (error,) = info.value.errors
+    assert "s3cret" not in error
+    assert error.startswith("override 'storage_path=s3://key:***@bucket/runs': a password")
