@@ -165,6 +165,8 @@ TAG_CHECKPOINT = "qa_ray.checkpoint"  # the trial's newest checkpoint, where Ray
 # The key Ray's TuneReportCallback adds to a Tune result that came with a checkpoint
 # (ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY; importing it loads Ray Train).
 CHECKPOINT_PATH = "checkpoint_path"
+# On the parent run: the reference point (JSON list) its hypervolume curve was logged against.
+TAG_HYPERVOLUME_REFERENCE = "qa_ray.hypervolume_reference"
 TAG_PARETO_OPTIMAL = "pareto_optimal"  # "true" | "false", on every scored trial
 TAG_PARETO_RANK = "pareto_rank"  # 0 is the front; absent when the trial is not ranked
 PARETO_FRONT_SIZE = "pareto_front_size"  # parent-run metrics

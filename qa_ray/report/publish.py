@@ -83,6 +83,7 @@ def publish_pareto(
         [(o.metric, o.mode) for o in objectives],
         [parse_constraint(c) for c in constraints],
         budgets,
+        reference=tracking.hypervolume_reference(uri, parent_id),
     )
     tracking.set_pareto_tags(uri, summary.trials)
     _write_report(uri, parent_id, summary)
@@ -96,7 +97,9 @@ def _write_report(uri: str, run_id: str, summary: ParetoSummary) -> None:
                 f.write(text)
         _render_pngs(summary, d)
         tracking.mlflow_client(uri).log_artifacts(run_id, d, artifact_path="pareto")
-    tracking.log_hypervolume(uri, run_id, summary.hypervolume, len(summary.optimal))
+    tracking.log_hypervolume(
+        uri, run_id, summary.hypervolume, len(summary.optimal), summary.reference
+    )
 
 
 def render(summary: ParetoSummary, uri: str) -> dict[str, str]:

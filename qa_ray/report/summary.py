@@ -110,6 +110,7 @@ def summarize(
     objectives,
     constraints: list[Constraint] = (),
     budgets=(),
+    reference: list[float] | tuple[float, ...] | None = None,
 ) -> ParetoSummary:
     """The report of a sweep from its trial records (see :func:`tracking.trial_records`):
     front, ranks, hypervolume history and its reference point, the best trial under each
@@ -119,7 +120,10 @@ def summarize(
         objectives: ``(metric, mode)`` pairs; the first is the y axis, the second the x axis.
         constraints: feasibility filters; those bounding a minimized objective from above
             are its budgets (drawn, and the hypervolume's reference point).
-        budgets: more bounds on the x objective (``--budgets``).
+        budgets: more bounds on the x objective (``--budgets``): each names its best trial;
+            none moves the reference point.
+        reference: the sweep's reference point as stored with it: kept while every feasible
+            trial is inside it, else widened just enough (the caller logs the curve again).
     """
     objs = tuple((k, mode) for k, mode in objectives)
     trials = [dict(t) for t in trials]
@@ -130,14 +134,17 @@ def summarize(
         t["pareto_optimal"] = i in pf.optimal
         t["pareto_rank"] = ranks[feasible.index(i)] if i in feasible else None
     x = objs[1][0] if len(objs) > 1 else m.PEAK_MEMORY_MB
-    budget_of = {
-        k: _upper_budgets(constraints, budgets if k == x else (), k)
-        for k, mode in objs
-        if mode == "min"
-    }
+    # One reference per sweep: from its constraints (a budget), never from --budgets, which
+    # would make curves published with and without them disagree (a 25x change seen).
+    budget_of = {k: _upper_budgets(constraints, (), k) for k, mode in objs if mode == "min"}
     ref = reference_point(
         [trials[i] for i in feasible], objs, {k: min(b) for k, b in budget_of.items() if b}
     )
+    if reference is not None and len(reference) == len(ref):
+        ref = [
+            min(float(r), new) if mode == "max" else max(float(r), new)
+            for r, new, (_, mode) in zip(reference, ref, objs, strict=True)
+        ]
     # in the order the trials ended, so the curve reads "after N completed trials"
     by_end = sorted(feasible, key=lambda i: (trials[i].get("ended") or 0, i))
     hv = hypervolume_history([trials[i] for i in by_end], objs, ref)

@@ -8,6 +8,7 @@ On ``--resume`` the same parent and children are reused, so no run is duplicated
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -332,14 +333,17 @@ def sweep_params(uri: str, parent_id: str) -> dict[str, str]:
 
 def trial_records(uri: str, parent_id: str) -> list[dict[str, Any]]:
     """Every trial of a sweep as a plain record: name, run id, status (COMPLETE, PRUNED,
-    INFEASIBLE, FAILED, KILLED, RUNNING), ``ended`` (its end time, ms), params (numbers where
+    INFEASIBLE, REJECTED (predicted over a budget, not launched), FAILED, KILLED, RUNNING), ``ended`` (its end time, ms), params (numbers where
     they parse) and last metric values; in start order."""
     out = []
     sweep = mlflow_client(uri).get_run(parent_id).data.tags.get(TAG_SWEEP, parent_id)
     for r in child_runs(uri, parent_id):
         status = {"FINISHED": "COMPLETE"}.get(r.info.status, r.info.status)
-        if status == "COMPLETE" and r.data.tags.get(TAG_OUTCOME) in ("pruned", "infeasible"):
-            status = r.data.tags[TAG_OUTCOME].upper()  # PRUNED, INFEASIBLE: off the front
+        outcome = r.data.tags.get(TAG_OUTCOME)
+        if status == "COMPLETE" and outcome in ("pruned", "infeasible"):
+            status = outcome.upper()  # PRUNED, INFEASIBLE: off the front
+        elif outcome == "predicted_infeasible":
+            status = "REJECTED"  # never launched: predicted over a memory budget
         rec: dict[str, Any] = {
             "name": r.data.tags.get(TAG_TRIAL_NAME) or r.info.run_name,
             "run_id": r.info.run_id,
@@ -413,16 +417,36 @@ def set_pareto_tags(uri: str, trials: list[dict[str, Any]]) -> None:
             client.delete_tag(t["run_id"], TAG_PARETO_RANK)
 
 
-def log_hypervolume(uri: str, parent_id: str, history: list[float], front_size: int) -> None:
-    """The hypervolume after each completed trial as the parent's ``hypervolume`` curve: only
-    the steps not logged by an earlier report (a report after a resume or an extension adds
-    the new trials' points, it does not write the curve again)."""
+def hypervolume_reference(uri: str, parent_id: str) -> list[float] | None:
+    """The reference point the sweep's hypervolume curve was logged against, or None."""
+    from qa_ray.metrics import TAG_HYPERVOLUME_REFERENCE
+
+    text = mlflow_client(uri).get_run(parent_id).data.tags.get(TAG_HYPERVOLUME_REFERENCE)
+    return [float(v) for v in json.loads(text)] if text else None
+
+
+def log_hypervolume(
+    uri: str,
+    parent_id: str,
+    history: list[float],
+    front_size: int,
+    reference: list[float] | tuple[float, ...] = (),
+) -> None:
+    """The hypervolume after each completed trial as the parent's ``hypervolume`` curve,
+    against one reference point stored with the parent run (a tag). A report after a resume
+    or an extension adds the new trials' points only; a report whose reference differs from
+    the stored one (a trial outside it) stores the new one and logs the whole curve again,
+    so no curve mixes points of two references."""
     from mlflow.entities import Metric
 
-    from qa_ray.metrics import HYPERVOLUME, PARETO_FRONT_SIZE
+    from qa_ray.metrics import HYPERVOLUME, PARETO_FRONT_SIZE, TAG_HYPERVOLUME_REFERENCE
 
     client = mlflow_client(uri)
-    logged = {h.step for h in client.get_metric_history(parent_id, HYPERVOLUME)}
+    stored = hypervolume_reference(uri, parent_id)
+    same = stored is not None and [float(r) for r in reference] == stored
+    logged = {h.step for h in client.get_metric_history(parent_id, HYPERVOLUME)} if same else set()
+    if not same:
+        client.set_tag(parent_id, TAG_HYPERVOLUME_REFERENCE, json.dumps(list(reference)))
     now = int(time.time() * 1000)
     points = [
         Metric(HYPERVOLUME, v, now, step)

@@ -105,3 +105,17 @@ def test_errors_by_trial_puts_the_trials_breakdowns_side_by_side(tmp_path):
     assert rows["answerable: partial_inside"] == [1, 0] and rows["answerable: no_overlap"] == [0, 1]
     assert errors_by_trial(uri, trials[2:]) is None
     json.dumps(table)
+
+
+def test_budgets_name_their_best_trial_but_never_move_the_reference():
+    """`--budgets` moved the hypervolume's reference point (a 25x change on two trials)."""
+    trials = [t("a", 40.0, 1100.0), t("b", 60.0, 1900.0)]
+    cons = [parse_constraint("peak_memory_mb <= 2000")]
+    plain = summarize("p", trials, [F1, MB], cons)
+    budgeted = summarize("p", trials, [F1, MB], cons, budgets=(1200.0,))
+    assert budgeted.reference == plain.reference == (0.0, 2000.0)
+    assert budgeted.hypervolume == plain.hypervolume
+    stored = summarize("p", trials[:1], [F1, MB], reference=[0.0, 1500.0])
+    assert stored.reference == (0.0, 1500.0)  # the sweep's own, kept while trials are inside
+    widened = summarize("p", trials, [F1, MB], reference=[0.0, 1500.0])
+    assert widened.reference[1] > 1900.0  # a trial outside it: widened

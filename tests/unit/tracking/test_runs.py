@@ -56,3 +56,45 @@ def test_a_teacher_named_by_sweep_and_trial_is_that_trials_newest_checkpoint(tmp
     ]:
         with pytest.raises(ConfigError, match=re.escape(words)):
             resolve_teacher(student(teacher), uri)
+
+
+def test_the_hypervolume_curve_has_one_reference_and_is_logged_again_when_it_must_change(
+    tmp_path,
+):
+    """Points computed against different references were appended to one curve (a resume,
+    an extension, a re-publish with --budgets)."""
+    from mlflow.tracking import MlflowClient
+
+    from qa_ray.metrics import HYPERVOLUME
+    from qa_ray.tracking.runs import hypervolume_reference, log_hypervolume, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "hv", "hv", params={}, artifacts={})
+
+    def curve():
+        history = MlflowClient(uri).get_metric_history(parent, HYPERVOLUME)
+        newest = {}
+        for h in sorted(history, key=lambda h: h.timestamp):
+            newest[h.step] = h.value
+        return newest, len(history)
+
+    log_hypervolume(uri, parent, [1.0, 2.0], 1, (0.0, 2000.0))
+    assert hypervolume_reference(uri, parent) == [0.0, 2000.0]
+    log_hypervolume(uri, parent, [1.0, 2.0, 3.0], 2, (0.0, 2000.0))  # a resumed sweep's report
+    assert curve() == ({1: 1.0, 2: 2.0, 3: 3.0}, 3)  # the new point only
+    log_hypervolume(uri, parent, [0.5, 1.0, 1.5], 2, (0.0, 4000.0))  # the reference had to move
+    assert hypervolume_reference(uri, parent) == [0.0, 4000.0]
+    assert curve()[0] == {1: 0.5, 2: 1.0, 3: 1.5}  # every point against the new one
+
+
+def test_a_configuration_not_launched_is_rejected_not_complete(tmp_path):
+    from qa_ray.search.memory import Prediction
+    from qa_ray.tracking.callback import MLflowSweepCallback
+    from qa_ray.tracking.runs import start_parent_run, trial_records
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "rej", "rej", params={}, artifacts={})
+    cb = MLflowSweepCallback(uri, parent, ("step",))
+    cb.record_predicted_infeasible({"x": 1}, Prediction(5000.0, 100.0), "over 3000")
+    (rec,) = trial_records(uri, parent)
+    assert rec["status"] == "REJECTED"
