@@ -7,6 +7,8 @@
 - :mod:`.schedulers`: early stopping across several objectives;
 - :mod:`.memory`: a configuration's peak memory predicted before it runs (an analytic prior
   from the model's config.json, calibrated by the sweep's measurements).
+- :mod:`.model_config`: a model's config.json from a local folder or a hub id (the Hugging
+  Face cache first; no weights).
 
 Torch-free. May import layers 0-3 (config, pareto, metrics, ...).
 """

@@ -23,22 +23,31 @@ Three parts:
   first optimizer step) is a lower bound of its own key only, never a row of the fit.
 
 The account covers BERT-family encoders (bert, roberta, electra, albert, distilbert, ...) and
-Llama-family decoders (llama, mistral, qwen2, ...), the families the staged models and the sweep
-files use; another ``model_type`` is an error naming it.
+Llama-family decoders (llama, mistral, qwen2, ...); another ``model_type`` (T5, Mamba, Bloom,
+Falcon) or qa-ray's LSTM is :class:`NotAccounted`, an error naming it. The config is read from
+a local folder or a hub id (:mod:`.model_config`: the Hugging Face cache first).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MemoryModel", "ModelShape", "Prediction", "features", "memory_key", "read_shape"]
+from qa_ray.search.model_config import read_config
+
+__all__ = [
+    "MemoryModel",
+    "ModelShape",
+    "NotAccounted",
+    "Prediction",
+    "features",
+    "memory_key",
+    "read_shape",
+]
 
 MB = 2**20
 # Peak memory of the runtime before any model: CPU, a worker's Python + torch + transformers +
@@ -143,24 +152,24 @@ _DECODERS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "s
 _ENCODERS = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta"}
 
 
-def read_shape(name_or_path: str) -> ModelShape:
-    """The shape of the model in a local folder (its ``config.json``).
+class NotAccounted(ValueError):
+    """A model the memory account does not cover (its ``model_type``, or an architecture qa-ray
+    builds itself): a sweep over it can be planned for the other models only."""
+
+
+def read_shape(name_or_path: str, field: str = "model.name_or_path") -> ModelShape:
+    """The shape of a model, from its ``config.json`` in a local folder or on the hub
+    (:func:`~.model_config.read_config`: the Hugging Face cache first, no weights).
 
     Raises:
-        ValueError: no ``config.json`` there (hub names are not fetched: the planner runs
-            offline), or a ``model_type`` the account does not cover.
+        NotAccounted: a ``model_type`` the account does not cover.
+        ValueError: no config.json to read (see :func:`~.model_config.read_config`).
     """
-    path = Path(name_or_path, "config.json")
-    if not path.is_file():
-        raise ValueError(
-            f"`model.name_or_path` = {name_or_path!r}: no config.json there; the memory "
-            "prediction reads a local model folder (download it, or point at one)"
-        )
-    c = json.loads(path.read_text())
+    c = read_config(name_or_path, field)
     model_type = c.get("model_type", "")
     if model_type not in _DECODERS | _ENCODERS:
-        raise ValueError(
-            f"`model.name_or_path` = {name_or_path!r}: model_type {model_type!r} is not one the "
+        raise NotAccounted(
+            f"`{field}` = {name_or_path!r}: model_type {model_type!r} is not one the "
             f"memory account covers ({sorted(_DECODERS | _ENCODERS)})"
         )
     if model_type == "distilbert":
@@ -230,12 +239,19 @@ def features(config: Mapping[str, Any], shapes: Mapping[str, ModelShape] | None 
     """
     shapes = dict(shapes or {})
 
-    def shape_of(path: str) -> ModelShape:
+    def shape_of(path: str, field: str) -> ModelShape:
         if path not in shapes:
-            shapes[path] = read_shape(path)
+            shapes[path] = read_shape(path, field)
         return shapes[path]
 
-    s = shape_of(_get(config, "model.name_or_path", ""))
+    name = _get(config, "model.name_or_path", "")
+    architecture = _get(config, "model.architecture", "auto")
+    if architecture != "auto":  # qa-ray's own model, not the transformer it names
+        raise NotAccounted(
+            f"`model.architecture` = {architecture!r}: the memory account covers transformers "
+            f"loaded from their config.json, not qa-ray's {architecture} (of {name!r})"
+        )
+    s = shape_of(name, "model.name_or_path")
     finetune = _get(config, "model.finetune", "full")
     bits = int(_get(config, "model.quantization_bits", 32))
     layers = int(_get(config, "model.keep_layers", s.layers))
@@ -271,7 +287,7 @@ def features(config: Mapping[str, Any], shapes: Mapping[str, ModelShape] | None 
     teacher = _get(config, "train.distill.teacher", None)
     t = None
     if teacher is not None and not str(teacher).startswith("sweep:"):
-        t = shape_of(str(teacher))
+        t = shape_of(str(teacher), "train.distill.teacher")
         static += (t.layer_params() * (1 if t.shared_layers else t.layers)
                    + t.embedding_params()) * 4  # fmt: skip
 
