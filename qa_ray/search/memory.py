@@ -232,17 +232,27 @@ class Features:
     trainable: float
 
 
-def features(config: Mapping[str, Any], shapes: Mapping[str, ModelShape] | None = None) -> Features:
+def features(
+    config: Mapping[str, Any], shapes: dict[str, ModelShape | NotAccounted] | None = None
+) -> Features:
     """The analytic account of a trial config dict (see the module docstring).
 
-    ``shapes`` maps a model path to its shape (read from its ``config.json`` when missing).
+    ``shapes`` maps a model path to its shape, or to why the account does not cover it; a
+    path missing there is read (its ``config.json``: a hub id's from the cache, or the hub)
+    and added, so a sweep's model reads each model once.
     """
-    shapes = dict(shapes or {})
+    shapes = {} if shapes is None else shapes
 
     def shape_of(path: str, field: str) -> ModelShape:
         if path not in shapes:
-            shapes[path] = read_shape(path, field)
-        return shapes[path]
+            try:
+                shapes[path] = read_shape(path, field)
+            except NotAccounted as exc:
+                shapes[path] = exc
+        found = shapes[path]
+        if isinstance(found, NotAccounted):
+            raise NotAccounted(str(found))
+        return found
 
     name = _get(config, "model.name_or_path", "")
     architecture = _get(config, "model.architecture", "auto")
@@ -364,7 +374,8 @@ class MemoryModel:
     """A sweep's memory model on one device kind (``"cpu"`` or ``"cuda"``)."""
 
     device: str = "cpu"
-    shapes: dict[str, ModelShape] = field(default_factory=dict)
+    # model path -> its shape, or why the account lacks it: each model's config is read once
+    shapes: dict[str, ModelShape | NotAccounted] = field(default_factory=dict)
     measured: dict[tuple, float] = field(default_factory=dict)  # key -> largest peak seen
     at_least: dict[tuple, float] = field(default_factory=dict)  # key -> a stopped trial's peak
     _rows: list[tuple[float, float, float]] = field(default_factory=list)  # static, act, peak

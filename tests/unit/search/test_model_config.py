@@ -172,3 +172,30 @@ def test_admission_switched_off_by_an_unreadable_model_says_so_once_on_the_conso
     assert len(said) == 1 and said[0].levelno == logging.WARNING
     assert "memory admission off" in said[0].getMessage()
     assert "hf download google-bert/bert-base-uncased config.json" in said[0].getMessage()
+
+
+def test_a_sweeps_memory_model_reads_each_hub_config_once(tmp_path, monkeypatch):
+    """Online, each read of a hub file asks the hub whether it changed: a sweep's predictions
+    (one a sampled configuration, one a child run) read each model's config once, the
+    families the account lacks included."""
+    import huggingface_hub
+
+    from qa_ray.search.memory import MemoryModel
+
+    use_hf_cache(monkeypatch, tmp_path / "hf")
+    asked = []
+    download = huggingface_hub.hf_hub_download
+
+    def counted(repo_id, filename, **kwargs):
+        asked.append(repo_id)
+        return download(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counted)
+    model = MemoryModel("cuda")
+    bert = {"model": {"name_or_path": "google-bert/bert-base-uncased"}}
+    for batch in (4, 8, 16, 32):
+        model.predict({**bert, "train": {"per_device_batch_size": batch}})
+    for _ in range(3):
+        with pytest.raises(NotAccounted, match="model_type 't5'"):
+            model.predict({"model": {"name_or_path": "google-t5/t5-base"}})
+    assert asked == ["google-bert/bert-base-uncased", "google-t5/t5-base"]
