@@ -67,7 +67,7 @@ class Objective(Block):
     def _known(cls, v: str) -> str:
         if v not in OBJECTIVE_METRICS:
             raise ValueError(
-                f"unknown metric {v!r}, expected one of {list(OBJECTIVE_METRICS)}"
+                f"unknown metric, expected one of {list(OBJECTIVE_METRICS)}, but got {v!r}"
                 + did_you_mean(v, OBJECTIVE_METRICS)
             )
         return v
