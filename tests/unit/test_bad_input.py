@@ -113,7 +113,7 @@ ROWS = [
     ("checkpoint every 0 steps", lambda t: ["sweep", _sweep(t, train__checkpoint_steps=0)], ["`train.checkpoint_steps`", "0"]),
     ("1.5 GPUs a worker", lambda t: ["sweep", _sweep(t, resources__gpus_per_worker=1.5)], ["gpus_per_worker=1.5"]),
     ("max_failures -2", lambda t: ["sweep", _sweep(t, resources__max_failures=-2)], ["`resources.max_failures`", "-2"]),
-    ("unknown objective", lambda t: ["sweep", _sweep(t, objectives=[{"metric": "f1", "mode": "max"}])], ["`objectives[0].metric`: unknown metric", "but got 'f1'; did you mean `eval_f1`?"]),
+    ("unknown objective", lambda t: ["sweep", _sweep(t, objectives=[{"metric": "peak_memory", "mode": "min"}])], ["`objectives[0].metric`: unknown metric", "but got 'peak_memory'; did you mean `peak_memory_mb`?"]),
     ("objective twice", lambda t: ["sweep", _sweep(t, objectives=[{"metric": "eval_f1", "mode": "max"}] * 2)], ["distinct metrics"]),
     ("objective mode up", lambda t: ["sweep", _sweep(t, objectives=[{"metric": "eval_f1", "mode": "up"}])], ["mode", "up"]),
     ("an objective the task never reports", lambda t: ["sweep", _sweep(t, model__task="instruction", data__path=str(ASSETS / "alpaca_tiny.json"))], ["never reports", "eval_f1", "instruction"]),
