@@ -52,37 +52,38 @@ def _tag(model: type[BaseModel]) -> Any:
     return args[0] if len(args) == 1 else None
 
 
+def _models(types_: list[Any]) -> list[type[BaseModel]]:
+    members = (m for t in types_ for m in _members(t))
+    return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
 def _locate(cls: type[BaseModel], loc: tuple) -> tuple[str, list[type[BaseModel]]]:
     """An error's location as the user writes it (``objectives[0].mode``: union branches and
     tags left out), and the blocks that may hold its last key."""
-    shown, current = "", [cls]
+    shown, current, parents = "", [cls], [cls]
     for i, part in enumerate(loc):
-        if i == len(loc) - 1:
-            parents = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)]
+        is_key = i == len(loc) - 1  # the last part is a key, known or not
+        if is_key:
+            parents = _models(current)
         following = []
         for t in (m for c in current for m in _members(c)):
-            origin = typing.get_origin(t)
+            origin, args = typing.get_origin(t), typing.get_args(t)
             if isinstance(t, type) and issubclass(t, BaseModel):
-                if isinstance(part, str) and part in t.model_fields:
+                if part in t.model_fields:
                     following.append(t.model_fields[part].annotation)
+                    is_key = True
                 elif part == _tag(t):
                     following.append(t)  # a discriminated union's member, named by its tag
-            elif origin in (list, tuple) and isinstance(part, int):
-                following.append(typing.get_args(t)[0])
-            elif origin is dict and isinstance(part, str) and not _is_branch(part):
-                following.append(typing.get_args(t)[1])
-        is_key = i == len(loc) - 1 or any(  # the last: a key, known or not
-            (isinstance(t, type) and issubclass(t, BaseModel) and part in t.model_fields)
-            or typing.get_origin(t) in (list, tuple, dict)
-            for t in (m for c in current for m in _members(c))
-        )
-        if isinstance(part, int) and is_key:
+            elif (origin in (list, tuple) and isinstance(part, int)) or (
+                origin is dict and not _is_branch(part)
+            ):
+                following.append(args[-1])
+                is_key = True
+        if is_key and isinstance(part, int):
             shown += f"[{part}]"
         elif is_key and not _is_branch(part):
             shown += f".{part}" if shown else str(part)
         current = following or current
-    if not loc:
-        parents = [cls]
     return shown, parents
 
 
