@@ -140,3 +140,13 @@ def test_error_locations_read_as_the_file_is_written(loc, shown):
 
     err = {"loc": loc, "type": "value_error", "msg": "Value error, bad, but got 3", "input": 3}
     assert _format_error(err, SweepConfig) == f"`{shown}`: bad, but got 3"
+
+
+def test_a_misspelt_key_in_an_optional_block_is_guessed():
+    from qa_ray.config.files import _format_error
+    from qa_ray.sweep.config import SweepConfig
+
+    err = {"loc": ("search", "scheduler", "grac"), "type": "extra_forbidden", "msg": "", "input": 3}
+    assert _format_error(err, SweepConfig) == (
+        "`search.scheduler.grac`: unknown key (value 3); did you mean `grace`?"
+    )
