@@ -173,7 +173,9 @@ class TrackingConfig(Block):
     """Where the MLflow runs go."""
 
     tracking_uri: str | None = Field(
-        None, description="MLflow URI; else --tracking-uri, MLFLOW_TRACKING_URI, then local"
+        None,
+        description="MLflow URI; --tracking-uri wins over it; with neither, MLFLOW_TRACKING_URI, "
+        "then sqlite:///mlflow.db",
     )
     experiment_name: str = Field(
         "qa-ray", description="the MLflow experiment holding the sweep's parent run"
