@@ -110,6 +110,9 @@ def build(version: str, commands) -> argparse.ArgumentParser:
     sp.add_argument("--samples", type=int, default=32, metavar="N",
                     help="configurations sampled from the space (default 32)")  # fmt: skip
     sp.add_argument("--seed", type=int, default=0, metavar="N", help="of the sample (default 0)")
+    sp.add_argument("--markdown", action="store_true",
+                    help="print the corners as a markdown table, a row per model, method and "
+                    "bits (what docs/memory-table.md holds)")  # fmt: skip
 
     sp = add(sub, "train", "train", "run one fine-tune (one trial of a sweep) in-process",
              "qa-ray train trial.yaml model.name_or_path=models/all-MiniLM-L6-v2 train.max_steps=50")  # fmt: skip

@@ -27,14 +27,14 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     from qa_ray.sweep.config import load_sweep_config
-    from qa_ray.sweep.memory_plan import format_plan, plan_memory
+    from qa_ray.sweep.memory_plan import format_markdown, format_plan, plan_memory
 
     cfg = load_sweep_config(args.sweep, args.overrides)
     try:
         plan = plan_memory(cfg, args.gpu_memory, samples=args.samples, seed=args.seed)
     except ValueError as exc:
         raise ConfigError(args.sweep, [str(exc)]) from None
-    print(format_plan(plan))
+    print(format_markdown(plan) if args.markdown else format_plan(plan))
     return EXIT_OK
 
 

@@ -7,6 +7,8 @@
 - :mod:`.schedulers`: early stopping across several objectives;
 - :mod:`.memory`: a configuration's peak memory predicted before it runs (an analytic prior
   from the model's config.json, calibrated by the sweep's measurements).
+- :mod:`.shapes`: what the memory account counts of each family (layers, projections,
+  embeddings), read from a model's config.json;
 - :mod:`.model_config`: a model's config.json from a local folder or a hub id (the Hugging
   Face cache first; no weights).
 

@@ -22,10 +22,14 @@ Three parts:
   A peak that is no measurement (a trial stopped over a budget, out of memory, or before its
   first optimizer step) is a lower bound of its own key only, never a row of the fit.
 
-The account covers BERT-family encoders (bert, roberta, electra, albert, distilbert, ...) and
-Llama-family decoders (llama, mistral, qwen2, ...); another ``model_type`` (T5, Mamba, Bloom,
-Falcon) or qa-ray's LSTM is :class:`NotAccounted`, an error naming it. The config is read from
-a local folder or a hub id (:mod:`.model_config`: the Hugging Face cache first).
+The account covers every family qa-ray trains, as it trains them (:mod:`.shapes` reads their
+sizes: BERT-like encoders, Llama-like decoders, GPT-2, BLOOM, Falcon, Mamba, T5 and qa-ray's
+LSTM): a causal LM's logits at the answer tokens only (``logits_to_keep``), generation with a
+KV cache at evaluation, frozen weights in the dtype ``build_model`` stores them, and values in
+the dtype the trial computes in on its device (``"cuda"``, or ``"cpu"`` where only 16-bit
+trials autocast). Another ``model_type`` is :class:`NotAccounted`, an error naming it. The
+config is read from a local folder or a hub id (:mod:`.model_config`: the Hugging Face cache
+first).
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from qa_ray.search.model_config import read_config
+from qa_ray.search.shapes import ModelShape, NotAccounted, lstm_shape, read_shape
 
 __all__ = [
+    "Features",
     "MemoryModel",
     "ModelShape",
     "NotAccounted",
     "Prediction",
+    "compute_bytes",
     "features",
     "memory_key",
     "read_shape",
@@ -80,6 +86,12 @@ _KEY_FIELDS = (
     ("train.precision", "auto"),
     ("train.distill.teacher", None),
     ("resources.num_workers", 1),
+    ("data.max_answer_length", 30),
+    ("model.architecture", "auto"),
+    ("model.lstm.hidden_size", None),
+    ("model.lstm.embedding_dim", None),
+    ("model.lstm.num_layers", None),
+    ("model.lstm.embeddings_from", None),
 )
 
 
@@ -94,12 +106,16 @@ def _get(d: Mapping[str, Any], path: str, default: Any) -> Any:
 
 def memory_key(config: Mapping[str, Any]) -> tuple:
     """The memory-relevant knobs of a trial config dict (a ``TrialConfig.model_dump()``), as a
-    hashable tuple; LoRA's rank and targets only count for a LoRA trial."""
+    hashable tuple; LoRA's rank and targets only count for a LoRA trial, the LSTM's sizes only
+    for the LSTM."""
     lora = _get(config, "model.finetune", "full") == "lora"
+    lstm = _get(config, "model.architecture", "auto") != "auto"
     out = []
     for path, default in _KEY_FIELDS:
         value = _get(config, path, default)
-        if path.startswith("model.lora.") and not lora:
+        if (path.startswith("model.lora.") and not lora) or (
+            path.startswith("model.lstm.") and not lstm
+        ):
             value = None
         out.append(tuple(value) if isinstance(value, list) else value)
     return tuple(out)
@@ -107,121 +123,24 @@ def memory_key(config: Mapping[str, Any]) -> tuple:
 
 # ---- the analytic account --------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What sets a transformer's sizes, read from its ``config.json``."""
-
-    model_type: str
-    decoder: bool  # Llama family: gated MLP, grouped KV heads, causal-LM logits
-    hidden: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    positions: int
-    embedding: int  # ALBERT factorizes its embeddings; else = hidden
-    head_dim: int
-    shared_layers: bool = False  # ALBERT: one set of layer weights for every layer
-    tied: bool = True
-    # transformers' default attention (>= 4.36) for these families is SDPA, whose fused
-    # kernels keep no s x s attention map for backward; "eager" keeps two and a dropout mask.
-    eager_attention: bool = False
-
-    def layer_params(self, heads_keep: float = 1.0, ffn_keep: float = 1.0) -> float:
-        h, head_dim = self.hidden, self.head_dim
-        q_out = self.heads * head_dim * heads_keep
-        kv_out = self.kv_heads * head_dim * heads_keep
-        attn = h * q_out + 2 * h * kv_out + q_out * h
-        i = self.intermediate * ffn_keep
-        mlp = (3 if self.decoder else 2) * h * i
-        norms = (2 if self.decoder else 4) * h
-        biases = 0 if self.decoder else q_out + 2 * kv_out + h + i + h
-        return attn + mlp + norms + biases
-
-    def embedding_params(self) -> float:
-        e = self.embedding
-        n = self.vocab * e + (self.hidden if self.decoder else (self.positions + 2 + 2) * e)
-        if e != self.hidden:
-            n += e * self.hidden
-        return n
+# NF4 with double quantization: half a byte, an 8-bit absmax per 64 weights and an fp32 one per
+# 256 of those; LLM.int8: a byte (its per-row scales are negligible).
+_QUANTIZED_BYTES = {4: 0.5 + 1 / 64 + 4 / (64 * 256), 8: 1.0}
+# Alpaca's template without an input is about 32 tokens. Its responses average 68 tokens, but
+# the peak is an epoch's longest micro-batch: counted as 4 characters a token, the largest
+# batch of 8 in an epoch of the 52k records averaged 195-250 response tokens a row at sequence
+# 512 (batch 4: 240-295), about half of what the prompt leaves; that half is the account's.
+_INSTRUCTION_PROMPT = 32
+# The qualitative questions an instruction evaluation answers in one batch, ~64 prompt tokens.
+_QUALITATIVE = (14, 64)
 
 
-_DECODERS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "smollm3"}
-_ENCODERS = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta"}
-
-
-class NotAccounted(ValueError):
-    """A model the memory account does not cover (its ``model_type``, or an architecture qa-ray
-    builds itself): a sweep over it can be planned for the other models only."""
-
-
-def read_shape(name_or_path: str, field: str = "model.name_or_path") -> ModelShape:
-    """The shape of a model, from its ``config.json`` in a local folder or on the hub
-    (:func:`~.model_config.read_config`: the Hugging Face cache first, no weights).
-
-    Raises:
-        NotAccounted: a ``model_type`` the account does not cover.
-        ValueError: no config.json to read (see :func:`~.model_config.read_config`).
-    """
-    c = read_config(name_or_path, field)
-    model_type = c.get("model_type", "")
-    if model_type not in _DECODERS | _ENCODERS:
-        raise NotAccounted(
-            f"`{field}` = {name_or_path!r}: model_type {model_type!r} is not one the "
-            f"memory account covers ({sorted(_DECODERS | _ENCODERS)})"
-        )
-    if model_type == "distilbert":
-        hidden, layers, inter, heads = c["dim"], c["n_layers"], c["hidden_dim"], c["n_heads"]
-    else:
-        hidden, layers = c["hidden_size"], c["num_hidden_layers"]
-        inter, heads = c["intermediate_size"], c["num_attention_heads"]
-    return ModelShape(
-        model_type=model_type,
-        decoder=model_type in _DECODERS,
-        hidden=hidden,
-        layers=layers,
-        intermediate=inter,
-        heads=heads,
-        kv_heads=c.get("num_key_value_heads") or heads,
-        vocab=c["vocab_size"],
-        positions=c.get("max_position_embeddings", 512),
-        embedding=c.get("embedding_size", hidden),
-        head_dim=c.get("head_dim") or hidden // heads,
-        shared_layers=model_type == "albert",
-        tied=c.get("tie_word_embeddings", True),
-        eager_attention=c.get("_attn_implementation") == "eager",
-    )
-
-
-def _bytes_per_frozen_param(bits: int, finetune: str) -> float:
-    # 16 bits: bf16 frozen weights under LoRA; a full fine-tune keeps fp32 master weights.
-    if bits == 16:
-        return 2.0 if finetune == "lora" else 4.0
-    return {32: 4.0, 8: 1.0, 4: 0.5625}[bits]  # 4-bit: + an fp32 absmax per 64 weights
-
-
-_LORA_DIMS = {  # target name -> (d_in, d_out) in units of (hidden, intermediate, kv width)
-    "query": ("h", "h"), "key": ("h", "kv"), "value": ("h", "kv"), "q_lin": ("h", "h"),
-    "v_lin": ("h", "h"), "k_lin": ("h", "h"), "q_proj": ("h", "h"), "k_proj": ("h", "kv"),
-    "v_proj": ("h", "kv"), "o_proj": ("h", "h"), "gate_proj": ("h", "i"), "up_proj": ("h", "i"),
-    "down_proj": ("i", "h"),
-}  # fmt: skip
-
-
-def _lora_params(shape: ModelShape, r: int, targets: list[str] | None, layers: int) -> float:
-    if targets is None:  # peft's defaults: query+value (encoders), q_proj+v_proj (decoders)
-        targets = ["q_proj", "v_proj"] if shape.decoder else ["query", "value"]
-    width = {"h": shape.hidden, "i": shape.intermediate, "kv": shape.kv_heads * shape.head_dim}
-    per_layer = 0.0
-    for t in targets:
-        if t == "dense" and not shape.decoder:  # BERT: attention output, intermediate, output
-            per_layer += r * (4 * width["h"] + 2 * width["i"])
-            continue
-        d_in, d_out = _LORA_DIMS.get(t, ("h", "h"))
-        per_layer += r * (width[d_in] + width[d_out])
-    return per_layer * layers
+def compute_bytes(device: str, precision: str, bits: int) -> float:
+    """Bytes of a value a trial computes in (``qa_ray.training.precision``): on CUDA bf16 (or
+    fp16) autocast unless ``precision`` is fp32; on CPU only 16-bit trials autocast (bf16)."""
+    if device == "cpu":
+        return 2.0 if bits == 16 else 4.0
+    return 4.0 if precision == "fp32" else 2.0
 
 
 @dataclass(frozen=True)
@@ -232,115 +151,200 @@ class Features:
     trainable: float
 
 
+def _shape_of(config: Mapping[str, Any], shapes: dict, path: str, field: str) -> ModelShape:
+    lstm = field == "model.name_or_path" and _get(config, "model.architecture", "auto") != "auto"
+    sizes = _get(config, "model.lstm", {}) if lstm else {}
+    key = f"{path} lstm {sorted(sizes.items())}" if lstm else path  # its sizes make its shape
+    if key not in shapes:
+        try:
+            shapes[key] = lstm_shape(path, sizes) if lstm else read_shape(path, field)
+        except NotAccounted as exc:
+            shapes[key] = exc
+    found = shapes[key]
+    if isinstance(found, NotAccounted):
+        raise NotAccounted(str(found))
+    return found
+
+
+def _counts(s: ModelShape, layers: int | None, hk: float = 1.0, fk: float = 1.0) -> tuple:
+    """(quantizable projection weights, other layer weights) of the stacks; ``layers`` kept of
+    the first (``keep_layers`` keeps the first stack's, T5's encoder's)."""
+    q = rest = 0.0
+    for k, st in enumerate(s.stacks):
+        n = 1 if st.shared else (layers if k == 0 and layers else st.layers)
+        sq, srest = st.weights(hk, fk)
+        q, rest = q + sq * n, rest + srest * n
+    return q, rest
+
+
+def _lora_params(s: ModelShape, r: int, targets: list[str] | None, layers: int | None) -> float:
+    """peft's adapters: ``r * (d_in + d_out)`` on every projection a target names."""
+    names = set(targets or s.lora_default)
+    out = 0.0
+    for k, st in enumerate(s.stacks):
+        n = 1 if st.shared else (layers if k == 0 and layers else st.layers)
+        out += n * sum(r * (lin.d_in + lin.d_out) for lin in st.linears if lin.name in names)
+    return out
+
+
 def features(
-    config: Mapping[str, Any], shapes: dict[str, ModelShape | NotAccounted] | None = None
+    config: Mapping[str, Any],
+    shapes: dict[str, ModelShape | NotAccounted] | None = None,
+    device: str = "cuda",
 ) -> Features:
-    """The analytic account of a trial config dict (see the module docstring).
+    """The analytic account of a trial config dict on ``device`` (``"cuda"`` or ``"cpu"``; see
+    the module docstring).
 
     ``shapes`` maps a model path to its shape, or to why the account does not cover it; a
     path missing there is read (its ``config.json``: a hub id's from the cache, or the hub)
     and added, so a sweep's model reads each model once.
     """
     shapes = {} if shapes is None else shapes
-
-    def shape_of(path: str, field: str) -> ModelShape:
-        if path not in shapes:
-            try:
-                shapes[path] = read_shape(path, field)
-            except NotAccounted as exc:
-                shapes[path] = exc
-        found = shapes[path]
-        if isinstance(found, NotAccounted):
-            raise NotAccounted(str(found))
-        return found
-
-    name = _get(config, "model.name_or_path", "")
-    architecture = _get(config, "model.architecture", "auto")
-    if architecture != "auto":  # qa-ray's own model, not the transformer it names
-        raise NotAccounted(
-            f"`model.architecture` = {architecture!r}: the memory account covers transformers "
-            f"loaded from their config.json, not qa-ray's {architecture} (of {name!r})"
-        )
-    s = shape_of(name, "model.name_or_path")
-    finetune = _get(config, "model.finetune", "full")
+    s = _shape_of(config, shapes, _get(config, "model.name_or_path", ""), "model.name_or_path")
+    task = _get(config, "model.task", "extractive")
+    finetune = "full" if s.family == "lstm" else _get(config, "model.finetune", "full")
     bits = int(_get(config, "model.quantization_bits", 32))
-    layers = int(_get(config, "model.keep_layers", s.layers))
-    heads_keep = 1.0 - float(_get(config, "model.prune.heads", 0.0))
-    ffn_keep = 1.0 - float(_get(config, "model.prune.ffn", 0.0))
-    layer = s.layer_params(heads_keep, ffn_keep)
-    stacked = layer * (1 if s.shared_layers else layers)
-    embed = s.embedding_params()
-    causal = _get(config, "model.task", "extractive") != "extractive"
-    head = (0 if s.tied else s.vocab * s.hidden) if causal else 2 * s.hidden + 2  # span head
-    params = stacked + embed + head
+    cb = compute_bytes(device, _get(config, "train.precision", "auto"), bits)
+    layers = _get(config, "model.keep_layers", None)
+    hk = 1.0 - float(_get(config, "model.prune.heads", 0.0))
+    fk = 1.0 - float(_get(config, "model.prune.ffn", 0.0))
+    quantizable, rest = _counts(s, layers, hk, fk)
+    causal = task != "extractive"
+    if s.family == "lstm":
+        head = 0.0  # its start and end heads are among its layer weights
+    else:
+        head = (0.0 if s.tied else s.vocab * s.hidden) if causal else 2.0 * s.hidden + 2
+    params = quantizable + rest + s.embeddings + head
     if finetune == "lora":
-        lora = _lora_params(
-            s,
-            int(_get(config, "model.lora.r", 8)),
-            _get(config, "model.lora.target_modules", None),
-            layers,
-        )
+        lora = _lora_params(s, int(_get(config, "model.lora.r", 8)),
+                            _get(config, "model.lora.target_modules", None), layers)  # fmt: skip
         # peft trains a copy of the span head (modules_to_save) beside the frozen original.
-        span = 0 if causal else head
+        span = 0.0 if causal else head
         trainable = lora + span
         params += span
-        weights = stacked * _bytes_per_frozen_param(bits, "lora") + (embed + head + span) * 4
-        weights += lora * 4
-    else:
+        # Frozen weights as build_model stores them: 16 bits bf16, 32 bits fp32, and under
+        # 4/8 bits the projections quantized and the rest in the compute dtype.
+        frozen = {16: 2.0, 32: 4.0}.get(bits, cb)
+        weights = quantizable * _QUANTIZED_BYTES.get(bits, frozen)
+        weights += (rest + s.embeddings + head) * frozen + trainable * 4
+    else:  # every weight trained: fp32 masters, whatever the bits (16: bf16 autocast)
         trainable = params
-        weights = (
-            params * _bytes_per_frozen_param(bits, "full")
-            if bits >= 16
-            else (stacked * _bytes_per_frozen_param(bits, "full") + (embed + head) * 4)
-        )
+        weights = params * 4
     static = weights + trainable * (4 + 8)  # fp32 gradients + AdamW's two moments
     teacher = _get(config, "train.distill.teacher", None)
     t = None
     if teacher is not None and not str(teacher).startswith("sweep:"):
-        t = shape_of(str(teacher), "train.distill.teacher")
-        static += (t.layer_params() * (1 if t.shared_layers else t.layers)
-                   + t.embedding_params()) * 4  # fmt: skip
+        t = _shape_of(config, shapes, str(teacher), "train.distill.teacher")
+        static += (sum(_counts(t, None)) + t.embeddings) * 4
 
     b = int(_get(config, "train.per_device_batch_size", 16))
-    seq = int(_get(config, "data.max_seq_length", 384))
     eb = int(_get(config, "train.eval_batch_size", 64))
-    act_bytes = 2.0 if _get(config, "train.precision", "auto") in ("bf16", "fp16") else 4.0
+    seq = int(_get(config, "data.max_seq_length", 384))
+    answer = int(_get(config, "data.max_answer_length", 30))
     checkpointing = bool(_get(config, "model.gradient_checkpointing", False))
-    act = (causal, act_bytes)
-    train_act = _activations(s, b, seq, layers, heads_keep, ffn_keep, *act, checkpointing)
+    shape = _Sizes(s, layers, hk, fk, cb, seq, answer)
+    train_act = shape.train(b, task, checkpointing)
     if t is not None:  # the teacher's forward under no_grad: one layer live at a time
-        train_act += _activations(t, b, seq, 1, 1.0, 1.0, *act, False) / 2
-    eval_act = _activations(s, eb, seq, 1, heads_keep, ffn_keep, *act, False) / 2
+        train_act += _Sizes(t, None, 1.0, 1.0, cb, seq, answer).forward(b, task)
     return Features(
         static_mb=static / MB,
-        activation_mb=max(train_act, eval_act) / MB,
+        activation_mb=max(train_act, shape.evaluate(eb, task)) / MB,
         params=params,
         trainable=trainable,
     )
 
 
-def _activations(
-    s: ModelShape,
-    batch: int,
-    seq: int,
-    layers: int,
-    heads_keep: float,
-    ffn_keep: float,
-    causal: bool,
-    act_bytes: float,
-    checkpointing: bool,
-) -> float:
-    """Bytes backward keeps: per layer about ``b*s*(10h + 2i)`` values, plus with eager
-    attention two ``b*a*s*s`` attention maps (scores, probabilities) and the dropout mask (a
-    byte a value), as Korthikanti et al. (2022) count them (SDPA keeps a ``b*a*s`` logsumexp
-    instead); the logits (and their gradient) on top."""
-    h, i, a = s.hidden, s.intermediate * ffn_keep, s.heads * heads_keep
-    maps = batch * a * seq * seq * (2 * act_bytes + 1) if s.eager_attention else batch * a * seq * 4
-    per_layer = batch * seq * (10 * h + 2 * i) * act_bytes + maps
-    kept = (batch * seq * h * act_bytes * layers + per_layer) if checkpointing else (
-        per_layer * layers)  # fmt: skip
-    logits = batch * seq * (s.vocab if causal else 2) * 4 * 2
-    return kept + logits
+@dataclass(frozen=True)
+class _Sizes:
+    """What a model of shape ``s`` holds while it trains and evaluates, in bytes."""
+
+    s: ModelShape
+    layers: int | None
+    hk: float
+    fk: float
+    cb: float  # bytes of a value in the compute dtype
+    seq: int
+    answer: int
+
+    def _layer(self, st, batch: int, length: int) -> float:
+        """What backward keeps of one layer for ``batch`` sequences of ``length`` tokens: about
+        ``b*s*(10h + 2i)`` values (Korthikanti et al. 2022), SDPA's logsumexp (``b*a*s``,
+        fp32), the attention maps an eager attention keeps, a T5 decoder's cross-attention keys
+        and values of the source, and Mamba's scan over the sequence (transformers' torch
+        path: its discretized A and B and every step's state, fp32, ``b*s*i*n`` each)."""
+        s, tokens = self.s, batch * length
+        values = st.keep[0] + st.keep[1] * self.fk
+        heads = s.heads * self.hk
+        c0, c1 = s.maps_per_layer
+        out = tokens * values * self.cb + tokens * heads * 4 + batch * st.cross * self.seq * self.cb
+        out += batch * heads * length * length * (c0 + c1 * self.cb)
+        if s.state:
+            out += tokens * s.intermediate * s.state * (12 + (self.cb if self.cb < 4 else 0))
+        return out
+
+    def _stacks(self, batch: int, source: int):
+        """Each stack, its layers, its sequence length and its b*a*s*s masks in bytes."""
+        for k, st in enumerate(self.s.stacks):
+            n = self.layers if k == 0 and self.layers else st.layers
+            length = self.answer + 1 if st.decoder_side else source
+            masks = 0 if st.decoder_side else self.s.maps_per_stack
+            yield st, n, length, masks * batch * self.s.heads * self.hk * length**2 * self.cb
+
+    def _logits(self, batch: int, task: str) -> float:
+        """The logits and their gradient: the span head's two a token; a causal LM's at the
+        answer tokens only (``logits_to_keep``), at most ``max_answer_length`` + EOS a row
+        (generative) or half the sequence less Alpaca's prompt (instruction); T5's decoder's
+        over the answer. Each a value in the compute dtype, its fp32 log-softmax and gradient."""
+        if task == "extractive" or self.s.family == "lstm":
+            return batch * self.seq * 2 * 4 * 2
+        rows = {"instruction": max(1, (self.seq - _INSTRUCTION_PROMPT) // 2)}.get(
+            task, min(self.answer + 1, self.seq)
+        )
+        return batch * rows * self.s.vocab * (self.cb + 8)
+
+    def train(self, batch: int, task: str, checkpointing: bool) -> float:
+        """Training's activations: every layer's, or with gradient checkpointing each layer's
+        input and one layer's again."""
+        out = self._logits(batch, task)
+        for st, n, length, masks in self._stacks(batch, self.seq):
+            layer = self._layer(st, batch, length)
+            inputs = batch * length * self.s.hidden * self.cb * n
+            out += masks + ((inputs + layer) if checkpointing else layer * n)
+        return out
+
+    def forward(self, batch: int, task: str) -> float:
+        """A forward without gradients: one layer's values live at a time, and the logits."""
+        out = self._logits(batch, task) / 2
+        for st, _, length, masks in self._stacks(batch, self.seq):
+            out += masks + self._layer(st, batch, length) / 2
+        return out
+
+    def _generate(self, batch: int, prompt: int) -> float:
+        """Greedy generation (``generate``): the prompt's forward, one layer at a time, and the
+        KV cache of every layer (Mamba: its small recurrent state), with the last position's
+        logits in fp32."""
+        s, new = self.s, self.answer
+        out = batch * s.vocab * 4 * 2
+        for k, (st, n, length, masks) in enumerate(self._stacks(batch, prompt)):
+            out += masks + self._layer(st, batch, length) / 2
+            if s.family == "seq2seq" and k == 0:  # the encoder's output, read by every step
+                out += batch * prompt * s.hidden * self.cb
+            elif st.decoder_side:  # self-attention's cache and cross-attention's keys, values
+                out += 2 * s.kv_width * n * batch * (prompt + new) * self.cb
+            elif s.family == "mamba":
+                out += n * batch * s.intermediate * (s.state * 4 + 4 * self.cb)
+            else:
+                out += 2 * s.kv_width * n * batch * (prompt + new) * self.cb
+        return out
+
+    def evaluate(self, batch: int, task: str) -> float:
+        """An evaluation's peak: the span head's forward (extractive), greedy generation
+        (generative, seq2seq), or the held-out loss and the qualitative answers (instruction)."""
+        if task in ("generative", "seq2seq") and self.s.family != "lstm":
+            return self._generate(batch, self.seq)
+        if task == "instruction":
+            return max(self.forward(batch, task), self._generate(*_QUALITATIVE))
+        return self.forward(batch, task)
 
 
 # ---- the calibrated model --------------------------------------------------------------------
@@ -399,7 +403,7 @@ class MemoryModel:
         if steps is not None and steps < 1:
             self.observe_at_least(config, peak_mb)
             return
-        f = features(config, self.shapes)
+        f = features(config, self.shapes, self.device)
         key = memory_key(config)
         self.measured[key] = max(peak_mb, self.measured.get(key, 0.0))
         self._rows.append((f.static_mb, f.activation_mb, float(peak_mb)))
@@ -442,7 +446,7 @@ class MemoryModel:
         if key in self.measured:
             peak = max(self.measured[key], floor or 0.0)
             return Prediction(peak, _NOISE * peak, measured=True, at_least_mb=floor)
-        f = features(config, self.shapes)
+        f = features(config, self.shapes, self.device)
         mean, cov = self.coefficients()
         x = np.array([1.0, f.static_mb, f.activation_mb])
         peak = max(float(mean @ x), floor or 0.0)

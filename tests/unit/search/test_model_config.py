@@ -1,6 +1,7 @@
 """A model's config.json from a local folder or a hub id: read from a real Hugging Face cache
 the test lays out (offline, as ``HF_HUB_OFFLINE=1``), one-line messages for what cannot be
-read (not cached, gated, not a model), and the families the account does not cover."""
+read (not cached, gated, not a model), every family a shipped sweep names, and a family the account
+does not cover."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from qa_ray.search.memory import NotAccounted, features, read_shape
 from qa_ray.search.model_config import read_config
-from tests.hf_cache import BERT_BASE_UNCASED, lay_out_hf_cache, use_hf_cache
+from tests.hf_cache import BERT_BASE_UNCASED, SHIPPED, lay_out_hf_cache, use_hf_cache
 
 
 def _run(program: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -45,9 +46,11 @@ def test_the_shipped_hub_models_are_read_as_published(tmp_path, monkeypatch):
     use_hf_cache(monkeypatch, tmp_path / "hf")
     assert read_config("google-bert/bert-base-uncased") == BERT_BASE_UNCASED
     albert = read_shape("albert/albert-base-v2")
-    assert (albert.embedding, albert.shared_layers) == (128, True)
+    # factorized 128-wide embeddings mapped up to 768; one set of layer weights
+    assert albert.embeddings == 30000 * 128 + (512 + 2 + 2) * 128 + 128 * 768 + 768
+    assert albert.stacks[0].shared
     llama = read_shape("meta-llama/Llama-3.2-1B")
-    assert (llama.decoder, llama.hidden, llama.kv_heads, llama.head_dim) == (True, 2048, 8, 64)
+    assert (llama.decoder, llama.hidden, llama.kv_width) == (True, 2048, 8 * 64)
     # the same account as from a local folder holding the same file
     folder = tmp_path / "bert"
     folder.mkdir()
@@ -114,18 +117,32 @@ def test_a_gated_model_without_access_says_how_to_log_in(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("repo_id", "model_type"),
+    ("repo_id", "model_type", "params"),
     [
-        ("google-t5/t5-base", "t5"),
-        ("state-spaces/mamba-130m-hf", "mamba"),
-        ("bigscience/bloom-3b", "bloom"),
-        ("tiiuae/falcon-rw-1b", "falcon"),
+        ("google-t5/t5-base", "t5", 222.9e6),
+        ("state-spaces/mamba-130m-hf", "mamba", 129.1e6),
+        ("bigscience/bloom-3b", "bloom", 3002.6e6),
+        ("tiiuae/falcon-rw-1b", "falcon", 1311.6e6),
     ],
 )
-def test_a_family_the_account_lacks_is_named(tmp_path, monkeypatch, repo_id, model_type):
+def test_every_family_a_shipped_sweep_names_is_read_from_the_cache(
+    tmp_path, monkeypatch, repo_id, model_type, params
+):
+    """Their published sizes (T5-base 223M, Mamba-130M 129M, BLOOM-3B 3.0B, Falcon-RW-1B
+    1.3B), from their config.json alone."""
     use_hf_cache(monkeypatch, tmp_path / "hf")
-    with pytest.raises(NotAccounted, match=f"model_type '{model_type}' is not one the memory"):
-        read_shape(repo_id)
+    assert read_shape(repo_id).model_type == model_type
+    task = "seq2seq" if model_type == "t5" else "generative"
+    f = features({"model": {"name_or_path": repo_id, "task": task}})
+    assert f.params == pytest.approx(params, rel=1e-3)
+
+
+def test_a_family_the_account_lacks_is_named(tmp_path, monkeypatch):
+    use_hf_cache(
+        monkeypatch, tmp_path / "hf", {"EleutherAI/pythia-70m": {"model_type": "gpt_neox"}}
+    )
+    with pytest.raises(NotAccounted, match="model_type 'gpt_neox' is not one the memory"):
+        read_shape("EleutherAI/pythia-70m")
 
 
 def test_the_lstm_is_not_predicted_as_the_transformer_it_borrows_a_tokenizer_from(
@@ -135,8 +152,13 @@ def test_the_lstm_is_not_predicted_as_the_transformer_it_borrows_a_tokenizer_fro
     config = {"model": {"name_or_path": "google-bert/bert-base-uncased"}}
     assert features(config).params > 100e6  # BERT-base
     config["model"]["architecture"] = "bilstm_attention"
-    with pytest.raises(NotAccounted, match="not qa-ray's bilstm_attention"):
-        features(config)
+    config["model"]["lstm"] = {
+        "hidden_size": 128,
+        "embeddings_from": "google-bert/bert-base-uncased",
+    }
+    lstm = features(config)
+    # BERT's 30522 x 768 embeddings, then 1.6M of LSTMs and attention, all trained
+    assert 23.4e6 < lstm.params < 26e6 and lstm.trainable == lstm.params
 
 
 def test_admission_switched_off_by_an_unreadable_model_says_so_once_on_the_console(
@@ -182,7 +204,11 @@ def test_a_sweeps_memory_model_reads_each_hub_config_once(tmp_path, monkeypatch)
 
     from qa_ray.search.memory import MemoryModel
 
-    use_hf_cache(monkeypatch, tmp_path / "hf")
+    use_hf_cache(
+        monkeypatch,
+        tmp_path / "hf",
+        {**SHIPPED, "EleutherAI/pythia-70m": {"model_type": "gpt_neox"}},
+    )
     asked = []
     download = huggingface_hub.hf_hub_download
 
@@ -196,6 +222,6 @@ def test_a_sweeps_memory_model_reads_each_hub_config_once(tmp_path, monkeypatch)
     for batch in (4, 8, 16, 32):
         model.predict({**bert, "train": {"per_device_batch_size": batch}})
     for _ in range(3):
-        with pytest.raises(NotAccounted, match="model_type 't5'"):
-            model.predict({"model": {"name_or_path": "google-t5/t5-base"}})
-    assert asked == ["google-bert/bert-base-uncased", "google-t5/t5-base"]
+        with pytest.raises(NotAccounted, match="model_type 'gpt_neox'"):
+            model.predict({"model": {"name_or_path": "EleutherAI/pythia-70m"}})
+    assert asked == ["google-bert/bert-base-uncased", "EleutherAI/pythia-70m"]

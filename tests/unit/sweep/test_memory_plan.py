@@ -17,7 +17,7 @@ from tests.helpers import ASSETS
 from tests.hf_cache import MINILM_L6, use_hf_cache
 
 
-def _sweep(tmp_path, model, constraints=()):
+def _sweep(tmp_path, model, constraints=(), gpus=0):
     data = {
         "name": "plan",
         "model": {"name_or_path": str(model)},
@@ -35,6 +35,7 @@ def _sweep(tmp_path, model, constraints=()):
             },
         },
         "constraints": list(constraints),
+        "resources": {"gpus_per_worker": gpus},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -42,11 +43,11 @@ def _sweep(tmp_path, model, constraints=()):
 
 
 def test_the_plan_predicts_every_corner_once_and_counts_fits(tiny_model_dir, tmp_path):
-    cfg = load_sweep_config(_sweep(tmp_path, tiny_model_dir("bert")))
+    cfg = load_sweep_config(_sweep(tmp_path, tiny_model_dir("bert"), gpus=1))
     plan = plan_memory(cfg, (1500.0, 80000.0), samples=16)
     corners = [c for c in plan.configs if c.kind == "corner"]
-    # batch {4, 64} x finetune {full, lora} x rank {4, 64}; a full fine-tune has no rank
-    assert len(corners) == 2 + 4
+    # batch {4, 16, 64} x finetune {full, lora} x rank {4, 64}; a full fine-tune has no rank
+    assert len(corners) == 3 + 6
     by_batch = {
         c.params["per_device_batch_size"]: c.prediction.peak_mb
         for c in corners
@@ -80,7 +81,7 @@ def test_the_plan_names_the_sweep_budgets(tiny_model_dir, tmp_path):
 def test_qa_ray_plan_prints_the_plan_and_exits_2_on_a_model_it_cannot_read(
     tiny_model_dir, tmp_path, capsys
 ):
-    path = _sweep(tmp_path, tiny_model_dir("bert"))
+    path = _sweep(tmp_path, tiny_model_dir("bert"), gpus=1)
     assert main(["plan", str(path), "--gpu-memory", "24000,48000", "--samples", "4"]) == 0
     out = capsys.readouterr().out
     assert "GPU 24000 MB:" in out and "GPU 48000 MB:" in out and "corner" in out
@@ -104,10 +105,9 @@ SHIPPED_PLANS = {
     "quickstart.yaml": "planned",
     # its teacher is trained first (see the file's header): until then, a line saying where
     "bert_base_squad_v2_distilled_f1_memory.yaml": "models/bert-base-squad-v2-teacher",
-    # families the memory account does not cover yet (issue 33, item 2)
-    "lstm_attention_squad_v2_f1_memory.yaml": "not qa-ray's bilstm_attention",
-    "mamba_130m_squad_v2_generative_f1_memory.yaml": "model_type 'mamba' is not one",
-    "t5_base_squad_v2_full_lora_int8_qlora_f1_memory.yaml": "model_type 't5' is not one",
+    "lstm_attention_squad_v2_f1_memory.yaml": "planned",
+    "mamba_130m_squad_v2_generative_f1_memory.yaml": "planned",
+    "t5_base_squad_v2_full_lora_int8_qlora_f1_memory.yaml": "planned",
 }
 
 
@@ -134,23 +134,85 @@ def test_qa_ray_plan_on_a_shipped_sweep_reads_its_hub_models_from_the_cache(
     out, err = capsys.readouterr()
     if SHIPPED_PLANS[name] == "planned":
         assert code == 0, err
-        assert "GPU 24000 MB:" in out and "corner" in out
+        assert "corner" in out and "not predicted" not in out
+        if name == "quickstart.yaml":  # CPU trials: the peak RSS the loop measures there
+            assert out.startswith("predicted peak memory (cpu: peak RSS") and "RAM 24000 MB:" in out
+        else:
+            assert (
+                out.startswith("predicted peak memory (cuda: CUDA memory")
+                and "GPU 24000 MB:" in out
+            )
     else:
         assert code == 2 and SHIPPED_PLANS[name] in err, err
         assert "Traceback" not in err
 
 
-def test_a_model_axis_plans_the_models_it_can_and_names_the_others(tmp_path, monkeypatch):
-    """The Alpaca sweep's `model` axis: Llama-3.2-3B is planned; Bloom and Falcon, which the
-    account does not cover, are one line each."""
+def test_a_model_axis_plans_every_model_and_each_choice_of_bits(tmp_path, monkeypatch):
+    """The Alpaca sweep's `model` axis: Llama-3.2-3B, BLOOM-3B and Falcon-RW-1B, each at 4, 8
+    and 16 bits (the 8-bit choice was listed only when the random sample drew it)."""
     use_hf_cache(monkeypatch, tmp_path / "hf")
     monkeypatch.chdir(ROOT)
     cfg = load_sweep_config("sweeps/alpaca_qlora_llama3b_bloom3b_falcon1b_eval_loss_memory.yaml")
-    plan = plan_memory(cfg, (24000.0,), samples=8)
-    assert {c.params["model"] for c in plan.configs} == {"meta-llama/Llama-3.2-3B"}
-    assert [reason.split(":")[0] for reason, _ in plan.not_accounted] == [
-        "`model.name_or_path` = 'bigscience/bloom-3b'",
-        "`model.name_or_path` = 'tiiuae/falcon-rw-1b'",
-    ]
+    plan = plan_memory(cfg, (24000.0,), samples=0)
+    corners = {(c.params["model"], c.params["quantization_bits"]) for c in plan.configs}
+    models = ("meta-llama/Llama-3.2-3B", "bigscience/bloom-3b", "tiiuae/falcon-rw-1b")
+    assert corners == {(m, b) for m in models for b in (4, 8, 16)}
+    assert plan.not_accounted == ()
+    by = {(c.params["model"], c.params["quantization_bits"], c.params["per_device_batch_size"],
+           c.params["lora_r"]): c.prediction.peak_mb for c in plan.configs}  # fmt: skip
+    for m in models:  # more bits, more memory; never less with batch or rank
+        assert by[m, 4, 8, 8] < by[m, 8, 8, 8] < by[m, 16, 8, 8]
+        assert by[m, 16, 4, 8] <= by[m, 16, 8, 8] and by[m, 16, 8, 8] < by[m, 16, 8, 64]
+
+
+def test_a_model_the_account_lacks_is_named_and_the_rest_planned(tiny_model_dir, tmp_path):
+    other = tmp_path / "neox"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    path = _sweep(tmp_path, tiny_model_dir("bert"))
+    sweep = yaml.safe_load(path.read_text())
+    sweep["search"]["space"]["params"]["model"] = {
+        "type": "categorical", "choices": [str(tiny_model_dir("bert")), str(other)]}  # fmt: skip
+    path.write_text(yaml.safe_dump(sweep))
+    plan = plan_memory(load_sweep_config(path), (24000.0,), samples=0)
+    assert {c.params["model"] for c in plan.configs} == {str(tiny_model_dir("bert"))}
     text = format_plan(plan)
-    assert text.count("not predicted (") == 2 and "model_type 'falcon' is not one" in text
+    assert text.count("not predicted (") == 1 and "model_type 'gpt_neox' is not one" in text
+
+
+def test_every_choice_of_a_discrete_knob_is_a_corner(tiny_model_dir, tmp_path):
+    """Bits 4/8/16/32, full and LoRA, each batch, each end of the rank: every combination is
+    listed (4/8 bits are LoRA), whatever a sample draws; the fixed knobs head the plan."""
+    path = _sweep(tmp_path, tiny_model_dir("bert"))
+    sweep = yaml.safe_load(path.read_text())
+    sweep["search"]["space"]["params"]["quantization_bits"] = {
+        "type": "categorical", "choices": [4, 8, 16, 32]}  # fmt: skip
+    sweep["train"]["precision"] = "bf16"
+    path.write_text(yaml.safe_dump(sweep))
+    plan = plan_memory(load_sweep_config(path), (24000.0,), samples=0)
+    seen = {(c.params["quantization_bits"], c.params["finetune"], c.params.get("lora_r"),
+             c.params["per_device_batch_size"]) for c in plan.configs}  # fmt: skip
+    full = {(b, "full", None, n) for b in (16, 32) for n in (4, 16, 64)}
+    lora = {(b, "lora", r, n) for b in (4, 8, 16, 32) for r in (4, 64) for n in (4, 16, 64)}
+    assert seen == full | lora
+    assert "  fixed: model " in format_plan(plan) and "sequence 384" in format_plan(plan)
+
+
+def test_a_cpu_sweep_is_planned_as_cpu_memory(tiny_model_dir, tmp_path):
+    """No GPU per trial: the trials measure the worker's peak RSS and compute in fp32, and the
+    plan predicts that (it predicted CUDA memory for the CPU quickstart)."""
+    from qa_ray.sweep.memory_plan import plan_device
+
+    cfg = load_sweep_config(_sweep(tmp_path, tiny_model_dir("bert")))
+    assert cfg.resources.gpus_per_worker == 0 and plan_device(cfg) == "cpu"
+    plan = plan_memory(cfg, (24000.0,), samples=0)
+    assert plan.device == "cpu" and "RAM 24000 MB" in format_plan(plan)
+    gpu = cfg.model_copy(
+        update={"resources": cfg.resources.model_copy(update={"gpus_per_worker": 1})}
+    )
+    assert plan_device(gpu) == "cuda"
+    by_cpu = {tuple(sorted(c.params.items())): c.prediction.peak_mb for c in plan.configs}
+    on_gpu = plan_memory(gpu, (24000.0,), samples=0)
+    assert all(
+        by_cpu[tuple(sorted(c.params.items()))] > c.prediction.peak_mb for c in on_gpu.configs
+    )
