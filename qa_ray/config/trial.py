@@ -409,7 +409,7 @@ class ResourcesConfig(Block):
         description="sweeps on GPU nodes: each worker asks Ray for its predicted peak memory "
         "(plus `memory_margin`) of the nodes' `gpu_memory_mb` resource, and the matching "
         "fraction of a GPU, instead of `gpus_per_worker`, which stays the most it may take; "
-        "each worker caps itself at what it asked for (see docs/memory.md#packing)",
+        "each worker caps itself at what it asked for (see docs/memory.md#used-packing)",
     )
     memory_margin: float = Field(
         0.1,

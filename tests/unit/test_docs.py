@@ -1,6 +1,8 @@
 """The docs hold: docs/configuration.md is what scripts/config_reference.py writes, every
-relative link in README.md and docs/*.md reaches a file (and a heading, for an anchor), and
-every qa_ray module or repo file a page names exists."""
+relative link in README.md and docs/*.md reaches a file (and a heading, for an anchor), every
+``PAGE.md#anchor`` written elsewhere (code spans, the package's messages, sweep headers) reaches
+a heading, and every qa_ray module or repo file a page names exists. The pages' shell commands
+are run by test_doc_commands.py, their quoted results by test_doc_figures.py."""
 
 from __future__ import annotations
 
@@ -118,6 +120,50 @@ def test_a_broken_link_or_anchor_is_caught(tmp_path):
     assert broken_links(page) == [
         "#nowhere: no heading #nowhere in " + str(page),
         "missing.md: no file " + str(tmp_path / "missing.md"),
+    ]
+
+
+# A page named with an anchor in prose, code or a message (`docs/memory.md#used-packing`),
+# where the link check above does not look.
+_NAMED_ANCHOR = re.compile(r"(?<![\w/.-])((?:\.\./)*(?:docs/)?[\w-]+\.md)#([\w-]+)")
+_SOURCES = [
+    *PAGES,
+    *sorted((ROOT / "qa_ray").rglob("*.py")),
+    *sorted((ROOT / "sweeps").glob("*.yaml")),
+    *sorted((ROOT / "benchmarks").rglob("*.md")),
+    ROOT / "cluster.yaml",
+]
+
+
+def named_anchors_missing(source: Path) -> list[str]:
+    """``PAGE.md#anchor`` written anywhere in a file (code spans, fences, messages included)
+    whose page or heading does not exist. A page is found beside the file, else from the
+    repository root (``docs/memory.md`` in a module's message)."""
+    missing = []
+    for file, anchor in _NAMED_ANCHOR.findall(source.read_text()):
+        dest = next(
+            (p for p in ((source.parent / file).resolve(), ROOT / file, ROOT / "docs" / file)
+             if p.is_file()),
+            None,
+        )  # fmt: skip
+        if dest is None:
+            missing.append(f"{file}#{anchor}: no file {file}")
+        elif anchor not in anchors(dest):
+            missing.append(f"{file}#{anchor}: no heading #{anchor} in {dest.relative_to(ROOT)}")
+    return missing
+
+
+@pytest.mark.parametrize("source", _SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_anchors_named_outside_links_resolve(source):
+    missing = named_anchors_missing(source)
+    assert not missing, f"{source.relative_to(ROOT)}: {missing}"
+
+
+def test_an_anchor_named_in_a_message_is_caught(tmp_path):
+    module = tmp_path / "mod.py"
+    module.write_text('msg = "see docs/memory.md#packing and docs/memory.md#used-packing"\n')
+    assert named_anchors_missing(module) == [
+        "docs/memory.md#packing: no heading #packing in docs/memory.md"
     ]
 
 
