@@ -133,6 +133,9 @@ def plan_memory(
     axes = {k: _corner_values(k, p) for k, p in space.params.items() if k in MEMORY_AXES}
     varied = {AXES[k] for k in space.params}
     fixed = tuple((label, _at(base, path)) for label, path in _FIXED if path not in varied)
+    if base["model"]["architecture"] != "auto":  # qa-ray's own model, the path its tokenizer
+        name = f"{base['model']['architecture']} ({base['model']['name_or_path']}'s tokenizer)"
+        fixed = (("model", name), *fixed[1:]) if fixed[0][0] == "model" else fixed
     seen: set[tuple] = set()
     planned: list[PlannedConfig] = []
     skipped: dict[str, int] = {}  # why a configuration was not predicted -> how many
