@@ -31,4 +31,4 @@ print(child_runs('$URI', p('$URI', 'ev-teacher'))[0].data.tags['qa_ray.trial_nam
   "model.lstm={hidden_size: 128, embeddings_from: models/all-MiniLM-L6-v2}" train.eval_on_start=true \
   'search.space={params: {learning_rate: {type: float, low: 1.0e-3, high: 2.0e-3}}}'
 .venv/bin/qa-ray pareto ev-teacher ev-student ev-heads-pruned ev-student-distilled ev-lstm \
-  --tracking-uri "$URI"
+  --tracking-uri "$URI" --publish

@@ -5,7 +5,7 @@ over the package it calls.
     qa-ray sweep sweeps/quickstart.yaml [KEY=VALUE ...] [--dry-run] [--resume] [-v]
     qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50 [--resume]
     qa-ray score dev-v2.0.json.gz predictions.json [--na-prob na_prob.json]
-    qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1] [--format json]
+    qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1] [--format json] [--publish]
     qa-ray submit SWEEP.yaml --address http://HEAD:8265 [KEY=VALUE ...] [--no-wait]
     qa-ray job status|logs|stop SUBMISSION_ID --address http://HEAD:8265
     qa-ray env [--ray [ADDRESS]] [--format json]

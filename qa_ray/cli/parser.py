@@ -137,11 +137,10 @@ def build(version: str, commands) -> argparse.ArgumentParser:
                     "default 1.0)")  # fmt: skip
 
     sp = add(sub, "pareto", "pareto",
-             "print a sweep's Pareto front and (re)write its MLflow artifacts",
+             "print a sweep's Pareto front, read from MLflow (--publish: write its report there)",
              "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1 --format json")  # fmt: skip
     sp.add_argument("sweep_or_run", nargs="+", metavar="SWEEP_OR_RUN",
-                    help="sweep name or parent run id; several: one front across them, in a "
-                    "comparison run")  # fmt: skip
+                    help="sweep name or parent run id; several: one front across them")  # fmt: skip
     sp.add_argument("--x", default="peak_memory_mb", metavar="METRIC",
                     help="the objective across (default: peak_memory_mb)")  # fmt: skip
     sp.add_argument("--x-mode", default="min", choices=["min", "max"], metavar="MODE",
@@ -160,6 +159,10 @@ def build(version: str, commands) -> argparse.ArgumentParser:
     sp.add_argument("--format", default="table", choices=["table", "json"], metavar="FORMAT",
                     help="table (default) or json: one object with every trial, the front "
                     "and the best trial under each budget, on stdout alone")  # fmt: skip
+    sp.add_argument("--publish", action="store_true",
+                    help="write the report to MLflow: the front's tags and pareto/ artifacts "
+                    "on the parent run (several sweeps: a new comparison run), and each best "
+                    "trial's YAML; default: read only, nothing written")  # fmt: skip
 
     address = os.environ.get("RAY_ADDRESS")
     sp = add(sub, "submit", "submit",

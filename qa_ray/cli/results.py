@@ -2,6 +2,10 @@
 
 qa-ray score dev-v2.0.json.gz predictions.json [--na-prob na_prob.json]
 qa-ray pareto quickstart --format json > front.json
+qa-ray pareto quickstart --budgets 1500 --publish
+
+``qa-ray pareto`` reads and writes nothing else by default; ``--publish`` writes the report to
+MLflow as the sweep's end does (tags, ``pareto/`` artifacts, a comparison run for several).
 """
 
 from __future__ import annotations
@@ -130,7 +134,9 @@ def cmd_pareto(args) -> int:
     constraints = args.constraint or sweep_constraints(uri, parents[0])
     # With --format json, stdout holds the JSON alone; what is said goes to stderr.
     say = sys.stderr if args.format == "json" else sys.stdout
-    if len(parents) == 1:
+    if not args.publish:
+        summary = _read_front(uri, parents, objectives, constraints, args.budgets)
+    elif len(parents) == 1:
         summary = publish_pareto(uri, parents[0], objectives, constraints, budgets=args.budgets)
     else:
         summary = publish_comparison(uri, parents, objectives, constraints, budgets=args.budgets)
@@ -140,8 +146,31 @@ def cmd_pareto(args) -> int:
         )
     if args.format == "json":
         print(summary_json(summary))
-        return EXIT_OK
-    print(trials_table(summary))
-    for line in budget_lines(summary):
-        print(f"[qa-ray] {line}")
+    else:
+        print(trials_table(summary))
+        for line in budget_lines(summary):
+            # Read only, no best-trial YAML was written: its name would point at nothing new.
+            print(f"[qa-ray] {line if args.publish else line.split(' (pareto/')[0]}")
+    if not args.publish:
+        print("[qa-ray] read only: nothing written to MLflow; --publish writes the report "
+              "(and each best trial's YAML) there", file=say)  # fmt: skip
     return EXIT_OK
+
+
+def _read_front(uri, parents, objectives, constraints, budgets):
+    """The front as MLflow holds it, nothing written: one sweep's, against the hypervolume
+    reference it was logged with; several sweeps', each a family (``parent_run_id`` None)."""
+    from qa_ray.pareto import parse_constraint
+    from qa_ray.report.summary import summarize
+    from qa_ray.tracking import runs as tracking
+
+    objs = [(o.metric, o.mode) for o in objectives]
+    parsed = [parse_constraint(c) for c in constraints]
+    if len(parents) == 1:
+        records = tracking.trial_records(uri, parents[0])
+        reference = tracking.hypervolume_reference(uri, parents[0])
+        return summarize(parents[0], records, objs, parsed, budgets, reference=reference)
+    records = [r for p in parents for r in tracking.trial_records(uri, p)]
+    for r in records:
+        r["family"] = r["sweep"]
+    return summarize(None, records, objs, parsed, budgets)

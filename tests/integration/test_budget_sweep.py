@@ -115,7 +115,7 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     path.write_text(yaml.safe_dump(other))
     assert main(["sweep", str(path)]) == 0
     capsys.readouterr()
-    assert main(["pareto", "tiny-sweep", "tiny-full", "--tracking-uri", uri]) == 0
+    assert main(["pareto", "tiny-sweep", "tiny-full", "--tracking-uri", uri, "--publish"]) == 0
     out = capsys.readouterr().out
     assert "one front over 2 sweeps: MLflow run" in out
     compare_id = out.split("MLflow run ")[1].split()[0]

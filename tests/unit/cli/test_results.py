@@ -44,9 +44,12 @@ def test_pareto_format_json_prints_the_json_alone(monkeypatch, capsys, tmp_path)
     made = summarize("p1", trials, [(m.EVAL_F1, "max"), (m.PEAK_MEMORY_MB, "min")])
     monkeypatch.setattr(runs, "find_parent_run", lambda uri, name: "p1")
     monkeypatch.setattr(summary, "sweep_constraints", lambda uri, parent: [])
-    monkeypatch.setattr(publish, "publish_pareto", lambda *a, **kw: made)
+    monkeypatch.setattr(runs, "trial_records", lambda uri, parent: trials)  # read only
+    monkeypatch.setattr(runs, "hypervolume_reference", lambda uri, parent: None)
+    monkeypatch.setattr(publish, "publish_pareto", lambda *a, **kw: made)  # --publish
     monkeypatch.chdir(tmp_path)
-    assert main(["pareto", "quickstart", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["front"] == ["a"]
-    assert main(["pareto", "quickstart"]) == 0
-    assert capsys.readouterr().out.startswith("trial")
+    for publishing in ([], ["--publish"]):
+        assert main(["pareto", "quickstart", "--format", "json", *publishing]) == 0
+        assert json.loads(capsys.readouterr().out)["front"] == ["a"]
+        assert main(["pareto", "quickstart", *publishing]) == 0
+        assert capsys.readouterr().out.startswith("trial")
