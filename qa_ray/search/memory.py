@@ -35,13 +35,13 @@ first).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from qa_ray.search.shapes import ModelShape, NotAccounted, lstm_shape, read_shape
+from qa_ray.search.shapes import ModelShape, NotAccounted, Stack, lstm_shape, read_shape
 
 __all__ = [
     "Features",
@@ -266,7 +266,7 @@ class _Sizes:
     seq: int
     answer: int
 
-    def _layer(self, st, batch: int, length: int) -> float:
+    def _layer(self, st: Stack, batch: int, length: int) -> float:
         """What backward keeps of one layer for ``batch`` sequences of ``length`` tokens: about
         ``b*s*(10h + 2i)`` values (Korthikanti et al. 2022), SDPA's logsumexp (``b*a*s``,
         fp32), the attention maps an eager attention keeps, a T5 decoder's cross-attention keys
@@ -282,7 +282,7 @@ class _Sizes:
             out += tokens * s.intermediate * s.state * (12 + (self.cb if self.cb < 4 else 0))
         return out
 
-    def _stacks(self, batch: int, source: int):
+    def _stacks(self, batch: int, source: int) -> Iterator[tuple[Stack, int, int, float]]:
         """Each stack, its layers, its sequence length and its b*a*s*s masks in bytes."""
         for k, st in enumerate(self.s.stacks):
             n = self.layers if k == 0 and self.layers else st.layers
@@ -324,16 +324,14 @@ class _Sizes:
         KV cache of every layer (Mamba: its small recurrent state), with the last position's
         logits in fp32."""
         s, new = self.s, self.answer
-        out = batch * s.vocab * 4 * 2
-        for k, (st, n, length, masks) in enumerate(self._stacks(batch, prompt)):
+        out = batch * s.vocab * 4 * 2.0
+        for st, n, length, masks in self._stacks(batch, prompt):
             out += masks + self._layer(st, batch, length) / 2
-            if s.family == "seq2seq" and k == 0:  # the encoder's output, read by every step
+            if s.family == "seq2seq" and not st.decoder_side:  # the encoder's output
                 out += batch * prompt * s.hidden * self.cb
-            elif st.decoder_side:  # self-attention's cache and cross-attention's keys, values
-                out += 2 * s.kv_width * n * batch * (prompt + new) * self.cb
-            elif s.family == "mamba":
+            elif s.family == "mamba":  # a state and a convolution window a layer
                 out += n * batch * s.intermediate * (s.state * 4 + 4 * self.cb)
-            else:
+            else:  # keys and values of prompt and answer (T5: the source's cross-attention's)
                 out += 2 * s.kv_width * n * batch * (prompt + new) * self.cb
         return out
 

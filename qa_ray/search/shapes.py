@@ -108,8 +108,10 @@ class ModelShape:
         return self.stacks[0].layers
 
 
-def _lin(name: str, d_in: int, d_out: int, bias: bool = False, role: str = "", **kw) -> Linear:
-    return Linear(name, d_in, d_out, bias, role, **kw)
+def _lin(
+    name: str, d_in: int, d_out: int, bias: bool = False, role: str = "", quantized: bool = True
+) -> Linear:
+    return Linear(name, d_in, d_out, bias, role, quantized)
 
 
 def _encoder(t: str, c: dict[str, Any]) -> ModelShape:
@@ -215,7 +217,7 @@ def _t5(t: str, c: dict[str, Any]) -> ModelShape:
     h, i, a, d = c["d_model"], c["d_ff"], c["num_heads"], c["d_kv"]
     inner = a * d
     gated = c.get("feed_forward_proj", "relu").startswith("gated")
-    ff = (
+    ff: tuple[Linear, ...] = (
         (_lin("wi_0", h, i, role="up"), _lin("wi_1", h, i, role="up"))
         if gated
         else (_lin("wi", h, i, role="up"),)

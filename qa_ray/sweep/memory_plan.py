@@ -69,7 +69,7 @@ class MemoryPlan:
     fixed: tuple[tuple[str, Any], ...] = ()  # memory knobs the space does not vary
 
 
-def _corner_values(name: str, p) -> list[Any]:
+def _corner_values(name: str, p: Any) -> list[Any]:
     if isinstance(p, CategoricalParam):
         numbers = [c for c in p.choices if isinstance(c, int | float) and not isinstance(c, bool)]
         if name in _ENDS_ONLY and len(numbers) == len(p.choices):
