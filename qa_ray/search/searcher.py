@@ -67,6 +67,9 @@ __all__ = ["OTHER_REASON", "BudgetAwareOptunaSearch", "MemoryAdmission"]
 logger = logging.getLogger(__name__)
 
 OTHER_REASON = "infeasible for another reason (out of memory)"
+# Each Optuna trial's user attribute naming the Tune trial (MLflow's qa_ray.trial_id tag);
+# a rejected configuration's is that of the Tune trial that sampled again.
+TRIAL_ID_ATTR = "qa_ray.trial_id"
 
 
 @dataclass
@@ -172,7 +175,9 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         state.setdefault("_told", {})
         self.__dict__.update(state)
         if self._ot_study is None and isinstance(self._storage, str):
-            self.rejoin()
+            # Unpickled from Tune's tuner.pkl, written when the stage's fit started: its trials
+            # are not the sweep's; Tune's newest snapshot (restore) brings those.
+            self.rejoin(reconcile=False)
 
     def save(self, checkpoint_path: str) -> None:  # Tune's snapshot of the searcher
         with open(checkpoint_path, "wb") as f:
@@ -180,9 +185,14 @@ class BudgetAwareOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__setstate__(pickle.load(f))
+            state = pickle.load(f)
+        state.setdefault("admission", None)
+        state.setdefault("_told", {})
+        self.__dict__.update(state)
+        if isinstance(self._storage, str):
+            self.rejoin()
 
-    def rejoin(self) -> None:
+    def rejoin(self, reconcile: bool = True) -> None:
         """Opens the study in this driver's state folder and checks every trial against it.
 
         A trial is the study's trial of the same number when their parameters agree. One
@@ -190,7 +200,9 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         restored from the bucket, whose numbers were asked again), is added back: finished
         with what it was told, or running. A trial the study holds running that no trial
         here knows (asked after Tune's last snapshot) is marked FAIL: it never ran to an end.
-        Admission rejoins the driver's memory model.
+        Admission rejoins the driver's memory model. With ``reconcile=False`` (a searcher
+        pickled when its stage began, which Tune's newest snapshot will replace) the study is
+        only opened: nothing is added back or failed on the word of a stale copy.
         """
         url = str(self._storage)
         if url.startswith("sqlite:///"):
@@ -207,6 +219,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         trials: dict[str, Any] = {}
         for tid, asked in self._ot_trials.items():
             t = held.get(asked.number)
+            if (t is None or t.params != asked.params) and not reconcile:
+                continue
             if t is None or t.params != asked.params:
                 t = self._add_back(tid, asked)
                 logger.warning(
@@ -214,13 +228,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
                     asked.number, tid, t.number,
                 )  # fmt: skip
             held.pop(t.number, None)
+            if not t.state.is_finished() and reconcile and (told := self._told.get(tid)):
+                t = self._retell(t, told)  # told, but the copy of the study predates it
             if t.state.is_finished():  # told, maybe after Tune's snapshot: never told again
                 self._completed_trials.add(tid)
                 trials[tid] = _Asked.of(t)
             else:
                 trials[tid] = optuna.trial.Trial(self._ot_study, t._trial_id)
         self._ot_trials = trials
-        for t in held.values():
+        for t in held.values() if reconcile else ():
             if t.state == optuna.trial.TrialState.RUNNING:
                 self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 logger.warning(
@@ -228,7 +244,18 @@ class BudgetAwareOptunaSearch(OptunaSearch):
                 )
         if (d := live.current()) is not None and d.memory is not None and self.admission:
             self.admission.model = d.memory
-        self._study_changed()
+        if reconcile:
+            self._study_changed()
+
+    def _retell(self, t: optuna.trial.FrozenTrial, told: _Told) -> optuna.trial.FrozenTrial:
+        trial = optuna.trial.Trial(self._ot_study, t._trial_id)
+        for name, value in told.constraints.items():
+            trial.set_constraint(name, value)
+        for key, value in told.user_attrs.items():
+            trial.set_user_attr(key, value)
+        state = optuna.trial.TrialState[told.state]
+        self._ot_study.tell(trial, told.values, state=state, skip_if_finished=True)
+        return self._ot_study._storage.get_trial(t._trial_id)
 
     def _add_back(self, trial_id: str, asked: _Asked) -> optuna.trial.FrozenTrial:
         told = self._told.get(trial_id)
@@ -262,6 +289,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         budgets = [c for c in self.constraints if c.metric == m.PEAK_MEMORY_MB and c.is_upper]
         while True:
             config = super().suggest(trial_id)
+            if isinstance(config, dict):  # the link from the study to Tune and MLflow
+                self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
             if a is None or not isinstance(config, dict):
                 return config
             predicted = a.check(config, budgets) if budgets and a.enforce else None

@@ -146,3 +146,36 @@ def test_the_study_is_mirrored_after_every_ask_and_tell(tmp_path):
         assert len(pushes) == 1
         s.on_trial_complete("a", {m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0})
         assert len(pushes) == 2
+
+
+def test_the_searcher_tune_pickled_when_the_stage_began_fails_nothing(tmp_path):
+    """Tuner.restore first unpickles the searcher of tuner.pkl, written when the stage's fit
+    began (no trial asked yet), then restores Tune's newest snapshot. Reconciling the stale
+    copy marked every running trial FAIL; the crash test found two COMPLETE trials in MLflow
+    that Optuna held as FAIL."""
+    head = tmp_path / "head"
+    s = _searcher(head)
+    at_start = pickle.dumps(s)  # tuner.pkl
+    s.suggest("a")
+    s.suggest("b")
+    s.on_trial_complete("a", {m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0})
+    path = tmp_path / "snapshot.pkl"
+    s.save(str(path))
+    again = _restored({"tuner.pkl": at_start, "searcher": path.read_bytes()}, head)
+    assert [t.state for t in _study(head).trials] == [State.COMPLETE, State.RUNNING]
+    again.on_trial_complete("b", {m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 900.0})
+    assert [t.state for t in _study(head).trials] == [State.COMPLETE, State.COMPLETE]
+
+
+def test_a_trial_told_before_a_copy_of_the_study_that_holds_it_running_is_told_again(tmp_path):
+    head = tmp_path / "head"
+    s = _searcher(head)
+    s.suggest("a")
+    shutil.copy(head / "optuna.db", tmp_path / "mirror.db")  # the trial running
+    s.on_trial_complete("a", {m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 1200.0})
+    snapshot = _snapshot(s, tmp_path)  # Tune's: the trial told
+    shutil.copy(tmp_path / "mirror.db", head / "optuna.db")  # the push after the tell lost
+    _restored(snapshot, head)
+    (t,) = _study(head).trials
+    assert (t.state, t.values) == (State.COMPLETE, [40.0, 1200.0])
+    assert t.constraints["peak_memory_mb <= 1000"] == pytest.approx(0.2)
