@@ -42,6 +42,7 @@ from qa_ray.sweep.state import (
 )
 from qa_ray.sweep.trial import TUNE_AUTO_LOGGERS_OFF, run_trial
 from qa_ray.sweep.tuner import DefineByRun, build_sampler, early_stopping, tune_config
+from qa_ray.sweep.watchdog import LeakedPlacementGroups
 from qa_ray.tracking.callback import MLflowSweepCallback, failure_reason
 from qa_ray.tracking.runs import (
     finish_parent_run,
@@ -265,6 +266,14 @@ def _run(sweep: _Sweep, resume: bool, resolved_yaml: str) -> SweepResult:
     trials = [_outcome(r, tune_status) for r, tune_status in results]
     if status == "FINISHED":
         close_study(local, cfg.name)
+        # Every trial Tune knows has ended: a run still RUNNING belongs to a trial sampled
+        # after Tune's last snapshot and lost with a driver (its Optuna trial is FAIL too).
+        if lost := kill_running_children(tracking_uri, parent_id, status="FAILED"):
+            print(
+                f"[qa-ray] note: {lost} trial run(s) lost with an earlier driver, before Tune "
+                "recorded them, ended FAILED",
+                flush=True,
+            )
         if not any(t["status"] == "COMPLETE" for t in trials):
             status = "FAILED"  # no trial completed: the sweep found nothing
     if bucket is not None:
@@ -365,6 +374,7 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
             ],
         ),
         *([BucketStateCallback(bucket)] if bucket is not None else []),
+        LeakedPlacementGroups(),
     ]
     searcher = BudgetAwareOptunaSearch(
         constraints=constraints,
