@@ -165,6 +165,9 @@ TAG_CHECKPOINT = "qa_ray.checkpoint"  # the trial's newest checkpoint, where Ray
 # The key Ray's TuneReportCallback adds to a Tune result that came with a checkpoint
 # (ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY; importing it loads Ray Train).
 CHECKPOINT_PATH = "checkpoint_path"
+# On a trial's run: what its peak taught the sweep's memory model (JSON: the sampled config,
+# the peak, the steps taken, whether it is a lower bound), so a resumed sweep learns it again.
+TAG_MEMORY_SEEN = "qa_ray.memory_seen"
 # On the parent run: the reference point (JSON list) its hypervolume curve was logged against.
 TAG_HYPERVOLUME_REFERENCE = "qa_ray.hypervolume_reference"
 TAG_PARETO_OPTIMAL = "pareto_optimal"  # "true" | "false", on every scored trial

@@ -43,7 +43,7 @@ from qa_ray.sweep.state import (
 from qa_ray.sweep.trial import TUNE_AUTO_LOGGERS_OFF, run_trial
 from qa_ray.sweep.tuner import DefineByRun, build_sampler, early_stopping, tune_config
 from qa_ray.sweep.watchdog import LeakedPlacementGroups
-from qa_ray.tracking.callback import MLflowSweepCallback, failure_reason
+from qa_ray.tracking.callback import MLflowSweepCallback, failure_reason, learn_memory
 from qa_ray.tracking.runs import (
     finish_parent_run,
     kill_running_children,
@@ -225,9 +225,16 @@ def _run(sweep: _Sweep, resume: bool, resolved_yaml: str) -> SweepResult:
             flush=True,
         )
     sweep.parent_id = parent_id
+    memory = MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu")
+    if resume:  # what the sweep's trials taught it so far (an extension too)
+        learned = learn_memory(tracking_uri, parent_id, cfg.trial_config().model_dump(), memory)
+        if learned:
+            print(
+                f"[qa-ray] memory model: {learned} peaks of this sweep's trials taken", flush=True
+            )
     sweep.driver = live.Driver(
         state_dir=local,
-        memory=MemoryModel("cuda" if cfg.resources.gpus_per_worker > 0 else "cpu"),
+        memory=memory,
         on_study_change=bucket.push if bucket is not None else None,
     )
     if sweep.address:

@@ -26,6 +26,7 @@ from qa_ray.metrics import (
     TAG_CHECKPOINT,
     TAG_ERROR,
     TAG_INFEASIBLE,
+    TAG_MEMORY_SEEN,
     TAG_NODE,
     TAG_NODE_ID,
     TAG_OUTCOME,
@@ -46,9 +47,30 @@ from qa_ray.tracking.runs import (
     mlflow_params,
 )
 
-__all__ = ["MLflowSweepCallback", "failure_reason"]
+__all__ = ["MLflowSweepCallback", "failure_reason", "learn_memory"]
 
 logger = logging.getLogger(__name__)
+
+
+def _learn(memory: MemoryModel, base: dict[str, Any], seen: dict[str, Any]) -> None:
+    config = apply_params(base, seen["config"])
+    if seen["lower_bound"]:
+        memory.observe_at_least(config, seen["peak_mb"])
+    else:
+        memory.observe(config, seen["peak_mb"], steps=seen["steps"])
+
+
+def learn_memory(uri: str, parent_run_id: str, base: dict[str, Any], memory: MemoryModel) -> int:
+    """Teaches ``memory`` every peak the sweep's trials taught it so far (their runs keep
+    what they taught, :data:`~qa_ray.metrics.TAG_MEMORY_SEEN`), in the order they started:
+    a resumed or extended sweep predicts as the sweep had learned, and keeps configurations
+    known over a budget from running again. Returns how many peaks it took."""
+    n = 0
+    for r in child_runs(uri, parent_run_id):
+        if (text := r.data.tags.get(TAG_MEMORY_SEEN)) is not None:
+            _learn(memory, base, json.loads(text))
+            n += 1
+    return n
 
 
 class MLflowSweepCallback(Callback):
@@ -193,16 +215,20 @@ class MLflowSweepCallback(Callback):
         )
         self.client.set_terminated(rid, status="FINISHED")
 
-    def _observe_memory(self, trial, final: dict[str, Any]) -> None:
+    def _observe_memory(self, rid: str, trial, final: dict[str, Any]) -> None:
         peak = final.get(m.PEAK_MEMORY_MB)
         if self.memory is None or not self.base_config:
             return
         if isinstance(peak, int | float) and peak > 0:
-            config = apply_params(self.base_config, trial.config)
-            if final.get(m.INFEASIBLE):  # over budget or out of memory: a lower bound
-                self.memory.observe_at_least(config, float(peak))
-            else:
-                self.memory.observe(config, float(peak), steps=final.get(m.STEP))
+            seen = {
+                "config": {k: v for k, v in trial.config.items() if k != m.MEMORY_REQUEST_MB},
+                "peak_mb": float(peak),
+                "steps": final.get(m.STEP),
+                # over budget or out of memory: a lower bound
+                "lower_bound": bool(final.get(m.INFEASIBLE)),
+            }
+            _learn(self.memory, self.base_config, seen)
+            self.client.set_tag(rid, TAG_MEMORY_SEEN, json.dumps(seen, default=str))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
@@ -280,7 +306,7 @@ class MLflowSweepCallback(Callback):
             self.client.log_batch(
                 rid, params=mlflow_params({m.MEMORY_CONTEXT_SOURCE: final[m.MEMORY_CONTEXT_SOURCE]})
             )
-        self._observe_memory(trial, final)
+        self._observe_memory(rid, trial, final)
         self._log_worker_output(rid, final)
         self.client.set_terminated(rid, status="FINISHED")
 

@@ -141,3 +141,43 @@ def test_a_gpu_trials_run_says_how_its_peak_counted_the_cuda_context(tmp_path):
     params = {r.info.run_name: r.data.params for r in child_runs(uri, parent)}
     assert params["gpu"][m.MEMORY_CONTEXT_SOURCE] == "default"
     assert m.MEMORY_CONTEXT_SOURCE not in params["cpu"]
+
+
+def test_a_resumed_sweep_learns_every_peak_the_sweep_measured_so_far(tmp_path, tiny_model_dir):
+    """An extension (or any resume) started a new memory model: configurations proven over
+    budget were launched again. The runs keep what each peak taught; a new model learns it."""
+    from types import SimpleNamespace
+
+    from qa_ray import metrics as m
+    from qa_ray.search.memory import MemoryModel
+    from qa_ray.tracking.callback import MLflowSweepCallback, learn_memory
+    from qa_ray.tracking.runs import start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = start_parent_run(uri, "t", "s", params={}, artifacts={})
+    base = {
+        "model": {"name_or_path": str(tiny_model_dir("bert")), "finetune": "full"},
+        "data": {"max_seq_length": 128},
+        "train": {"per_device_batch_size": 8, "learning_rate": 1e-4},
+    }
+    first = MemoryModel("cpu")
+    callback = MLflowSweepCallback(uri, parent, ("step",), base_config=base, memory=first)
+    results = [
+        ({"learning_rate": 1e-3}, {m.PEAK_MEMORY_MB: 3000.0, m.STEP: 2}),
+        ({"per_device_batch_size": 16}, {m.PEAK_MEMORY_MB: 4100.0, m.STEP: 2}),
+        ({"per_device_batch_size": 64}, {m.PEAK_MEMORY_MB: 9000.0, m.INFEASIBLE: 1.0}),
+        ({"per_device_batch_size": 32}, {m.PEAK_MEMORY_MB: 700.0, m.STEP: 0}),
+    ]
+    for i, (config, final) in enumerate(results):
+        t = SimpleNamespace(trial_id=f"t_{i}", trial_name=f"trial-{i}", config=config)
+        callback.on_trial_start(0, [], t)
+        t.last_result = final
+        callback.on_trial_complete(0, [], t)
+    resumed = MemoryModel("cpu")
+    assert learn_memory(uri, parent, base, resumed) == 4
+    assert (resumed.n, resumed.at_least) == (first.n, first.at_least)
+    for batch in (4, 8, 16, 32, 64):
+        config = {**base, "train": {**base["train"], "per_device_batch_size": batch}}
+        assert resumed.predict(config) == first.predict(config)
+    over = {**base, "train": {**base["train"], "per_device_batch_size": 64}}
+    assert resumed.predict(over).fits(8000.0) is False  # known over budget: not launched again
