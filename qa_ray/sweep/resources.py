@@ -37,7 +37,11 @@ logger = logging.getLogger(__name__)
 
 
 def plan(
-    cfg: SweepConfig, cluster: dict[str, float] | None = None, *, elastic: bool = False
+    cfg: SweepConfig,
+    cluster: dict[str, float] | None = None,
+    *,
+    elastic: bool = False,
+    nodes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The resource plan: per-trial resources and how many trials run at once.
 
@@ -47,8 +51,12 @@ def plan(
             neither caps an explicit ``max_concurrent_trials`` nor rules a trial out. Without
             one, as many trials run at once as fit now (at least one): set it to let the
             autoscaler add nodes for more.
+        nodes: the nodes up now (``ray.nodes()``): packing is refused where their GPUs differ
+            (:func:`device_memory_mb`).
     """
     r = cfg.resources
+    if r.pack_by_memory and nodes is not None:
+        device_memory_mb(nodes)
     per_trial = {"CPU": r.num_workers * r.cpus_per_worker, "GPU": r.num_workers * r.gpus_per_worker}
     fit = None
     if (
@@ -134,41 +142,75 @@ def init_ray(address: str | None, verbose: bool = False) -> dict[str, float]:
 
 
 def detect_gpu_memory_mb() -> float | None:
-    """The memory of this machine's visible NVIDIA GPUs, summed, in MB (``nvidia-smi``; no torch
-    import), or None without one."""
+    """The memory of this machine's visible NVIDIA GPUs in MB (``nvidia-smi``; no torch
+    import), or None without one: as many times the smallest visible card as there are
+    cards. Ray shares GPUs by fraction, not by card: counted at their sizes (a 24 GB and a
+    48 GB card as 2 x 36 GB), three 15 GB trials fitted "0.42 GPU" each on the 24 GB card.
+    ``CUDA_VISIBLE_DEVICES`` may name cards by index or by UUID."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     keep = None if visible is None else {v.strip() for v in visible.split(",") if v.strip()}
-    total = 0.0
+    sizes = []
     for line in out.strip().splitlines():
-        index, mb = (x.strip() for x in line.split(",", 1))
-        if keep is None or index in keep:
+        index, uuid, mb = (x.strip() for x in line.split(",", 2))
+        if keep is None or index in keep or uuid in keep:
             try:
-                total += float(mb)
+                sizes.append(float(mb))
             except ValueError:  # "[N/A]" (some MIG and vGPU set-ups): not countable here
                 return None
-    return total or None
+    if sizes and len(set(sizes)) > 1:
+        logger.warning(
+            "GPUs of different sizes (%s MB): packing counts each as the smallest",
+            ", ".join(f"{s:.0f}" for s in sizes),
+        )
+    return min(sizes) * len(sizes) if sizes else None
 
 
 def device_memory_mb(nodes: list[dict[str, Any]]) -> float | None:
     """The largest per-GPU memory among the alive nodes (``ray.nodes()``) that offer
-    :data:`GPU_MEMORY_RESOURCE`: a packed worker's GPU share is its request over this."""
-    sizes = [
-        n["Resources"][GPU_MEMORY_RESOURCE] / n["Resources"]["GPU"]
+    :data:`GPU_MEMORY_RESOURCE`: a packed worker's GPU share is its request over this.
+
+    On a one-GPU node the node's memory resource bounds its trials whatever their share. On a
+    node of several GPUs it does not: Ray may put every share on one card, so a card there
+    smaller than the largest would take more than it holds.
+
+    Raises:
+        ConfigError: a node of several GPUs with cards smaller than the largest.
+    """
+    per_gpu = [
+        (n["Resources"][GPU_MEMORY_RESOURCE] / n["Resources"]["GPU"], n["Resources"]["GPU"], n)
         for n in nodes
         if n.get("Alive")
         and n.get("Resources", {}).get("GPU")
         and n["Resources"].get(GPU_MEMORY_RESOURCE)
     ]
-    return max(sizes) if sizes else None
+    if not per_gpu:
+        return None
+    largest = max(size for size, _, _ in per_gpu)
+    small = [
+        f"{n.get('NodeManagerAddress', '?')} ({gpus:g} GPUs of {size:.0f} MB)"
+        for size, gpus, n in per_gpu
+        if gpus > 1 and size < largest
+    ]
+    if small:
+        raise ConfigError(
+            "resources.pack_by_memory",
+            [
+                f"packs trials by GPU memory, but GPUs differ: the largest holds {largest:.0f} MB "
+                f"and {', '.join(small)} hold less, on nodes of several GPUs where Ray may put "
+                "every share on one card; pack on nodes whose GPUs are all alike (one node type "
+                "for the sweep), or set `pack_by_memory: false`"
+            ],
+        )
+    return largest
 
 
 def worker_resources(

@@ -173,7 +173,12 @@ def _run(sweep: _Sweep, resume: bool, resolved_yaml: str) -> SweepResult:
         store = pool.submit(open_experiment, tracking_uri, cfg.tracking.experiment_name)
         cluster = init_ray(sweep.address, sweep.verbose)
         store.result()
-    p = sweep.plan = plan(cfg, cluster, elastic=sweep.address is not None)
+    nodes = None
+    if cfg.resources.pack_by_memory:  # GPUs of different sizes: refused before any trial
+        import ray
+
+        nodes = ray.nodes()
+    p = sweep.plan = plan(cfg, cluster, elastic=sweep.address is not None, nodes=nodes)
     local.mkdir(parents=True, exist_ok=True)
     objectives = [(o.metric, o.mode) for o in cfg.objectives]
     parent_id = start_parent_run(

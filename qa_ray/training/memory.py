@@ -182,8 +182,18 @@ def _process_used_mb(device: torch.device) -> float | None:
 
 
 def _nvml_handle(pynvml: Any, index: int) -> Any:
-    """NVML's handle of torch's device ``index``: NVML counts every GPU of the machine, torch
-    only those ``CUDA_VISIBLE_DEVICES`` names (Ray sets it per worker), by index or UUID."""
+    """NVML's handle of torch's device ``index``, found by the card's UUID. CUDA numbers
+    cards fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, NVML by PCI bus, so an index
+    can name another card in each. Without a UUID from torch: by ``CUDA_VISIBLE_DEVICES``
+    (Ray sets it per worker), which names cards by index or UUID."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+    except (AssertionError, AttributeError, RuntimeError):  # no CUDA, or a torch without it
+        uuid = ""
+    if uuid:
+        return pynvml.nvmlDeviceGetHandleByUUID(
+            uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        )
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
     if index < len(visible):
         name = visible[index]

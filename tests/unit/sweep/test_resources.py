@@ -92,6 +92,28 @@ def test_the_device_size_is_the_largest_per_gpu_memory_of_the_alive_nodes():
     assert device_memory_mb(nodes[3:]) is None
 
 
+def test_packing_is_refused_where_a_node_of_several_gpus_has_smaller_cards():
+    """Shares were computed against the largest GPU: on a node of two 24 GB cards in a
+    cluster with 48 GB cards, three 15 GB trials fitted "0.31 GPU" each on one card."""
+    from qa_ray.sweep.resources import device_memory_mb
+
+    nodes = [
+        {"Alive": True, "NodeManagerAddress": "10.0.0.5",
+         "Resources": {"GPU": 2.0, "gpu_memory_mb": 2 * 23028.0}},
+        {"Alive": True, "NodeManagerAddress": "10.0.0.6",
+         "Resources": {"GPU": 1.0, "gpu_memory_mb": 46068.0}},
+    ]  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        device_memory_mb(nodes)
+    assert "10.0.0.5 (2 GPUs of 23028 MB)" in str(e.value)
+    cfg = _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true")
+    cluster = {"CPU": 8.0, "GPU": 3.0, "gpu_memory_mb": 4 * 23028.0}
+    with pytest.raises(ConfigError, match="GPUs differ"):
+        plan(cfg, cluster, nodes=nodes)
+    # one-GPU nodes of different sizes: each node's memory bounds its trials
+    assert plan(cfg, cluster, nodes=nodes[1:])["per_trial"]["GPU"].startswith("by predicted")
+
+
 def test_packing_needs_a_node_that_offers_gpu_memory():
     cfg = _cfg("resources.gpus_per_worker=1", "resources.pack_by_memory=true")
     with pytest.raises(ConfigError) as e:
@@ -112,13 +134,18 @@ def test_a_local_ray_offers_the_memory_nvidia_smi_reports(tmp_path, monkeypatch)
     from qa_ray.sweep.resources import detect_gpu_memory_mb
 
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf '0, 81559\\n1, 81559\\n2, 23028\\n'\n")
+    smi.write_text(
+        "#!/bin/sh\nprintf '0, GPU-aa, 81559\\n1, GPU-bb, 81559\\n2, GPU-cc, 23028\\n'\n"
+    )
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert detect_gpu_memory_mb() == 81559.0 * 2 + 23028.0
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
-    assert detect_gpu_memory_mb() == 81559.0 + 23028.0
+    # cards of different sizes count as the smallest: a GPU share never overfills one
+    assert detect_gpu_memory_mb() == 23028.0 * 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert detect_gpu_memory_mb() == 81559.0 * 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bb,GPU-aa")  # by UUID, as Ray may set it
+    assert detect_gpu_memory_mb() == 81559.0 * 2
     monkeypatch.setenv("PATH", "/nonexistent")
     assert detect_gpu_memory_mb() is None
 

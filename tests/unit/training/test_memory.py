@@ -171,6 +171,26 @@ def test_nvml_is_asked_for_the_gpu_torch_sees(monkeypatch):
     assert calls == [("index", 5), ("uuid", "GPU-8f2e"), ("index", 2)]
 
 
+def test_nvml_is_asked_by_the_uuid_of_the_card_torch_calls_index(monkeypatch):
+    """CUDA's default order (fastest first) is not NVML's (PCI bus): CUDA_VISIBLE_DEVICES=1,0
+    and torch's 0 is another card to NVML. The UUID torch reports names the same card."""
+    calls = []
+    fake = types.SimpleNamespace(
+        nvmlDeviceGetHandleByIndex=lambda i: calls.append(("index", i)),
+        nvmlDeviceGetHandleByUUID=lambda u: calls.append(("uuid", u)),
+    )
+    cards = {0: "58389fea-1c2b-4a6e-9d3f-0b1c2d3e4f50", 1: "0b7c9a1e-aaaa-bbbb-cccc-000000000001"}
+    monkeypatch.setattr(
+        memory.torch.cuda,
+        "get_device_properties",
+        lambda i: types.SimpleNamespace(uuid=cards[i]),
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    memory._nvml_handle(fake, 0)
+    memory._nvml_handle(fake, 1)
+    assert calls == [("uuid", f"GPU-{cards[0]}"), ("uuid", f"GPU-{cards[1]}")]
+
+
 def test_the_failed_allocation_is_read_from_cudas_message():
     msg = (
         "CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 23.68 GiB "
