@@ -164,6 +164,39 @@ def build(version: str, commands) -> argparse.ArgumentParser:
                     "on the parent run (several sweeps: a new comparison run), and each best "
                     "trial's YAML; default: read only, nothing written")  # fmt: skip
 
+    for name, help_, example in (
+        (
+            "best",
+            "write a sweep's best trial's configuration, read from MLflow, as a "
+            "`qa-ray train` YAML",
+            "qa-ray best quickstart --out best/",
+        ),
+        (
+            "export",
+            "copy a sweep's best trial's checkpoint (a model, or a LoRA adapter, merged "
+            "with --merge) out of MLflow's record onto disk",
+            "qa-ray export quickstart --out winner/ --merge",
+        ),
+    ):
+        sp = add(sub, name, name, help_, example)
+        sp.add_argument("sweep_or_run", metavar="SWEEP_OR_RUN",
+                        help="sweep name or parent run id")  # fmt: skip
+        sp.add_argument("--out", required=True, metavar="DIR",
+                        help="the folder to write to" + (" (new or empty)" if name == "export"
+                                                          else ""))  # fmt: skip
+        sp.add_argument("--under", type=float, metavar="N",
+                        help="the best trial with the second objective (peak_memory_mb) <= N "
+                        "(default: the best first objective of every feasible trial)")  # fmt: skip
+        sp.add_argument("--trial", metavar="NAME",
+                        help="this trial instead of the best, as `qa-ray pareto` names it")  # fmt: skip
+        sp.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
+                        "sqlite:///mlflow.db)")  # fmt: skip
+        if name == "export":
+            sp.add_argument("--merge", action="store_true",
+                            help="a LoRA adapter merged into its base model (peft's "
+                            "merge_and_unload), saved as a plain model")  # fmt: skip
+
     address = os.environ.get("RAY_ADDRESS")
     sp = add(sub, "submit", "submit",
              "submit a sweep to a Ray cluster as a Ray job and follow its logs (Ctrl-C detaches)",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -91,7 +92,17 @@ def test_an_early_stopped_sweep_whose_cpus_were_left_reserved_runs_to_its_end(
     cfg["search"]["scheduler"] = {"type": "mo_asha", "grace": 2, "reduction_factor": 2}
     path.write_text(yaml.safe_dump(cfg))
     leaked = [_leak_one_cpu(), _leak_one_cpu()]
-    assert main(["sweep", str(path)]) == 0
+
+    def waited_for_ever(*_):  # without the watchdog the sweep never ends
+        raise TimeoutError("the sweep waited 10 min on CPUs reserved by trials that are gone")
+
+    before = signal.signal(signal.SIGALRM, waited_for_ever)
+    signal.alarm(600)
+    try:
+        assert main(["sweep", str(path)]) == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
     out = capsys.readouterr().out
     assert all(f"freed placement group {pg}" in out for pg in leaked), out[-3000:]
     assert "4/4 done" in out or "stopped early" in out

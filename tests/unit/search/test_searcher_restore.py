@@ -179,3 +179,21 @@ def test_a_trial_told_before_a_copy_of_the_study_that_holds_it_running_is_told_a
     (t,) = _study(head).trials
     assert (t.state, t.values) == (State.COMPLETE, [40.0, 1200.0])
     assert t.constraints["peak_memory_mb <= 1000"] == pytest.approx(0.2)
+
+
+def test_a_snapshot_restored_where_the_bucket_holds_no_study_yet_goes_on(tmp_path):
+    """Tune snapshotted the searcher while trials waited for nodes, before the bucket had an
+    optuna.db: the resumed sweep failed in suggest with KeyError 'Record does not exist.'."""
+    head = tmp_path / "head"
+    s = _searcher(head)
+    a = s.suggest("a")
+    s.on_trial_complete("a", {m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0})
+    b = s.suggest("b")
+    snapshot = _snapshot(s, tmp_path)
+    (head / "optuna.db").unlink()  # a fresh head: nothing came back from the bucket
+    again = _restored(snapshot, head)
+    c = again.suggest("c")
+    again.on_trial_complete("b", {m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 900.0})
+    again.on_trial_complete("c", {m.EVAL_F1: 60.0, m.PEAK_MEMORY_MB: 700.0})
+    told = {tuple(t.values): t.params for t in _study(head).trials}
+    assert told == {(40.0, 800.0): a, (50.0, 900.0): b, (60.0, 700.0): c}
