@@ -343,6 +343,8 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
             base=base,
             storage_path=f"{exp_path}/train",
             objectives=tuple(o.metric for o in cfg.objectives),
+            # The trial's MLflow run, for the system metrics its rank 0 logs there.
+            tracking=(sweep.tracking_uri, sweep.parent_id),
         ),
         {"memory": 1},
     )

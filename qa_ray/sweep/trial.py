@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Any
 
 from qa_ray import metrics as m
@@ -90,14 +91,34 @@ def _trainer_class():
     return Trainer
 
 
+def train_with_system_metrics(config: dict[str, Any], *, tracking_uri: str, run_id: str):
+    """The loop on a Ray Train worker, with MLflow's system metrics logged into the trial's
+    run from rank 0 while it trains (:mod:`qa_ray.tracking.system`)."""
+    import ray.train
+
+    from qa_ray.tracking.system import start_system_metrics, stop_system_metrics
+    from qa_ray.training.loop import train_loop_per_worker
+
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    monitor = start_system_metrics(tracking_uri, run_id) if rank0 else None
+    try:
+        return train_loop_per_worker(config)
+    finally:
+        stop_system_metrics(monitor)
+
+
 def run_trial(
     config: dict[str, Any],
     base: dict[str, Any],
     storage_path: str,
     objectives: tuple[str, ...],
     device_mb: float | None = None,
+    tracking: tuple[str, str] | None = None,
 ) -> None:
     """One Tune trial: a Ray Train run of the sampled configuration.
+
+    With ``tracking`` (the MLflow URI and the sweep's parent run id), rank 0 logs the
+    machine's system metrics into the trial's child run while it trains.
 
     Packed (``resources.pack_by_memory``), each worker asks for the config's memory request
     (:data:`~qa_ray.metrics.MEMORY_REQUEST_MB`, set by the searcher) and that share of the
@@ -110,6 +131,7 @@ def run_trial(
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
+    from qa_ray.tracking.system import trial_run_id
     from qa_ray.training.loop import train_loop_per_worker
 
     ctx = tune.get_context()
@@ -139,8 +161,11 @@ def run_trial(
     if (asked := per_worker.get(GPU_MEMORY_RESOURCE)) is not None:
         r = r.model_copy(update={"gpu_memory_mb": asked})
         trial_cfg = trial_cfg.model_copy(update={"resources": r})
+    loop: Any = train_loop_per_worker
+    if tracking is not None and (run_id := trial_run_id(*tracking, ctx.get_trial_id())):
+        loop = partial(train_with_system_metrics, tracking_uri=tracking[0], run_id=run_id)
     trainer = _trainer_class()(
-        train_loop_per_worker,
+        loop,
         train_loop_config=trial_cfg.model_dump(),
         # GPUs reserved but the loop told to stay on the CPU (train.device: cpu): gloo, as
         # NCCL serves CUDA tensors only.
