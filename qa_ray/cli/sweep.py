@@ -197,6 +197,7 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
     print(trials_table(summary))
     for line in budget_lines(summary):
         print(f"[qa-ray] {line}")
+    _publish_importance(uri, result.parent_run_id, cfg)
     ended = collections.Counter(t["status"] for t in trials)
     others = [
         f"{ended[k]} {label}"
@@ -219,3 +220,22 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
         print(f"[qa-ray] --strict: {len(failed)} failed trial(s) make the sweep fail")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _publish_importance(uri: str, parent_id: str, cfg) -> None:
+    """Each hyperparameter's importance per objective on the parent run (Optuna's evaluator
+    over the sweep's study); a report that cannot be made is said, never fails the sweep."""
+    from qa_ray.report.importance import publish_importance
+    from qa_ray.sweep.state import state_dir
+
+    try:
+        found = publish_importance(
+            uri, parent_id, state_dir(cfg) / "optuna.db", cfg.name,
+            [o.metric for o in cfg.objectives],
+        )  # fmt: skip
+    except Exception as exc:
+        print(f"[qa-ray] note: no parameter importance ({exc})", flush=True)
+        return
+    for metric, values in found.items():
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(values.items())[:3])
+        print(f"[qa-ray] what drives {metric}: {top} (importance/ on the parent run)")
