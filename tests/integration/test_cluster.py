@@ -1,7 +1,9 @@
 """Multi-node Ray on one machine: a sweep submitted as a Ray job to a two-node cluster, logging to
 a real ``mlflow server``; and Ray's autoscaler adding worker nodes for a sweep and removing them."""
 
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -38,13 +40,17 @@ def _check_sweep_in_mlflow(url: str, n: int) -> set[str]:
 
 
 def test_submitted_sweep_spreads_over_two_nodes(
-    tiny_model_dir, tmp_path, server, capsys, s3_bucket
+    tiny_model_dir, tmp_path, server, capsys, s3_bucket, monkeypatch
 ):
     """Two nodes that share no disk: the trials and the sweep's state go to a bucket (a real S3
-    API server on loopback), as on a cluster, and both nodes read and write it."""
+    API server on loopback), as on a cluster, and both nodes read and write it. The model is a
+    local folder under the working dir's models/, named relative to it: it travels with the
+    job (models/ is otherwise left behind)."""
     wd = tmp_path / "repo"  # what `qa-ray submit` uploads as the job's working_dir
     wd.mkdir()
-    sweep, _ = tiny_sweep(wd, [tiny_model_dir("bert")], num_samples=2, tracking_uri=server)
+    shutil.copytree(tiny_model_dir("bert"), wd / "models" / "bert")
+    monkeypatch.chdir(wd)
+    sweep, _ = tiny_sweep(wd, [Path("models/bert")], num_samples=2, tracking_uri=server)
     cluster = LocalCluster(tmp_path, ["--num-cpus=2", "--num-gpus=0"])
     try:
         cluster.add_node("--num-cpus=2", "--num-gpus=0")
