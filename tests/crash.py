@@ -30,8 +30,12 @@ MOMENTS = {
     "before the first trial": (re.compile(r"^\[qa-ray\] plan: "), (0.0, 3.0)),
     "mid-trial": (re.compile(r"^\[qa-ray\] trial-\w+ step "), (0.0, 2.0)),
     "within a second of a trial's end": (re.compile(r"^\[qa-ray\] \d+/\d+ done, "), (0.0, 1.0)),
-    # the progress line once every trial has ended: the Tune loop is over, the report next
-    "during the final report": (re.compile(r"^\[qa-ray\] (\d+)/(\d+) done, 0 running"), (0.0, 2.0)),
+    # the progress line once every trial has ended, or MLflow's line as the parent run ends
+    # (a resumed sweep that had ended): the Tune loop is over, the report next
+    "during the final report": (
+        re.compile(r"^\[qa-ray\] (\d+)/(\d+) done, 0 running|View run \S+ at: "),
+        (0.0, 2.0),
+    ),
 }
 
 
@@ -63,12 +67,16 @@ class CrashRun:
 
 
 def draw_kills(seed: int, n: int) -> list[Kill]:
+    """``n`` kills at drawn moments, in the order of a sweep's life (a kill in the final
+    report leaves no trial to kill mid-run after it; the plan line and the report come again
+    in every resume)."""
     rng = random.Random(seed)
     kinds = list(MOMENTS)
-    return [
+    kills = [
         Kill(m, rng.uniform(*MOMENTS[m][1]), fresh_head=rng.random() < 0.5)
         for m in (rng.choice(kinds) for _ in range(n))
     ]
+    return sorted(kills, key=lambda k: kinds.index(k.moment))
 
 
 def sweep_file(tmp_path: Path, model_dir: Path, storage: str, name: str = "crash") -> Path:
@@ -134,7 +142,7 @@ def _run_until(cmd, env, cwd, log: Path, kill: Kill | None, timeout_s: float) ->
         for line in proc.stdout:
             out.write(line)
             if pattern and timer is None and pattern.search(line):
-                if kill.moment == "during the final report" and not _all_ended(line):
+                if "done, 0 running" in line and not _all_ended(line):
                     continue
                 kill.happened, kill.at_line = True, line.strip()
                 timer = threading.Timer(kill.delay_s, proc.send_signal, [signal.SIGKILL])
