@@ -43,7 +43,10 @@ def test_head_commands_start_mlflow_then_ray_with_the_private_uri(tmp_path):
         path.write_text(f"#!/bin/bash\n{body}\n")
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     # `ulimit -n 65536` needs a privilege a test machine may not give: a no-op here.
-    script = "ulimit() { :; }\n" + "\n".join(cfg["head_start_ray_commands"]) + "\nwait\n"
+    # The bucket, as a user names it in setup_commands' first line (the one place).
+    bucket = cfg["setup_commands"][0].replace("YOUR-BUCKET", "my-results")
+    script = "ulimit() { :; }\n" + "\n".join([bucket, *cfg["head_start_ray_commands"]])
+    script += "\nwait\n"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
            "CALLS": str(calls)}  # fmt: skip
     subprocess.run(["bash", "-e", "-c", script], env=env, check=True, timeout=30)
@@ -53,6 +56,9 @@ def test_head_commands_start_mlflow_then_ray_with_the_private_uri(tmp_path):
     args = lines[server].split()
     assert args[args.index("--host") + 1] == "0.0.0.0" and args[args.index("--port") + 1] == "5000"
     assert args[args.index("--backend-store-uri") + 1] == f"sqlite:///{home}/mlflow/mlflow.db"
+    assert (
+        args[args.index("--artifacts-destination") + 1] == "s3://my-results/qa-ray/mlflow-artifacts"
+    )
     assert lines[head].endswith("MLFLOW_TRACKING_URI=http://10.0.3.7:5000")
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
 
@@ -85,3 +91,28 @@ def test_each_gpu_node_type_offers_its_own_device_memory_for_packing():
         if t["resources"].get("GPU")
     }
     assert offered == {"gpu_a10g_24gb": 23028, "gpu_l40s_48gb": 46068}
+
+
+def test_the_bucket_is_named_once_and_ray_up_stops_on_the_placeholder(tmp_path):
+    """YOUR-BUCKET is written in one command of the file (setup_commands' first); left as it
+    is, the head's set-up stops `ray up` with a message saying where to name it, before an
+    MLflow server starts that would fail on its first artifact."""
+    import os
+    import subprocess
+
+    cfg = _config()
+    commands = [c for key in ("setup_commands", "head_setup_commands", "head_start_ray_commands",
+                              "worker_start_ray_commands") for c in cfg.get(key, [])]  # fmt: skip
+    naming = [c for c in commands if "QA_RAY_BUCKET=YOUR-BUCKET" in c]
+    assert naming == [cfg["setup_commands"][0]]
+    assert not [c for c in cfg["head_start_ray_commands"] if "YOUR-BUCKET" in c]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    script = "\n".join([cfg["setup_commands"][0], *cfg["head_setup_commands"]])
+    done = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "replace YOUR-BUCKET in setup_commands with your results bucket" in done.stderr
+
+
+def test_the_nodes_install_the_tested_versions():
+    (install,) = [c for c in _config()["setup_commands"] if "pip install" in c]
+    assert "torch==2.13.0" in install and '-c "$HOME/qa-ray/constraints.txt"' in install
