@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_cpus_per_trial_and_trials_per_gpu_match_each_sweep_file():
     rows = {}
     for line in (ROOT / "README.md").read_text().splitlines():
-        if m := re.match(r"\| `([a-z0-9_]+)` \|", line):
-            if (ROOT / "sweeps" / f"{m.group(1)}.yaml").is_file():
-                cells = [c.strip() for c in line.strip("|").split("|")]
-                rows[m.group(1)] = (cells[5], cells[6])
+        m = re.match(r"\| `([a-z0-9_]+)` \|", line)
+        if m and (ROOT / "sweeps" / f"{m.group(1)}.yaml").is_file():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[m.group(1)] = (cells[5], cells[6])
     assert set(rows) == {p.stem for p in (ROOT / "sweeps").glob("*.yaml")}
     for name, (cpus, per_gpu) in rows.items():
         r = yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text()).get("resources", {})
