@@ -75,6 +75,9 @@ TRAIN_SECONDS = "train_seconds"
 EVAL_QUESTIONS = "eval_questions"
 EVAL_SECONDS = "eval_seconds"  # wall time of this evaluation (short trials: as long as training)
 PLANNED_STEPS = "planned_steps"  # the trial's step budget (max_steps or its epochs)
+# The learning-rate warmup the loop uses now, in steps: over the horizon it re-plans to under
+# train.max_train_seconds, not over max_steps (memory_aware judges no trial inside it).
+WARMUP_STEPS = "warmup_steps"
 TIME_BUDGET_SECONDS = "time_budget_seconds"  # train.max_train_seconds, when set
 FINAL_REPORT = "final_report"  # 1.0 on a trial's last report: it ends whatever is decided
 # A trial that broke a budget (a constraint on one of BUDGET_METRICS, or out of memory): 1.0,

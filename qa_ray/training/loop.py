@@ -503,6 +503,7 @@ def report(
             else 0.0,
             m.TRAIN_SECONDS: seconds,
             m.PLANNED_STEPS: trial.max_steps,
+            m.WARMUP_STEPS: warmup_steps(trial.cfg.train, trial.budget.horizon),
         }
     )
     if meters.peak_eval_memory_mb:

@@ -14,8 +14,9 @@ Never stopped:
 
 - the lowest-memory feasible trial at the rung (over-budget ones are stopped at once);
 - a trial at a rung inside its learning-rate warmup, when early F1 says little: with steps as
-  the time attribute, its ``warmup_ratio`` (sampled, else the sweep's) times the steps it
-  plans (``planned_steps``, in every report), and at least ``warmup`` (``time_attr`` units).
+  the time attribute, the warmup the loop reports (``warmup_steps``: over the horizon it
+  re-plans to under ``max_train_seconds``), else its ``warmup_ratio`` (sampled, else the
+  sweep's) times the steps it plans (``planned_steps``), and at least ``warmup``.
 
 With ``min_signal`` set, a rung also has to have shown that it predicts the end: the rank
 correlation (Spearman's), over the trials that have run to their end, between their values at
@@ -110,7 +111,12 @@ class MemoryAwareStopping(MOASHA):
         self._learning = [i for i in range(len(self.objectives)) if i not in self._set]
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self.time_attr == m.STEP and trial.trial_id not in self.warmups:
+        loop_warmup = _float(result.get(m.WARMUP_STEPS))
+        if self.time_attr == m.STEP and loop_warmup is not None:
+            # The loop's own: under max_train_seconds it warms up over the horizon it
+            # re-plans to, not over the planned_steps it reports.
+            self.warmups[trial.trial_id] = loop_warmup
+        elif self.time_attr == m.STEP and trial.trial_id not in self.warmups:
             planned = _float(result.get(m.PLANNED_STEPS))
             config = getattr(trial, "config", None) or {}
             ratio = _float(config.get("warmup_ratio"))

@@ -108,6 +108,24 @@ def test_no_trial_is_judged_inside_its_own_learning_rate_warmup():
     assert result("slow", "0.2", 30, 10.0, 3000) == STOP  # past its warmup: judged
 
 
+def test_the_warmup_the_loop_reports_wins_over_its_planned_steps():
+    """Under max_train_seconds the loop warms up over the horizon it re-plans to: a trial
+    planning 1000 steps with a ratio of 0.1 warms up over 3 steps when it will do 30, and is
+    judged at rung 10; the planned steps alone would keep it out of judgement to step 100."""
+    from types import SimpleNamespace
+
+    s = rule()
+
+    def result(name, step, f1, mb, **extra):
+        trial = SimpleNamespace(trial_id=name, config={"warmup_ratio": 0.1})
+        return s.on_trial_result(None, trial, r(step, f1, mb, **{m.PLANNED_STEPS: 1000}, **extra))
+
+    assert result("lean", 10, 70.0, 2000, **{m.WARMUP_STEPS: 3}) == GO
+    assert result("timed", 10, 10.0, 3000, **{m.WARMUP_STEPS: 3}) == STOP
+    assert result("planned", 10, 10.0, 3000) == GO  # 0.1 x 1000 = 100 steps of warmup
+    assert s.warmups == {"lean": 3.0, "timed": 3.0, "planned": 100.0}
+
+
 def test_a_rung_judges_only_once_finished_trials_show_it_predicts_the_end(tmp_path):
     """min_signal: the rank correlation between rung values and final values of the trials
     that ran to their end gates the rung; the finals survive the state file."""
