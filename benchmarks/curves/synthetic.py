@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import sys
 
 from qa_ray import metrics as m
 
@@ -78,16 +79,30 @@ def table(configs: int, seed: int, eval_steps=EVAL_STEPS) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments said in one line on stderr, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _OneLineParser(prog="synthetic.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)
-    args = p.parse_args()
-    with open(args.output, "w") as f:
-        json.dump(table(args.configs, args.seed), f, indent=1)
-        f.write("\n")
+    args = p.parse_args(argv)
+    if args.configs < 1:
+        p.error(f"--configs must be >= 1, but got {args.configs}")
+    try:
+        with open(args.output, "w") as f:
+            json.dump(table(args.configs, args.seed), f, indent=1)
+            f.write("\n")
+    except OSError as e:
+        print(f"synthetic.py: {args.output}: cannot be written ({e.strerror})", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

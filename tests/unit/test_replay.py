@@ -124,3 +124,23 @@ def test_bad_input_to_a_replay_script_is_one_line_and_exit_2(replay, capsys, scr
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(said) and err.count("\n") == 1
+
+
+def test_bad_input_to_the_synthetic_table_maker_is_one_line_and_exit_2(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "curves"))
+    try:
+        from synthetic import main
+    finally:
+        sys.path.pop(0)
+    assert main(["-o", str(tmp_path / "none" / "t.json")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "t.json: cannot be written (No such file or directory)\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["--configs", "0", "-o", str(tmp_path / "t.json")])
+    assert e.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "synthetic.py: --configs must be >= 1, but got 0 (--help lists the options)\n"
+    )
+    assert main(["--configs", "2", "-o", str(tmp_path / "t.json")]) == 0
