@@ -33,7 +33,7 @@ MOMENTS = {
     # the progress line once every trial has ended, or MLflow's line as the parent run ends
     # (a resumed sweep that had ended): the Tune loop is over, the report next
     "during the final report": (
-        re.compile(r"^\[qa-ray\] (\d+)/(\d+) done, 0 running|View run \S+ at: "),
+        re.compile(r"^\[qa-ray\] (\d+)/(\d+) done, 0 running|View run crash at: "),
         (0.0, 2.0),
     ),
 }
