@@ -91,20 +91,55 @@ def _trainer_class():
     return Trainer
 
 
-def train_with_system_metrics(config: dict[str, Any], *, tracking_uri: str, run_id: str):
-    """The loop on a Ray Train worker, with MLflow's system metrics logged into the trial's
-    run from rank 0 while it trains (:mod:`qa_ray.tracking.system`)."""
+def on_worker(
+    config: dict[str, Any], *, tracking_uri: str | None = None, run_id: str | None = None
+):
+    """The loop on a Ray Train worker: the job's local folders found on this node, and with
+    ``run_id``, MLflow's system metrics logged into the trial's run from rank 0 while it
+    trains (:mod:`qa_ray.tracking.system`)."""
     import ray.train
 
     from qa_ray.tracking.system import start_system_metrics, stop_system_metrics
     from qa_ray.training.loop import train_loop_per_worker
 
+    config = _paths_on_this_node(config)
     rank0 = ray.train.get_context().get_world_rank() == 0
-    monitor = start_system_metrics(tracking_uri, run_id) if rank0 else None
+    monitor = start_system_metrics(tracking_uri, run_id) if rank0 and tracking_uri else None
     try:
         return train_loop_per_worker(config)
     finally:
         stop_system_metrics(monitor)
+
+
+# The folders of a config that may lie in a submitted job's working dir (qa-ray submit).
+_PATH_FIELDS = (("model", "name_or_path"), ("data", "path"), ("data", "eval_path"))
+
+
+def _paths_on_this_node(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with each path into the job's working dir as the driver's node unpacked it
+    (``.../_ray_pkg_HASH/models/bert``, resolved there) moved to this node's copy of the same
+    package, which Ray puts on the worker's ``sys.path``; other paths are left as they are."""
+    import copy
+    import sys
+
+    out = copy.deepcopy(config)
+    packages = [e for e in (os.getcwd(), *sys.path) if "_ray_pkg_" in os.path.basename(e)]
+    for block, key in _PATH_FIELDS:
+        path = (out.get(block) or {}).get(key)
+        if not isinstance(path, str) or not path or os.path.exists(path):
+            continue
+        if os.path.isabs(path):
+            if "/_ray_pkg_" not in path:
+                continue
+            package, _, tail = path.partition("/_ray_pkg_")[2].partition("/")
+            found = [os.path.join(e, tail) for e in packages
+                     if os.path.basename(e.rstrip("/")) == f"_ray_pkg_{package}"]  # fmt: skip
+        else:  # a sampled value as the sweep file names it (the `model` axis), relative
+            found = [os.path.join(e, path) for e in packages]
+        here = next((f for f in found if os.path.exists(f)), None)
+        if here is not None:
+            out[block][key] = here
+    return out
 
 
 def run_trial(
@@ -132,7 +167,6 @@ def run_trial(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from qa_ray.tracking.system import trial_run_id
-    from qa_ray.training.loop import train_loop_per_worker
 
     ctx = tune.get_context()
     merged = apply_params(base, config)
@@ -161,9 +195,9 @@ def run_trial(
     if (asked := per_worker.get(GPU_MEMORY_RESOURCE)) is not None:
         r = r.model_copy(update={"gpu_memory_mb": asked})
         trial_cfg = trial_cfg.model_copy(update={"resources": r})
-    loop: Any = train_loop_per_worker
+    loop: Any = on_worker
     if tracking is not None and (run_id := trial_run_id(*tracking, ctx.get_trial_id())):
-        loop = partial(train_with_system_metrics, tracking_uri=tracking[0], run_id=run_id)
+        loop = partial(on_worker, tracking_uri=tracking[0], run_id=run_id)
     trainer = _trainer_class()(
         loop,
         train_loop_config=trial_cfg.model_dump(),

@@ -177,3 +177,25 @@ def test_a_packed_trial_asks_for_its_request_and_its_workers_cap_themselves(monk
     assert seen["scaling_config"].resources_per_worker == {"CPU": 2.0, "GPU": 0.5}
     assert seen["train_loop_config"]["resources"]["gpu_memory_mb"] is None
     assert seen["torch_config"] is None
+
+
+def test_a_folder_of_the_jobs_working_dir_is_found_on_this_nodes_copy(tmp_path, monkeypatch):
+    """A submitted job's driver resolves ``models/bert`` in its node's copy of the working dir;
+    a worker on another node reads the same package where its own node unpacked it."""
+    import sys
+
+    from qa_ray.sweep.trial import _paths_on_this_node
+
+    here = tmp_path / "node2" / "working_dir_files" / "_ray_pkg_ab12"
+    (here / "models" / "bert").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(here)])
+    head = "/tmp/ray/session_head/runtime_resources/working_dir_files/_ray_pkg_ab12/models/bert"
+    elsewhere = "/nowhere/_ray_pkg_ffff/models/bert"
+    config = {"model": {"name_or_path": head}, "data": {"path": str(tmp_path), "eval_path": None}}
+    moved = _paths_on_this_node(config)
+    assert moved["model"]["name_or_path"] == str(here / "models" / "bert")
+    assert moved["data"]["path"] == str(tmp_path) and config["model"]["name_or_path"] == head
+    relative = _paths_on_this_node({"model": {"name_or_path": "models/bert"}})  # a model axis
+    assert relative["model"]["name_or_path"] == str(here / "models" / "bert")
+    other = _paths_on_this_node({"model": {"name_or_path": elsewhere}})
+    assert other["model"]["name_or_path"] == elsewhere  # no such package here: left as it is
