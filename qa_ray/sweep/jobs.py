@@ -103,10 +103,9 @@ def _excludes(root: Path, rels: list[str]) -> list[str]:
     return out
 
 
-def _client(address: str):
+def _check_address(address: str) -> None:
+    """Refuses an address that is no dashboard URL (no cluster is reached)."""
     from urllib.parse import urlsplit
-
-    from ray.job_submission import JobSubmissionClient
 
     parts = urlsplit(address)
     if parts.scheme not in ("http", "https", "ray") or not parts.hostname:
@@ -115,6 +114,12 @@ def _client(address: str):
             [f"`--address`: expected the dashboard URL, e.g. http://127.0.0.1:8265, but got "
              f"{address!r}"],
         )  # fmt: skip
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    _check_address(address)
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -180,7 +185,8 @@ def submit(
     if tracking_uri:  # over the override's, as the sweep prefers --tracking-uri
         tracking_uri, found = split_credentials(tracking_uri)
         secret_env.update(found)
-    models, excludes = travelling(cfg, root)
+    _check_address(address)
+    models, excludes = travelling(cfg, root)  # refused here, before the cluster is reached
     secret_env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
     client = _client(address)
     job_id = submission_id or f"qa-ray-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def _sweep(tmp: Path, **changes) -> str:
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+def _sweep_model_inside(tmp: Path) -> str:
+    """A sweep whose model folder travels with a job submitted from ``tmp``."""
+    shutil.copytree(ASSETS / "wordpiece", tmp / "models" / "wordpiece")
+    return _sweep(tmp, model__name_or_path="models/wordpiece")
 
 
 def _trial(tmp: Path, **changes) -> str:
@@ -152,7 +159,7 @@ ROWS = [
     ("pareto with no MLflow store here", lambda t: ["pareto", "some-sweep"], ["no MLflow store", "some-sweep"]),
     ("pareto unknown axis", lambda t: ["pareto", "x", "--x", "vram"], ["`--x`", "vram"]),
     ("submit to a malformed address", lambda t: ["submit", _sweep(t), "--address", "head:8265"], ["`--address`", "head:8265"]),
-    ("submit to nobody", lambda t: ["submit", _sweep(t), "--address", "http://127.0.0.1:9"], ["`--address`", "no Ray cluster answers"]),
+    ("submit to nobody", lambda t: ["submit", _sweep_model_inside(t), "--address", "http://127.0.0.1:9"], ["`--address`", "no Ray cluster answers"]),
     ("train with a bad trial file", lambda t: ["train", _trial(t, train__max_steps=0)], ["`train.max_steps`", "0"]),
     ("train given a sweep file", lambda t: ["train", _sweep(t)], ["sweep.yaml", "this is a sweep file", "`qa-ray sweep"]),
     ("validate given a trial file", lambda t: ["validate", _trial(t)], ["trial.yaml", "this is a trial file", "`qa-ray train"]),
