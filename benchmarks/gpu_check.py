@@ -459,6 +459,7 @@ class Check:
     args: argparse.Namespace
     work: Path
     device: str
+    info: dict  # the GPU (gpu_info), empty on the CPU
     lines: list[str] = field(default_factory=list)
     folders: dict[str, Path] = field(default_factory=dict)
     solo: dict[str, dict] = field(default_factory=dict)  # measurement name -> its result
@@ -476,7 +477,17 @@ class Check:
         fam = family(key, self.args.cpu)
         if key not in self.folders:
             t0 = time.time()
-            folder = model_folder(key, self.work, self.device, self.args.cpu)
+            # In a child: CUDA memory this process held would count in every trial's reading.
+            spec = {
+                "key": key,
+                "work": str(self.work),
+                "device": self.device,
+                "tiny": self.args.cpu,
+            }
+            built = _run_json(["--build", json.dumps(spec)], self.work, timeout=600)
+            if "error" in built:
+                raise RuntimeError(f"building {fam.label} failed: {built['error']}")
+            folder = Path(built["folder"])
             data = self.work / "data" / f"{fam.tokenizer}-{fam.seq}"
             if not data.is_dir():
                 data.mkdir(parents=True)
@@ -587,9 +598,7 @@ class Check:
             running.append((m, cap, spawn(spec, self.work)))
         results = [(m, cap, finish(*s, timeout=max(60.0, self.left()))) for m, cap, s in running]
         if self.device == "cuda":
-            import torch
-
-            total = torch.cuda.get_device_properties(0).total_memory / 2**20
+            total = self.info["total_mb"]
             self.say(
                 f"  caps sum to {sum(c for _, c, _ in results):.0f} MB of the device's {total:.0f}"
             )
@@ -635,7 +644,7 @@ class Check:
         bare = _run_json(["--bare", json.dumps(spec)], self.work, timeout=max(60.0, self.left()))
         seq = family(m.family, self.args.cpu).seq
         flops = bare.get("flops_per_token")
-        peak, card = _peak_flops(self.device)
+        peak, card = _peak_flops(self.info)
         self.say(f"  batch {m.batch} x {seq}, {steps} optimizer steps; model FLOPs/token "
                  f"{flops / 1e9:.2f} G (6 N + 12 L h s)" if flops else f"  bare loop FAILED: {bare.get('error')}")  # fmt: skip
         if "error" in r:
@@ -670,12 +679,10 @@ def _mfu(tps: float, flops: float | None, peak: float | None) -> str:
     return f", MFU {100 * tps * flops / peak:.1f} %" if flops and peak else ""
 
 
-def _peak_flops(device: str) -> tuple[float | None, str]:
-    if device != "cuda":
+def _peak_flops(info: dict) -> tuple[float | None, str]:
+    if not info.get("name"):
         return None, "not applicable on the CPU (no MFU)"
-    import torch
-
-    name = torch.cuda.get_device_name(0)
+    name = info["name"]
     for key, tflops in PEAK_BF16_TFLOPS:
         if key in name:
             return tflops * 1e12, f"{tflops:g} TFLOPS dense for {name!r} (table: {key})"
@@ -696,6 +703,7 @@ def _bitsandbytes() -> str | None:
 
 def _run_json(argv: list[str], work: Path, timeout: float) -> dict:
     out = work / "logs" / f"{argv[0].strip('-')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     log = out.with_suffix(".log")
     with log.open("w") as f:
@@ -750,7 +758,18 @@ def run_bare(spec: dict, result: Path) -> None:
     }))  # fmt: skip
 
 
-def machine(device: str) -> list[str]:
+def gpu_info() -> dict:
+    """The GPU, read in a child process: the parent never creates a CUDA context."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "total_mb": p.total_memory / 2**20, "cuda": torch.version.cuda,
+            "count": torch.cuda.device_count()}  # fmt: skip
+
+
+def machine(device: str, info: dict) -> list[str]:
     import torch
     import transformers
 
@@ -759,9 +778,8 @@ def machine(device: str) -> list[str]:
              f"bitsandbytes {_installed('bitsandbytes') or 'not installed'}, "
              f"{os.cpu_count()} CPUs, {platform.platform()}"]  # fmt: skip
     if device == "cuda":
-        p = torch.cuda.get_device_properties(0)
-        lines.insert(0, f"GPU: {p.name}, {p.total_memory / 2**20:.0f} MB, CUDA "
-                        f"{torch.version.cuda}, {torch.cuda.device_count()} visible")  # fmt: skip
+        lines.insert(0, f"GPU: {info['name']}, {info['total_mb']:.0f} MB, CUDA {info['cuda']}, "
+                        f"{info['count']} visible")  # fmt: skip
     else:
         lines.insert(0, "no GPU: --cpu, tiny shapes, peak_memory_mb is the peak RSS")
     return lines
@@ -777,15 +795,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imports-only", action="store_true", help="install wheels, import, exit")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--bare", help=argparse.SUPPRESS)
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument("--info", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network: nothing is fetched
+    if str(ROOT) not in sys.path:  # qa_ray and tests from this checkout (children: PYTHONPATH)
+        sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.child:
         run_child(json.loads(Path(args.child[0]).read_text()), Path(args.child[1]))
         return 0
     if args.bare:
         run_bare(json.loads(args.bare), Path(args.result))
+        return 0
+    if args.build:
+        b = json.loads(args.build)
+        folder = model_folder(b["key"], Path(b["work"]), b["device"], b["tiny"])
+        Path(args.result).write_text(json.dumps({"folder": str(folder)}))
+        return 0
+    if args.info:
+        Path(args.result).write_text(json.dumps(gpu_info()))
         return 0
     work = Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -795,17 +825,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.imports_only:
         print("\n".join(installed) + "\nimports: ok (qa-ray's loop, memory model, tasks)")
         return 0
-    import torch
-
     device = "cpu" if args.cpu else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
+    info = {} if args.cpu else _run_json(["--info", "{}"], work, timeout=120)
+    if device == "cuda" and not info.get("name"):
         print("no CUDA device is visible: run with --cpu for the tiny CPU check", file=sys.stderr)
         return 2
-    check = Check(args, work, device)
+    check = Check(args, work, device, info)
     check.say("qa-ray GPU check (benchmarks/gpu_check.py)")
     check.say(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
     check.say(f"date: {started:%Y-%m-%d %H:%M} UTC; git {_git_head()}")
-    for line in [*machine(device), *installed]:
+    for line in [*machine(device, info), *installed]:
         check.say(line)
     steps = {"a": check.tests, "b": check.measure, "c": check.packed, "d": check.throughput}
     for s in args.steps:
