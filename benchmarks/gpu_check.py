@@ -513,11 +513,16 @@ class Check:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider"],
             cwd=ROOT, capture_output=True, text=True, timeout=max(60.0, self.left()),
+            # the tier needs no third-party plugin; one installed here may not import
+            env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         )  # fmt: skip
         out = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         for i, ln in enumerate(out):
             if re.match(r"(FAILED|ERROR|SKIPPED)", ln) or i == len(out) - 1:
                 self.say(f"  {ln}")
+        if proc.returncode != 0:
+            err = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [""]
+            self.say(f"  FAILED: exit {proc.returncode} {err[0][:200]}")
         self.say(f"  exit {proc.returncode}, {time.time() - t0:.0f} s")
 
     # b. predicted against measured
