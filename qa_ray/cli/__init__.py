@@ -6,6 +6,7 @@ over the package it calls.
     qa-ray train trial.yaml model.name_or_path=/path/to/model train.max_steps=50 [--resume]
     qa-ray score dev-v2.0.json.gz predictions.json [--na-prob na_prob.json]
     qa-ray pareto SWEEP_NAME_OR_PARENT_RUN_ID [--x peak_memory_mb --y eval_f1] [--format json] [--publish]
+    qa-ray replay SWEEP_OR_CURVE_TABLE [...] [--splits 20] [--draws 10]
     qa-ray submit SWEEP.yaml --address http://HEAD:8265 [KEY=VALUE ...] [--no-wait]
     qa-ray job status|logs|stop SUBMISSION_ID --address http://HEAD:8265
     qa-ray env [--ray [ADDRESS]] [--format json]
@@ -14,7 +15,8 @@ over the package it calls.
 - :mod:`.app`: :func:`main`, what runs a command and turns errors into exit codes;
 - :mod:`.parser`: the parser (metavars, help, examples, exit codes);
 - :mod:`.sweep`: ``validate``, ``sweep`` and how a sweep ends;
-- :mod:`.train`, :mod:`.results` (``score``, ``pareto``), :mod:`.jobs` (``submit``, ``job``),
+- :mod:`.train`, :mod:`.results` (``score``, ``pareto``), :mod:`.replay` (``replay``),
+  :mod:`.jobs` (``submit``, ``job``),
   :mod:`.env`, :mod:`.shipped` (``sweeps list|copy``);
 - :mod:`.quiet`: what the default console leaves out (``-v`` shows it);
 - :mod:`.codes`: the exit codes.

@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 
 def _commands() -> dict:
-    from qa_ray.cli import env, export, jobs, results, shipped, sweep, train
+    from qa_ray.cli import env, export, jobs, replay, results, shipped, sweep, train
 
     return {
         "sweep": sweep.cmd_sweep,
@@ -23,6 +23,7 @@ def _commands() -> dict:
         "train": train.cmd_train,
         "score": results.cmd_score,
         "pareto": results.cmd_pareto,
+        "replay": replay.cmd_replay,
         "best": export.cmd_best,
         "export": export.cmd_export,
         "submit": jobs.cmd_submit,

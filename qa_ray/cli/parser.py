@@ -197,6 +197,31 @@ def build(version: str, commands) -> argparse.ArgumentParser:
                             help="a LoRA adapter merged into its base model (peft's "
                             "merge_and_unload), saved as a plain model")  # fmt: skip
 
+    sp = add(sub, "replay", "replay",
+             "replay finished sweeps through early-stopping rules and advise the next sweep's "
+             "search.scheduler block (or none)",
+             "qa-ray replay benchmarks/curves/minilm_squad_v1_a.json")  # fmt: skip
+    sp.add_argument("sweep", nargs="+", metavar="SWEEP",
+                    help="a curve table (.json, `python -m qa_ray.report.curves`) or a sweep "
+                    "name or parent run id in MLflow; several: a table of the same "
+                    "configurations with another seed gives the noise floor, others are "
+                    "pooled")  # fmt: skip
+    sp.add_argument("--tracking-uri", metavar="URI",
+                    help="MLflow tracking URI for sweep names (default: "
+                    "$MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")  # fmt: skip
+    sp.add_argument("--splits", type=int, default=20, metavar="N",
+                    help="cross-validation splits into two halves (default 20)")  # fmt: skip
+    sp.add_argument("--draws", type=int, default=10, metavar="N",
+                    help="random orders per half and worker count (default 10; the replay "
+                    "of every configuration runs 4x as many)")  # fmt: skip
+    sp.add_argument("--workers", type=int, nargs="+", default=[1, 4], metavar="W",
+                    help="trials at a time to simulate (default 1 4)")  # fmt: skip
+    sp.add_argument("--keep", type=float, default=0.95, metavar="F",
+                    help="the share of running everything's hypervolume a recommended block "
+                    "must keep on the held-out halves (default 0.95)")  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0, metavar="N",
+                    help="of the splits and orders (default 0)")  # fmt: skip
+
     address = os.environ.get("RAY_ADDRESS")
     sp = add(sub, "submit", "submit",
              "submit a sweep to a Ray cluster as a Ray job and follow its logs (Ctrl-C detaches)",

@@ -57,6 +57,23 @@ def resume_command(args) -> str:
     return shlex.join(parts)
 
 
+def replay_hint(cfg, uri: str, trials) -> str | None:
+    """The command that advises the next sweep's early stopping from this one: said when it
+    ran a scheduler or enough trials to its end to replay."""
+    import shlex
+
+    from qa_ray.report.advise import MIN_TRIALS
+    from qa_ray.tracking.runs import split_credentials
+
+    ended = sum(t["status"] in ("COMPLETE", "INFEASIBLE") for t in trials)
+    if cfg.search.scheduler is None and ended < MIN_TRIALS:
+        return None
+    # Credentials, if any, go in MLFLOW_TRACKING_USERNAME/PASSWORD, as for --resume.
+    uri = split_credentials(uri)[0]
+    command = shlex.join(["qa-ray", "replay", cfg.name, "--tracking-uri", uri])
+    return f"[qa-ray] whether to stop trials early next time, and how: {command}"
+
+
 def failure_groups(trials) -> list[str]:
     """Failed trials grouped by reason, most frequent first: ``3 x OSError: ...``."""
     counts = collections.Counter(t["error"] for t in trials if t["status"] == "FAILED")
@@ -216,6 +233,8 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
         f"(experiment {cfg.tracking.experiment_name!r}, run {cfg.name!r}; filter trials on the "
         f'front with tags.pareto_optimal = "true")'
     )
+    if hint := replay_hint(cfg, uri, trials):
+        print(hint)
     if failed and args.strict:
         print(f"[qa-ray] --strict: {len(failed)} failed trial(s) make the sweep fail")
         return EXIT_FAILED

@@ -43,3 +43,17 @@ def test_failures_are_grouped_by_reason_most_frequent_first():
         {"status": "FAILED", "error": "OSError: no model"},
     ]
     assert sweep.failure_groups(trials) == ["2 x OSError: no model", "1 x ValueError: bad rank"]
+
+
+def test_the_end_line_says_the_replay_command_after_a_scheduler_or_enough_trials():
+    from types import SimpleNamespace
+
+    def cfg(scheduler):
+        return SimpleNamespace(name="my sweep", search=SimpleNamespace(scheduler=scheduler))
+
+    uri = "http://user:secret@mlflow:5000"
+    seven = [{"status": "COMPLETE"}] * 7 + [{"status": "FAILED"}] * 3
+    assert sweep.replay_hint(cfg(None), uri, seven) is None  # too few to replay, no scheduler
+    line = sweep.replay_hint(cfg(None), uri, seven + [{"status": "INFEASIBLE"}])
+    assert line.endswith("qa-ray replay 'my sweep' --tracking-uri http://mlflow:5000")
+    assert sweep.replay_hint(cfg({"type": "mo_asha"}), uri, seven[:2]) is not None

@@ -78,6 +78,8 @@ def test_a_block_that_loses_on_the_held_out_halves_is_never_recommended(monkeypa
     a = _advise(table)
     assert a.block is None and "below 0.95" in a.reason
     assert all(h == 0.90 for h in a.held_hv)
+    text = advise.format_advice(a, 8, (1, 4), 3)
+    assert "the block chosen most often, on the held-out halves: hypervolume kept IQM 0.900" in text
 
 
 def test_too_few_trials_is_bad_input():
