@@ -108,7 +108,6 @@ def test_a_stopped_trial_runs_on_until_tune_ends_it():
 def test_memory_aware_in_a_replay_warms_up_over_the_steps_the_trial_really_ran():
     """The loop warms up over the horizon it runs (re-planned under max_train_seconds): the
     replay reports warmup_ratio x the trial's last step, and the sweep's warmup_steps."""
-    t = r.load_table(_table([]))
     sent = []
 
     class Spy(FIFOScheduler):
