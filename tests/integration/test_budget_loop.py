@@ -310,3 +310,20 @@ def test_progress_reports_between_evaluations(tiny_model_dir, tmp_path):
     quiet = RecordingSession()
     train_loop_per_worker({**cfg, "train": {**cfg["train"], "progress_seconds": 0}}, quiet)
     assert [r[m.STEP] for r in quiet.reports] == [2, 4]
+
+
+def test_the_warmup_reported_is_over_the_horizon_the_time_budget_allows(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Under max_train_seconds the loop re-plans its schedule's horizon; the warmup it reports
+    (what memory_aware judges by) is over that horizon, not over max_steps."""
+    from qa_ray.training.schedule import TimeBudget
+
+    def replan(self, step):  # as if the budget allowed 4 of the 6 planned steps
+        self.horizon = 4
+
+    monkeypatch.setattr(TimeBudget, "replan", replan)
+    cfg = _cfg(tiny_model_dir, tmp_path, [], train__warmup_ratio=0.5,
+               train__max_train_seconds=3600.0)  # fmt: skip
+    out = train_loop_per_worker(cfg, RecordingSession())
+    assert out[m.PLANNED_STEPS] == 6 and out[m.WARMUP_STEPS] == 2  # 0.5 x 4, not 0.5 x 6
