@@ -171,26 +171,24 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled from Tune's tuner.pkl, written when the stage's fit started: its trials
+        # are not the sweep's; Tune's newest snapshot (restore) brings those.
+        self._load(state, reconcile=False)
+
+    def _load(self, state: dict[str, Any], reconcile: bool) -> None:
         state.setdefault("admission", None)  # pickled by an earlier qa-ray
         state.setdefault("_told", {})
         self.__dict__.update(state)
-        if self._ot_study is None and isinstance(self._storage, str):
-            # Unpickled from Tune's tuner.pkl, written when the stage's fit started: its trials
-            # are not the sweep's; Tune's newest snapshot (restore) brings those.
-            self.rejoin(reconcile=False)
+        if isinstance(self._storage, str):  # pickled by __getstate__: no live study
+            self.rejoin(reconcile=reconcile)
 
     def save(self, checkpoint_path: str) -> None:  # Tune's snapshot of the searcher
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__getstate__(), f)
 
-    def restore(self, checkpoint_path: str) -> None:
+    def restore(self, checkpoint_path: str) -> None:  # Tune's newest snapshot
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        state.setdefault("admission", None)
-        state.setdefault("_told", {})
-        self.__dict__.update(state)
-        if isinstance(self._storage, str):
-            self.rejoin()
+            self._load(pickle.load(f), reconcile=True)
 
     def rejoin(self, reconcile: bool = True) -> None:
         """Opens the study in this driver's state folder and checks every trial against it.
@@ -219,9 +217,9 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         trials: dict[str, Any] = {}
         for tid, asked in self._ot_trials.items():
             t = held.get(asked.number)
-            if (t is None or t.params != asked.params) and not reconcile:
-                continue
             if t is None or t.params != asked.params:
+                if not reconcile:
+                    continue
                 t = self._add_back(tid, asked)
                 logger.warning(
                     "optuna trial %d of %s was not in the study: added back as trial %d",
