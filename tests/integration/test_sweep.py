@@ -175,7 +175,7 @@ def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "`search.sampler`" in err and "unknown metric 'f1'" in err
+    assert "`search.sampler`" in err and "unknown metric" in err and "but got 'f1'" in err
     bad = tmp_path / "dup.yaml"
     bad.write_text(path.read_text().replace("learning_rate:", "lr:"))
     assert main(["validate", str(bad)]) == 2
