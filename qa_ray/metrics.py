@@ -41,6 +41,10 @@ ERRORS_LENGTH_DIFF = "errors_length_diff_tokens"  # mean predicted - reference a
 EVAL_LOSS = "eval_loss"  # instruction tuning: mean cross-entropy per response token, held out
 EVAL_PERPLEXITY = "eval_perplexity"  # exp(eval_loss)
 QUALITATIVE = "qualitative_answers"  # instruction tuning: [{"question", "answer"}] (not a number)
+# QA families, at every evaluation: each question's scores, {"ids": [...], "exact": [0 | 1],
+# "f1": [0..1]} in the eval set's order (not a number): two trials evaluated on the same
+# questions compare paired (qa_ray.search.schedulers.race). An MLflow table on the run.
+PER_QUESTION = "per_question"
 TRAIN_LOSS = "train_loss"
 # What a trial needs (GPU: the caching allocator's peak reserve + the CUDA context and NCCL
 # buffers; CPU: peak RSS), the largest over training, evaluations and restarts: what budgets

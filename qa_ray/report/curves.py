@@ -32,6 +32,13 @@ Schema (``"schema": "qa-ray/curves"``, ``"version": 1``)::
 A row is a step at which the sweep's first objective was logged (the loop reports at its
 evaluations); a metric not logged at that step is ``null``. A pruned trial's rows end where it
 was stopped: a replay can only run it that far.
+
+Where the trials logged per-question scores (QA families: the ``per_question.json`` table of
+each run), the table also holds ``"question_ids": [...]`` (the first trial's evaluation
+questions, in order) and each row ``"per_question": {"exact": [0 | 1, ...], "f1": [0..1, ...]}``
+in that order (with its own ``"ids"`` where a trial was evaluated on other questions): what
+a paired rule (``qa_ray.search.schedulers.race``) reads. A row without it (an evaluation a
+killed driver never received) has none.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from typing import Any
 
 from qa_ray import metrics as m
 
-__all__ = ["ROW_METRICS", "SCHEMA", "curve_table", "export_curves", "main"]
+__all__ = ["ROW_METRICS", "SCHEMA", "curve_table", "export_curves", "main", "per_question_scores"]
 
 SCHEMA, VERSION = "qa-ray/curves", 1
 # Every row has these, then the sweep's other objectives.
@@ -64,12 +71,14 @@ def curve_table(
 
     Args:
         trials: per trial ``name``, ``run_id``, ``outcome``, ``stopped_early_at``, ``config``
-            and ``history``: ``{metric: [(step, value), ...]}`` as MLflow logged it.
+            and ``history``: ``{metric: [(step, value), ...]}`` as MLflow logged it; and,
+            optionally, ``per_question``: ``{step: {"ids", "exact", "f1"}}``.
     """
     objectives = [(k, mode) for k, mode in objectives]
     columns = list(ROW_METRICS) + [k for k, _ in objectives if k not in ROW_METRICS]
     at = objectives[0][0] if objectives else m.EVAL_F1
     out = []
+    question_ids: list[str] | None = None
     for t in trials:
         history = {k: dict(v) for k, v in t["history"].items()}  # a later value wins
         steps = sorted(history.get(at, {}))
@@ -77,8 +86,17 @@ def curve_table(
             {k: float(s) if k == m.STEP else history.get(k, {}).get(s) for k in columns}
             for s in steps
         ]
+        scored = t.get("per_question") or {}
         for row in rows:
             row[m.STEP] = int(row[m.STEP])
+            if (q := scored.get(row[m.STEP])) is not None:
+                question_ids = question_ids or list(q["ids"])
+                same = list(q["ids"]) == question_ids
+                row[m.PER_QUESTION] = {
+                    **({} if same else {"ids": list(q["ids"])}),
+                    "exact": list(q["exact"]),
+                    "f1": list(q["f1"]),
+                }
         out.append(
             {
                 "name": t["name"],
@@ -89,7 +107,7 @@ def curve_table(
                 "rows": rows,
             }
         )
-    return {
+    table = {
         "schema": SCHEMA,
         "version": VERSION,
         "sweep": sweep,
@@ -99,6 +117,27 @@ def curve_table(
         "scheduler": dict(scheduler) if scheduler else None,
         "trials": out,
     }
+    if question_ids is not None:
+        table["question_ids"] = question_ids
+    return table
+
+
+def per_question_scores(text: str | None) -> dict[int, dict[str, list]]:
+    """A run's ``per_question.json`` table (MLflow's ``log_table`` layout: ``columns`` and
+    ``data``) as ``{step: {"ids", "exact", "f1"}}``; empty without one."""
+    if not text:
+        return {}
+    table = json.loads(text)
+    cols = {c: i for i, c in enumerate(table["columns"])}
+    by_step: dict[int, dict[str, list]] = {}
+    for row in table["data"]:
+        step = int(row[cols["step"]])
+        q = by_step.setdefault(step, {"ids": [], "exact": [], "f1": []})
+        if row[cols["id"]] in q["ids"]:  # logged again for a step (a resumed run): once
+            continue
+        for k in ("ids", "exact", "f1"):
+            q[k].append(row[cols["id" if k == "ids" else k]])
+    return by_step
 
 
 def export_curves(uri: str, sweep_or_run: str) -> dict[str, Any]:
@@ -127,6 +166,9 @@ def export_curves(uri: str, sweep_or_run: str) -> dict[str, Any]:
                     k: [(h.step, h.value) for h in client.get_metric_history(rec["run_id"], k)]
                     for k in metrics
                 },
+                "per_question": per_question_scores(
+                    tracking.read_artifact(uri, rec["run_id"], tracking.PER_QUESTION_TABLE)
+                ),
             }
         )
     scheduler = json.loads(params.get("scheduler") or "null")

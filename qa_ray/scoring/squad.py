@@ -16,7 +16,7 @@ import collections
 import re
 import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -63,11 +63,16 @@ class GoldQuestion:
 
 @dataclass(frozen=True)
 class ScoreReport:
-    """The official scores plus bookkeeping the official script does not print."""
+    """The official scores plus bookkeeping the official script does not print.
+
+    ``per_question`` holds every question's ``(exact, f1)`` (0 to 1) as the main scores
+    counted it (abstentions applied), in the dataset's order: what a paired comparison of two
+    models evaluated on the same questions needs."""
 
     scores: dict[str, float | int]
     missing: tuple[str, ...]
     unknown: tuple[str, ...]
+    per_question: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def best_threshold(
@@ -182,4 +187,5 @@ def score(
             best, thresh = best_threshold(raw, has_answer, predictions, na_probs)
             out[f"best_{name}"], out[f"best_{name}_thresh"] = best, thresh
     unknown = tuple(sorted(set(predictions) - set(raw_exact)))
-    return ScoreReport(scores=out, missing=tuple(missing), unknown=unknown)
+    per_question = {q: (exact[q], f1[q]) for q in exact}
+    return ScoreReport(out, tuple(missing), unknown, per_question)

@@ -51,11 +51,13 @@ class EvalOutput:
         scores: the family's scores without the ``eval_`` prefix (``exact``, ``f1``, ...;
             ``loss``, ``perplexity``); keys ending in ``total`` are counts, not reported.
         latency_ms_per_example: evaluation wall time per example.
+        per_question: QA families: ``{question id: (exact, f1)}`` (0 to 1), as scored.
     """
 
     predictions: dict[str, str]
     scores: dict[str, float | int]
     latency_ms_per_example: float
+    per_question: dict[str, tuple[float, float]] | None = None
 
 
 class TaskFamily(Protocol):

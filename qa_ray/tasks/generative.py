@@ -285,4 +285,4 @@ def evaluate(
     if was_training:
         model.train()
     latency = 1000.0 * (time.perf_counter() - t0) / max(1, len(examples))
-    return EvalOutput(preds, report.scores, latency)
+    return EvalOutput(preds, report.scores, latency, report.per_question)

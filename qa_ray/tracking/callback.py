@@ -41,6 +41,7 @@ from qa_ray.search.memory import MemoryModel, Prediction
 from qa_ray.search.space import apply_params, axis_values
 from qa_ray.tracking.runs import (
     ERROR_BREAKDOWN_FILE,
+    PER_QUESTION_TABLE,
     QUALITATIVE_TABLE,
     child_runs,
     mlflow_client,
@@ -262,6 +263,19 @@ class MLflowSweepCallback(Callback):
                     "answer": [a["answer"] for a in answers],
                 },
                 QUALITATIVE_TABLE,
+            )
+        scored = result.get(m.PER_QUESTION)
+        if scored:  # appended at every evaluation, as the answers above
+            n = len(scored["ids"])
+            self.client.log_table(
+                rid,
+                {
+                    "step": [step] * n,
+                    "id": scored["ids"],
+                    "exact": scored["exact"],
+                    "f1": scored["f1"],
+                },
+                PER_QUESTION_TABLE,
             )
         for tag, key in ((TAG_NODE, m.WORKER_NODE_IP), (TAG_NODE_ID, m.WORKER_NODE_ID)):
             if result.get(key):

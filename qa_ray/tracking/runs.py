@@ -40,6 +40,7 @@ __all__ = [
     "credentials_to_environment",
     "split_credentials",
     "redact_uri",
+    "PER_QUESTION_TABLE",
     "QUALITATIVE_TABLE",
     "child_runs",
     "resolve_tracking_uri",
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 # Instruction tuning: each child's answers to the qualitative questions, one row per question
 # and evaluation step, as an MLflow table (the UI's artifact compare view lines trials up).
 QUALITATIVE_TABLE = "qualitative_answers.json"
+# Every evaluation's per-question scores: columns step, id, exact, f1 (a row per question).
+PER_QUESTION_TABLE = "per_question.json"
 
 
 # A QA trial's error breakdown of its final predictions (qa_ray.scoring.breakdown).

@@ -552,6 +552,13 @@ def _evaluate(trial: Trial) -> tuple[dict[str, Any], dict[str, str]]:
     }
     result[m.EVAL_LATENCY_MS] = out.latency_ms_per_example
     result[m.EVAL_QUESTIONS] = len(trial.eval_examples)
+    if out.per_question:  # each question's scores: trials compare paired on them
+        scored = out.per_question.values()
+        result[m.PER_QUESTION] = {
+            "ids": list(out.per_question),
+            "exact": [int(e) for e, _ in scored],
+            "f1": [round(f, 4) for _, f in scored],
+        }
     if "f1" in out.scores:  # a QA family: how its answers are wrong (text, and a few numbers)
         from qa_ray.data.squad import gold_questions
         from qa_ray.scoring import breakdown

@@ -93,6 +93,11 @@ def test_the_real_loop_learns(tiny_model_dir, tmp_path, task, kind, finetune, bi
     else:  # adapters on the attention only (a random LM head frozen) move the loss less
         assert late < losses[0] - 0.05, losses
     assert final["step"] == 10 and final["lr"] == 0.0  # the schedule decayed to its end
+    if task != "instruction":  # QA: each question's scores, paired comparisons need them
+        scored = final["per_question"]
+        assert len(scored["ids"]) == len(scored["f1"]) == len(scored["exact"]) == 2
+        assert 100 * sum(scored["f1"]) / 2 == pytest.approx(final["eval_f1"], abs=0.01)
+        assert 100 * sum(scored["exact"]) / 2 == pytest.approx(final["eval_exact"])
     assert final["trainable_params"] <= final["total_params"]
     if finetune == "lora":
         assert final["trainable_params"] < final["total_params"] / 3

@@ -37,8 +37,14 @@ def store(tmp_path):
     }
     parent = start_parent_run(uri, "exp", "sweep-a", params=params, artifacts={})
     cb = MLflowSweepCallback(uri, parent, m.CURVES)
+    asked = {"ids": ["q1", "q2"], "exact": [0, 1], "f1": [0.5, 1.0]}
     runs = [
-        ("t1", {"lr": 0.1}, [_row(10, 20.0), _row(30, 40.0, 950.0)], {}),
+        (
+            "t1",
+            {"lr": 0.1},
+            [{**_row(10, 20.0), m.PER_QUESTION: asked}, _row(30, 40.0, 950.0)],
+            {},
+        ),  # fmt: skip
         ("t2", {"lr": 0.01}, [_row(10, 5.0)], {m.STOPPED_EARLY_AT: 10}),
         ("t3", {"lr": 0.5}, [_row(10, 30.0, 1200.0)], {m.INFEASIBLE: 1.0}),
     ]
@@ -66,11 +72,33 @@ def test_a_sweep_exports_configs_outcomes_and_a_row_per_evaluation(store):
     assert t1["config"] == {"lr": 0.1}
     assert t1["rows"] == [
         {"step": 10, "train_seconds": 1.0, "eval_f1": 20.0, "eval_exact": 10.0,
-         "peak_memory_mb": 900.0, "eval_latency_ms_per_example": 2.0},
+         "peak_memory_mb": 900.0, "eval_latency_ms_per_example": 2.0,
+         "per_question": {"exact": [0, 1], "f1": [0.5, 1.0]}},
         {"step": 30, "train_seconds": 3.0, "eval_f1": 40.0, "eval_exact": 30.0,
          "peak_memory_mb": 950.0, "eval_latency_ms_per_example": 2.0},
     ]  # fmt: skip
     assert export_curves(uri, parent) == table  # by run id too
+
+
+def test_per_question_scores_go_with_their_evaluation(store, tmp_path):
+    """The run's per_question.json table (appended at each evaluation) comes back as the
+    row's scores in the table's question order; a row logged without them has none."""
+    from mlflow.tracking import MlflowClient
+
+    from qa_ray.tracking.runs import PER_QUESTION_TABLE, child_runs
+
+    uri, parent = store
+    t1 = next(r for r in child_runs(uri, parent) if r.data.params.get("lr") == "0.1")
+    local = MlflowClient(uri).download_artifacts(t1.info.run_id, PER_QUESTION_TABLE, str(tmp_path))
+    with open(local) as f:
+        logged = json.load(f)
+    assert logged["columns"] == ["step", "id", "exact", "f1"]
+    assert logged["data"] == [[10, "q1", 0, 0.5], [10, "q2", 1, 1.0]]
+    table = export_curves(uri, "sweep-a")
+    assert table["question_ids"] == ["q1", "q2"]
+    rows = table["trials"][0]["rows"]
+    assert rows[0][m.PER_QUESTION] == {"exact": [0, 1], "f1": [0.5, 1.0]}
+    assert m.PER_QUESTION not in rows[1]
 
 
 def test_the_entry_point_writes_the_file_and_exits_2_on_an_unknown_sweep(store, tmp_path):

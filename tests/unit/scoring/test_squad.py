@@ -59,6 +59,18 @@ def test_score_v2_keys_and_values():
     assert s["total"] == 4 and s["HasAns_total"] == 2 and s["NoAns_total"] == 2
 
 
+def test_every_questions_scores_as_the_main_scores_count_them():
+    qs = [GoldQuestion("a", ("the cat",)), GoldQuestion("b", ("y",)), GoldQuestion("c", ())]
+    r = score(qs, {"a": "cat sat", "c": "x"}, na_probs={"a": 0.1, "c": 0.9}, na_prob_thresh=0.5)
+    assert list(r.per_question) == ["a", "b", "c"]  # the dataset's order
+    assert r.per_question["a"] == (0.0, pytest.approx(2 * 0.5 * 1.0 / 1.5))
+    assert r.per_question["b"] == (0.0, 0.0)  # missing
+    assert r.per_question["c"] == (1.0, 1.0)  # abstains above the threshold: right
+    n = len(qs)
+    assert r.scores["f1"] == pytest.approx(100 * sum(f for _, f in r.per_question.values()) / n)
+    assert r.scores["exact"] == pytest.approx(100 * sum(e for e, _ in r.per_question.values()) / n)
+
+
 def test_score_missing_counts_zero_and_unknown_ignored():
     qs = [GoldQuestion("a", ("x",)), GoldQuestion("b", ("y",))]
     r = score(qs, {"a": "x", "zzz": "y"})
