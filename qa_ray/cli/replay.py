@@ -81,11 +81,15 @@ def cmd_replay(args) -> int:
     early = min(steps, key=lambda s: abs(s - last / 8)) if steps else last / 8
     late = separation if separation < last else max(s for s in steps if s <= last / 2)
     shown = {"mo_asha": [early, late], "memory_aware": [early, late]}
+    if advise.has_per_question(table):
+        shown["race"] = [early, late]
+    extras = {"memory_aware": {"noise_floor": 1.5, "memory_slack": 0.3},
+              "race": {"reduction_factor": 2.0, "alpha": 0.05}}  # fmt: skip
     rules = baselines(table, early)
     for kind, graces in shown.items():
         for g in dict.fromkeys(graces):
-            extra = {"noise_floor": 1.5, "memory_slack": 0.3} if kind == "memory_aware" else {}
-            rules.append(from_block({"type": kind, "grace": g, "reduction_factor": 3.0, **extra}))
+            block = {"type": kind, "grace": g, "reduction_factor": 3.0, **extras.get(kind, {})}
+            rules.append(from_block(block))
     if found.block and all(r.block != found.block for r in rules):
         rules.append(from_block(found.block, "the recommended block"))
     rungs = [early * 3**k for k in range(3) if early * 3**k < last]

@@ -36,6 +36,7 @@ __all__ = [
     "candidate_blocks",
     "cross_validate",
     "format_advice",
+    "has_per_question",
     "pool",
     "separation_step",
 ]
@@ -72,10 +73,16 @@ def eval_steps(table: Table) -> list[float]:
     return sorted({r[m.STEP] for t in table.trials for r in t["rows"] if r[m.STEP] < last})
 
 
+def has_per_question(table: Table) -> bool:
+    """Whether the table's trials carry per-question scores (what a race compares)."""
+    return any(r.get(m.PER_QUESTION) for t in table.trials for r in t["rows"])
+
+
 def candidate_blocks(table: Table, noise: float | None = None) -> list[dict[str, Any]]:
     """The blocks cross-validation chooses among: graces at the table's evaluation steps up
     to half its last step; MO-ASHA at rf 2 and 3; memory_aware at rf 3, noise floors 1, 2, 4
-    F1 (and the measured seed-to-seed gap) and memory slack 0 and 0.3."""
+    F1 (and the measured seed-to-seed gap) and memory slack 0 and 0.3; where the table holds
+    per-question scores, the race at rf 2, alpha 0.05, with the sign test and the t-test."""
     last = max(t["rows"][-1][m.STEP] for t in table.trials)
     graces = [s for s in eval_steps(table) if s <= last / 2] or [last / 2]
     floors = sorted({1.0, 2.0, 4.0, *([round(noise, 1)] if noise else [])})
@@ -93,6 +100,11 @@ def candidate_blocks(table: Table, noise: float | None = None) -> list[dict[str,
             for nf in floors
             for sl in (0.0, 0.3)
         ]
+        if has_per_question(table):
+            blocks += [
+                {"type": "race", "grace": g, "reduction_factor": 2.0, "alpha": 0.05, "test": t}
+                for t in ("sign", "t")
+            ]
     return blocks
 
 

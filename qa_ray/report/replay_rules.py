@@ -35,8 +35,10 @@ __all__ = ["TopAtPoint", "baselines", "block_name", "from_block", "scheduler_fro
 
 # A block's fields and their defaults (qa_ray.sweep.config.SchedulerConfig's), for its name.
 _DEFAULTS = {"time_attr": m.STEP, "reduction_factor": 3.0, "noise_floor": 1.0,
-             "memory_slack": 0.0, "min_signal": None, "signal_trials": 5, "warmup": 0.0}  # fmt: skip
+             "memory_slack": 0.0, "min_signal": None, "signal_trials": 5, "warmup": 0.0,
+             "alpha": 0.05, "test": "sign"}  # fmt: skip
 _MEMORY_AWARE = ("noise_floor", "memory_slack", "min_signal", "signal_trials", "warmup")
+_RACE = ("alpha", "test", "warmup")
 
 
 class TopAtPoint(FIFOScheduler):
@@ -130,11 +132,16 @@ def scheduler_from_block(block: Mapping[str, Any], table: Table) -> TrialSchedul
     b = {**_DEFAULTS, **block}
     common = {"time_attr": b["time_attr"], "grace": b["grace"],
               "reduction_factor": b["reduction_factor"], "constraints": table.constraints}  # fmt: skip
-    if b.get("type", "mo_asha") == "memory_aware":
+    kind = b.get("type", "mo_asha")
+    if kind == "memory_aware":
         from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
 
         return MemoryAwareStopping(table.objectives, **common,
                                    **{k: b[k] for k in _MEMORY_AWARE})  # fmt: skip
+    if kind == "race":
+        from qa_ray.search.schedulers.race import PairedRace
+
+        return PairedRace(table.objectives, **common, **{k: b[k] for k in _RACE})
     return MOASHA(table.objectives, **common)
 
 
@@ -143,9 +150,9 @@ def block_name(block: Mapping[str, Any]) -> str:
     noise floor and slack), then the other fields not at their defaults."""
     b = {**_DEFAULTS, **block}
     kind = b.pop("type", "mo_asha")
-    shown = ["reduction_factor"] + (
-        ["noise_floor", "memory_slack"] if kind == "memory_aware" else []
-    )
+    shown = ["reduction_factor"] + {
+        "memory_aware": ["noise_floor", "memory_slack"], "race": ["alpha", "test"]
+    }.get(kind, [])  # fmt: skip
     label = {"reduction_factor": "rf", "noise_floor": "nf", "memory_slack": "slack"}
     parts = [str(kind), f"grace {b.pop('grace'):g}"]
     for k, v in b.items():

@@ -73,18 +73,23 @@ class Objective(Block):
         return v
 
 
-# The fields of SchedulerConfig that only the memory_aware rule reads.
+# The fields of SchedulerConfig that only the memory_aware rule reads, and the race's.
 MEMORY_AWARE_ONLY = ("noise_floor", "memory_slack", "min_signal", "signal_trials", "warmup")
+RACE_ONLY = ("alpha", "test", "warmup")
+OWN_FIELDS = {"mo_asha": (), "memory_aware": MEMORY_AWARE_ONLY, "race": RACE_ONLY}
 
 
 class SchedulerConfig(Block):
-    """Multi-objective early stopping: ``mo_asha`` (successive halving on Pareto rank) or
-    ``memory_aware`` (stop only behind a trial with no more memory, by ``noise_floor``)."""
+    """Multi-objective early stopping: ``mo_asha`` (successive halving on Pareto rank),
+    ``memory_aware`` (stop only behind a trial with no more memory, by ``noise_floor``) or
+    ``race`` (stop only behind a trial with no more memory that wins per question, by a
+    paired test at level ``alpha``)."""
 
-    type: Literal["mo_asha", "memory_aware"] = Field(
+    type: Literal["mo_asha", "memory_aware", "race"] = Field(
         "mo_asha",
         description="mo_asha: keep the best 1/rf by Pareto rank at each rung; memory_aware: "
-        "stop only behind a trial with no more memory",
+        "stop only behind a trial with no more memory; race: stop only behind a trial with "
+        "no more memory that beats it on the same questions (paired test)",
     )
     time_attr: Literal["step", "train_seconds"] = Field(
         "step", description="what the rungs count: optimizer steps or seconds of training"
@@ -121,24 +126,41 @@ class SchedulerConfig(Block):
         5, ge=3, description="memory_aware: the trials run to their end that min_signal needs"
     )
     warmup: float = Field(
-        0.0, ge=0, description="memory_aware: no trial is judged at a rung below it"
+        0.0, ge=0, description="memory_aware, race: no trial is judged at a rung below it"
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="race: the chance, per trial, of a stop while no trial with no more "
+        "memory is ahead of it",
+    )
+    test: Literal["sign", "t"] = Field(
+        "sign",
+        description="race: the paired test over per-question scores: sign (exact) or t "
+        "(paired t-test)",
     )
 
     @model_validator(mode="after")
     def _own_fields(self) -> SchedulerConfig:
-        # A field of memory_aware's under mo_asha is refused when it would matter (not at its
-        # default): dumps of a sweep's config (its resume state, its curve table) hold every
-        # field at its default and are validated again.
-        if self.type == "memory_aware":
-            return self
+        # Another type's field is refused when it would matter (not at its default): dumps of
+        # a sweep's config (its resume state, its curve table) hold every field at its
+        # default and are validated again.
         fields = type(self).model_fields
-        foreign = [k for k in MEMORY_AWARE_ONLY if getattr(self, k) != fields[k].default]
-        if foreign:
-            raise ValueError(
-                f"memory_aware's fields ({', '.join(f'`{k}`' for k in foreign)}) are ignored "
-                f"by type {self.type!r}: remove them or set `type: memory_aware`, but got "
-                f"({', '.join(f'{k}={getattr(self, k)!r}' for k in foreign)})"
-            )
+        for kind, own in OWN_FIELDS.items():
+            if kind == self.type:
+                continue
+            foreign = [
+                k
+                for k in own
+                if k not in OWN_FIELDS[self.type] and getattr(self, k) != fields[k].default
+            ]
+            if foreign:
+                raise ValueError(
+                    f"{kind}'s fields ({', '.join(f'`{k}`' for k in foreign)}) are ignored by "
+                    f"type {self.type!r}: remove them or set `type: {kind}`, but got "
+                    f"({', '.join(f'{k}={getattr(self, k)!r}' for k in foreign)})"
+                )
         return self
 
 
@@ -227,6 +249,15 @@ class SweepConfig(Block):
                 f"`objectives`: task {self.model.task!r} never reports {never} (its scores: "
                 f"{sorted(scores)}), but got {names}"
             )
+        sc = self.search.scheduler
+        if sc is not None and sc.type == "race":
+            learning = [n for n in names if n not in m.BUDGET_METRICS]
+            if not learning or learning[0] not in (m.EVAL_F1, m.EVAL_EXACT):
+                raise ValueError(
+                    "`search.scheduler`: a race compares trials per question, so the first "
+                    "objective that learns must be eval_f1 or eval_exact, but got objectives "
+                    f"{names}"
+                )
         check_windows(self.model, self.data)
         check_precision(self.model, self.train)
         return self

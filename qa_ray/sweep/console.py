@@ -88,6 +88,7 @@ class _Progress:
 STOP_REASONS = {
     "mo_asha": "MO-ASHA: not among the best at its rung",
     "memory_aware": "memory_aware: a trial with no more memory is ahead by more than the noise floor",
+    "race": "race: a trial with no more memory beats it on the same questions (paired test)",
 }
 
 

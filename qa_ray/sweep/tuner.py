@@ -89,6 +89,19 @@ def build_scheduler(
                 "warmup_steps": warmup_steps,
             },
         )
+    elif sc.type == "race":
+        from qa_ray.search.schedulers.race import PairedRace
+
+        cls, rule = (
+            PairedRace,
+            {
+                "alpha": sc.alpha,
+                "test": sc.test,
+                "warmup": sc.warmup,
+                "warmup_ratio": warmup_ratio,
+                "warmup_steps": warmup_steps,
+            },
+        )
     return cls(
         objectives,
         time_attr=sc.time_attr,
