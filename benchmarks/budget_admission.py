@@ -14,13 +14,15 @@ those spent in all.
     bash scripts/stage_minilm.sh models
     PYTHONPATH=. .venv/bin/python benchmarks/budget_admission.py --out /tmp/admission
 
-About 15 minutes on 2 CPU cores. Figures go to OUT/budget_admission.json too.
+About 15 minutes on 2 CPU cores. Figures go to OUT/budget_admission.json too. Bad input (a
+missing model or data file, a sweep it cannot validate, ``--samples`` under 1, an OUT that
+cannot be made): one line on stderr, exit 2, before any trial runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from qa_ray import metrics as m
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_input import BadInput, OneLineParser, check_flags, make_folder, refuse  # noqa: E402
+
+from qa_ray import metrics as m  # noqa: E402
+from qa_ray.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 3000
@@ -122,15 +128,46 @@ def summarize(out: Path, name: str) -> dict:
     }
 
 
+def checked_sweep(args) -> Path:
+    """The flags checked, OUT made and the sweep file written and validated as ``qa-ray sweep``
+    will (from ROOT, where :func:`run` runs it; its data records read too), before any trial.
+
+    Raises:
+        BadInput: a flag the sweep cannot use.
+        ConfigError: the sweep file written from the flags does not validate.
+    """
+    from qa_ray.config.paths import local_path_errors
+    from qa_ray.sweep.config import load_sweep_config
+
+    check_flags([("--samples", args.samples, args.samples >= 1, ">= 1")])
+    out, here = args.out.resolve(), os.getcwd()
+    os.chdir(ROOT)
+    try:
+        # qa-ray's own rule for a path that is clearly local and missing, said with the flag
+        flags = {"`model.name_or_path`": "--model", "`data.path`": "--data"}
+        blocks = {"model": {"name_or_path": args.model}, "data": {"path": args.data}}
+        missing = local_path_errors(blocks)
+        if missing:
+            raise BadInput("; ".join(flags[e.split(":")[0]] + e[e.index(":") :] for e in missing))
+        make_folder("--out", out)
+        path = sweep_file(out, args.model, args.data, args.samples)
+        load_sweep_config(str(path))
+    finally:
+        os.chdir(here)
+    return path
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="budget_admission.py", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "all-MiniLM-L6-v2"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/squad/dev-v1.1.json.gz"))
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = sweep_file(args.out.resolve(), args.model, args.data, args.samples)
+    try:
+        path = checked_sweep(args)
+    except (BadInput, ConfigError) as e:
+        return refuse(ap.prog, e)
     results = {
         "command": "PYTHONPATH=. .venv/bin/python benchmarks/budget_admission.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -17,22 +17,27 @@ the hypervolume).
     .venv/bin/python benchmarks/early_stopping.py --out /tmp/es --grace 12 --against es-full-...
 
 About 35 minutes on a 2-core CPU (10 for a rerun with --against). Figures go to
-OUT/early_stopping_<mo_asha sweep>.json too.
+OUT/early_stopping_<mo_asha sweep>.json too. Bad input (``--budget`` or ``--grace`` not above 0,
+a sweep that does not validate, with ``--reuse`` or ``--against`` an OUT/early_stopping.json
+or a sweep name that is not there): one line on stderr, exit 2, before any trial runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from qa_ray import metrics as m
-from qa_ray.metrics import TAG_OUTCOME
-from qa_ray.pareto import front, hypervolume_history
-from qa_ray.tracking.runs import child_runs, find_parent_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_input import BadInput, OneLineParser, check_flags, make_folder, need, read_json, refuse  # noqa: E402
+
+from qa_ray import metrics as m  # noqa: E402
+from qa_ray.errors import ConfigError  # noqa: E402
+from qa_ray.metrics import TAG_OUTCOME  # noqa: E402
+from qa_ray.pareto import front, hypervolume_history  # noqa: E402
+from qa_ray.tracking.runs import child_runs, find_parent_run  # noqa: E402
 
 SWEEP = Path(__file__).with_name("early_stopping.yaml")
 MO_ASHA = "search.scheduler={{type: mo_asha, grace: {grace:g}, reduction_factor: 3}}"
@@ -87,8 +92,54 @@ def summary(rows: list[dict], reference: tuple[float, float], budget: float) -> 
     }  # fmt: skip
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def saved_runs(out: Path, keys: tuple[str, ...]) -> dict:
+    """OUT/early_stopping.json, an earlier run's record, checked: its ``names`` and
+    ``wall_seconds`` hold each of ``keys`` (a sweep name, seconds)."""
+    path = out / "early_stopping.json"
+    saved = read_json(path)
+    need(path, None, saved, isinstance(saved, dict), "a mapping")
+    for field, kind, rule in (("names", str, "a sweep name"), ("wall_seconds", (int, float),
+                              "seconds")):  # fmt: skip
+        block = saved.get(field)
+        need(path, field, block, isinstance(block, dict), "a mapping")
+        for k in keys:
+            v = block.get(k)
+            ok = isinstance(v, kind) and not isinstance(v, bool)
+            need(path, f"{field}.{k}", v, ok, rule)
+    return saved
+
+
+def checked(args) -> dict:
+    """The flags, the sweep file with MO-ASHA and any earlier run ``--reuse`` or ``--against``
+    name, checked before any trial; the earlier run's record (``{}`` without one).
+
+    Raises:
+        BadInput: a flag, or OUT/early_stopping.json, that cannot be used.
+        ConfigError: the sweep does not validate, or a sweep to compare with is not in OUT.
+    """
+    check_flags([("--budget", args.budget, args.budget > 0, "> 0"),
+                 ("--grace", args.grace, args.grace > 0, "> 0")])  # fmt: skip
+    saved = {}
+    if args.reuse:
+        saved = saved_runs(args.out, ("all to the end", "mo_asha"))
+        earlier = list(saved["names"].values())
+    elif args.against:
+        saved = saved_runs(args.out, ("all to the end",))
+        earlier = [args.against]
+    else:
+        earlier = []
+    if not args.reuse:
+        from qa_ray.sweep.config import load_sweep_config
+
+        load_sweep_config(SWEEP, [MO_ASHA.format(grace=args.grace)])
+    for name in earlier:
+        find_parent_run(f"sqlite:///{args.out / 'mlflow.db'}", name)
+    make_folder("--out", args.out)
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(prog="early_stopping.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="a new folder for stores and runs")
     p.add_argument("--budget", type=float, default=1600.0, help="peak_memory_mb budget")
     p.add_argument("--reuse", action="store_true", help="read earlier runs in OUT, run nothing")
@@ -96,19 +147,20 @@ def main() -> int:
     p.add_argument(
         "--against", help="compare with this earlier run-to-the-end sweep in OUT (not rerun)"
     )
-    args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = p.parse_args(argv)
+    try:
+        saved = checked(args)
+    except (BadInput, ConfigError) as e:
+        return refuse(p.prog, e)
     stamp = time.strftime("%H%M%S")
     names = {"all to the end": f"es-full-{stamp}", "mo_asha": f"es-asha-{stamp}"}
     walls = {}
     if args.reuse:
-        saved = json.loads((args.out / "early_stopping.json").read_text())
         names, walls = saved["names"], saved["wall_seconds"]
     else:
         if args.against:
             names["all to the end"] = args.against
-            previous = json.loads((args.out / "early_stopping.json").read_text())
-            walls["all to the end"] = previous["wall_seconds"]["all to the end"]
+            walls["all to the end"] = saved["wall_seconds"]["all to the end"]
         else:
             walls["all to the end"] = run(names["all to the end"], args.out, [])
         walls["mo_asha"] = run(names["mo_asha"], args.out, [MO_ASHA.format(grace=args.grace)])

@@ -19,11 +19,14 @@ About 40 minutes on a loaded 2-core CPU (a trial process takes 1-2 minutes there
 to OUT/memory_prediction.json too. ``--reanalyse RESULTS.json`` predicts again from the
 measurements an earlier run stored there, without running anything (for a changed predictor:
 its held-out configurations are then no longer unseen by whoever changed it).
+
+Bad input (a missing model folder or data file, ``--curves`` without ``--sweep`` or ``--sweep``
+without it, a curve table, sweep or RESULTS.json that cannot be read or lacks a field it needs,
+an OUT that cannot be made): one line on stderr, exit 2, before any trial runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -33,8 +36,12 @@ from pathlib import Path
 
 import yaml
 
-from qa_ray import metrics as m
-from qa_ray.search.memory import MemoryModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_input import BadInput, OneLineParser, make_folder, need, read_json, refuse  # noqa: E402
+
+from qa_ray import metrics as m  # noqa: E402
+from qa_ray.errors import ConfigError  # noqa: E402
+from qa_ray.search.memory import MemoryModel  # noqa: E402
 
 # (batch, sequence, fine-tune, LoRA rank, gradient checkpointing, layers kept, eval batch)
 CALIBRATION = [
@@ -151,8 +158,8 @@ def from_curves(table_path: Path, sweep_path: Path, calibrate: int = 3) -> dict:
     from qa_ray.search.space import AXES, apply_params
     from qa_ray.sweep.config import load_sweep_config
 
+    table = curve_table(table_path)
     base = load_sweep_config(str(sweep_path)).trial_config().model_dump()
-    table = json.loads(table_path.read_text())
     rows = []
     for t in table["trials"]:
         peaks = [r[m.PEAK_MEMORY_MB] for r in t["rows"] if r.get(m.PEAK_MEMORY_MB) is not None]
@@ -172,6 +179,11 @@ def from_curves(table_path: Path, sweep_path: Path, calibrate: int = 3) -> dict:
             model.observe(cfg, peak)
             calibration.append((name, peak))
     held_out = [(cfg, peak, name) for name, cfg, peak in rows if memory_key(cfg) not in keys]
+    if not held_out:
+        raise BadInput(
+            f"{table_path}: `trials`: none left to predict ({len(rows)} complete with a measured "
+            f"{m.PEAK_MEMORY_MB}, all of the {len(keys)} memory key(s) calibrated on)"
+        )
     for cfg, _, name in held_out:
         cfg["output_dir"] = name  # name_of_cfg reads it
     pairs = [(cfg, peak) for cfg, peak, _ in held_out]
@@ -195,18 +207,99 @@ def from_curves(table_path: Path, sweep_path: Path, calibrate: int = 3) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def curve_table(path: Path) -> dict:
+    """A curve table (``benchmarks/curves/``) with the fields :func:`from_curves` reads checked:
+    each trial's ``name``, ``outcome``, ``config`` and ``rows``."""
+    table = read_json(path)
+    need(path, None, table, isinstance(table, dict), "a mapping")
+    trials = table.get("trials")
+    need(path, "trials", trials, isinstance(trials, list), "a list of trials")
+    for i, t in enumerate(trials):
+        need(path, f"trials[{i}]", t, isinstance(t, dict), "a mapping")
+        for field, kind, rule in (("name", str, "a string"), ("outcome", str, "a string"),
+                                  ("config", dict, "a mapping"), ("rows", list, "a list")):  # fmt: skip
+            need(path, f"trials[{i}].{field}", t.get(field), isinstance(t.get(field), kind), rule)
+        for j, r in enumerate(t["rows"]):
+            peak = r.get(m.PEAK_MEMORY_MB) if isinstance(r, dict) else None
+            ok = isinstance(r, dict) and (peak is None or _is_number(peak))
+            need(
+                path,
+                f"trials[{i}].rows[{j}]",
+                r,
+                ok,
+                f"a mapping with a numeric {m.PEAK_MEMORY_MB}",
+            )
+    return table
+
+
+def earlier_measurements(path: Path) -> dict[str, float]:
+    """An earlier run's memory_prediction.json: every configuration's measured peak, by name
+    (each of the fixed list must be there)."""
+    before = read_json(path)
+    need(path, None, before, isinstance(before, dict), "a mapping")
+    calibration, held_out = before.get("calibration"), before.get("held_out")
+    ok = isinstance(calibration, dict) and all(_is_number(v) for v in calibration.values())
+    need(path, "calibration", calibration, ok, "a mapping of configuration to MB")
+    need(path, "held_out", held_out, isinstance(held_out, list), "a list")
+    for i, r in enumerate(held_out):
+        ok = isinstance(r, dict) and isinstance(r.get("config"), str)
+        need(path, f"held_out[{i}]", r, ok and _is_number(r.get("measured_mb")),
+             "a mapping with `config` and a numeric `measured_mb`")  # fmt: skip
+    earlier = dict(calibration)
+    earlier.update({r["config"]: r["measured_mb"] for r in held_out})
+    missing = [name_of(s) for s in CALIBRATION + HELD_OUT if name_of(s) not in earlier]
+    if missing:
+        raise BadInput(
+            f"{path}: `calibration` and `held_out` must measure every configuration, but got "
+            f"none for {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}"
+        )
+    return earlier
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def checked(ap: OneLineParser, args) -> dict[str, float]:
+    """The flags and files checked before any trial; the earlier measurements (``--reanalyse``).
+
+    Raises:
+        BadInput: a flag or file that cannot be used.
+    """
+    if args.curves or args.sweep:
+        if not (args.curves and args.sweep):
+            ap.error("--curves and --sweep go together")
+        return {}
+    if not (args.model and args.data):
+        ap.error("--model and --data are needed (or --curves and --sweep)")
+    if not Path(args.model).is_dir():
+        raise BadInput(f"--model: no such folder, but got {args.model!r}")
+    earlier = earlier_measurements(args.reanalyse) if args.reanalyse else {}
+    if not args.reanalyse and not Path(args.data).is_file():  # read by each trial
+        raise BadInput(f"--data: no such file, but got {args.data!r}")
+    make_folder("--out", args.out)
+    return earlier
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = OneLineParser(prog="memory_prediction.py", description=__doc__.split("\n")[0])
     ap.add_argument("--model")
     ap.add_argument("--data")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--reanalyse", type=Path, help="an earlier run's memory_prediction.json")
     ap.add_argument("--curves", type=Path, help="a curve table: predict its measured peaks")
     ap.add_argument("--sweep", type=Path, help="with --curves: the sweep file it was recorded by")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        earlier = checked(ap, args)
+        if args.curves:
+            result = from_curves(args.curves, args.sweep)
+            make_folder("--out", args.out)
+    except (BadInput, ConfigError) as e:
+        return refuse(ap.prog, e)
+    except ValueError as e:  # a trial's configuration the memory account cannot read
+        return refuse(ap.prog, BadInput(f"{args.curves}: {e}"))
     if args.curves:
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = from_curves(args.curves, args.sweep)
         for label in ("prior", "calibrated"):
             e = result[label]
             print(
@@ -216,19 +309,11 @@ def main() -> None:
                 f"{len(e['under_10pct_not_covered'])}"
             )
         (args.out / "memory_prediction_curves.json").write_text(json.dumps(result, indent=2))
-        return
-    if not (args.model and args.data):
-        ap.error("--model and --data are needed (or --curves and --sweep)")
-    args.out.mkdir(parents=True, exist_ok=True)
+        return 0
     model_path, data = str(Path(args.model).resolve()), str(Path(args.data).resolve())
 
     started = time.time()
     measured = {}
-    earlier = {}
-    if args.reanalyse:
-        before = json.loads(args.reanalyse.read_text())
-        earlier = dict(before["calibration"])
-        earlier.update({r["config"]: r["measured_mb"] for r in before["held_out"]})
     for spec in CALIBRATION + HELD_OUT:
         cfg = trial_config(spec, model_path, data, args.out)
         name = name_of(spec)
@@ -278,7 +363,8 @@ def main() -> None:
             f"{len(e['under_10pct_not_covered'])}"
         )
     (args.out / "memory_prediction.json").write_text(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

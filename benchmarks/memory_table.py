@@ -10,12 +10,12 @@ folder, reads it offline as ``HF_HUB_OFFLINE=1`` does, and runs ``qa-ray plan``'
 same shape are read: the quickstart's all-MiniLM-L6-v2 (its published config.json) and the
 distilled sweep's teacher, a fine-tuned BERT-base (google-bert/bert-base-uncased's config).
 ``tests/unit/test_memory_table.py`` regenerates the page and fails when the committed one
-differs, and checks the README's sweep table against it.
+differs, and checks the README's sweep table against it. An ``--out`` that cannot be written (a
+folder, or in a folder that is not there): one line on stderr, exit 2, before any plan.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -24,8 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _folder in (ROOT, ROOT / "benchmarks"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from _bad_input import BadInput, OneLineParser, refuse  # noqa: E402
 
 from qa_ray.sweep.config import load_sweep_config  # noqa: E402
 from qa_ray.sweep.memory_plan import MemoryPlan, format_markdown, plan_memory  # noqa: E402
@@ -158,13 +161,27 @@ def render(by_sweep: dict[str, MemoryPlan] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="memory_table.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the page there (default: print it)")
     args = parser.parse_args(argv)
-    page = render()
-    if args.out:
-        args.out.write_text(page)
-    else:
+    try:
+        if args.out and args.out.is_dir():
+            raise BadInput(f"--out: is a folder, not a file, but got {str(args.out)!r}")
+        if args.out and not args.out.parent.is_dir():
+            raise BadInput(
+                f"--out: no such folder {str(args.out.parent)!r}, but got {str(args.out)!r}"
+            )
+        page = render()
+        if args.out:
+            try:
+                args.out.write_text(page)
+            except OSError as e:
+                raise BadInput(
+                    f"--out: cannot be written ({e.strerror or e}), but got {str(args.out)!r}"
+                ) from None
+    except BadInput as e:
+        return refuse(parser.prog, e)
+    if not args.out:
         print(page, end="")
     return 0
 

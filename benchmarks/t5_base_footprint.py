@@ -6,18 +6,18 @@ configuration and prints the footprint (``get_memory_footprint``: weights and bu
 seed report's figures. CPU is enough (bitsandbytes quantizes on CPU).
 
     .venv/bin/python benchmarks/t5_base_footprint.py
+
+It takes no arguments: any is refused in one line on stderr, exit 2, before torch is imported.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from pathlib import Path
 
-import torch
-from transformers import AutoModelForSeq2SeqLM, T5Config
-
-from qa_ray.config.trial import ModelConfig
-from qa_ray.models.build import build_model, model_size
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_input import OneLineParser  # noqa: E402
 
 # google-t5/t5-base's config.json.
 T5_BASE = dict(
@@ -44,7 +44,14 @@ CONFIGS = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    OneLineParser(prog="t5_base_footprint.py", description=__doc__.splitlines()[0]).parse_args(argv)
+    import torch  # after the arguments: a refusal does not wait for torch
+    from transformers import AutoModelForSeq2SeqLM, T5Config
+
+    from qa_ray.config.trial import ModelConfig
+    from qa_ray.models.build import build_model, model_size
+
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(0)
         AutoModelForSeq2SeqLM.from_config(T5Config(**T5_BASE)).save_pretrained(folder)

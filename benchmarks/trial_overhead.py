@@ -17,11 +17,14 @@ With ``--scheduler`` the sweep runs MO-ASHA with its first rung at the trials' l
 trial is stopped, but each starts in a fresh Tune actor, as in any sweep with early stopping
 (a trial that is stopped must lose its actor; without a scheduler actors are reused).
 ``--steps 150`` makes the trials about 3 minutes long (about 20 minutes a run).
+
+Bad input (``--steps`` under 1, a sweep that does not validate with the fixed work's overrides,
+e.g. the model not staged, an OUT that cannot be made): one line on stderr, exit 2, before any
+trial runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -32,11 +35,15 @@ from pathlib import Path
 import optuna
 import yaml
 
-from qa_ray import metrics as m
-from qa_ray.config.trial import TrialConfig
-from qa_ray.search.space import apply_params, suggest
-from qa_ray.sweep.config import load_sweep_config
-from qa_ray.tracking.runs import child_runs, find_parent_run, mlflow_client
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_input import BadInput, OneLineParser, check_flags, make_folder, refuse  # noqa: E402
+
+from qa_ray import metrics as m  # noqa: E402
+from qa_ray.config.trial import TrialConfig  # noqa: E402
+from qa_ray.errors import ConfigError  # noqa: E402
+from qa_ray.search.space import apply_params, suggest  # noqa: E402
+from qa_ray.sweep.config import load_sweep_config  # noqa: E402
+from qa_ray.tracking.runs import child_runs, find_parent_run, mlflow_client  # noqa: E402
 
 SWEEP = "sweeps/quickstart.yaml"
 
@@ -139,8 +146,8 @@ def sequential(out: Path, overrides: list[str]) -> dict:
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(prog="trial_overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="a new folder for stores and runs")
     p.add_argument(
         "--scheduler", action="store_true", help="the sweep with MO-ASHA (fresh trial actors)"
@@ -148,11 +155,16 @@ def main() -> int:
     p.add_argument(
         "--steps", type=int, default=20, help="optimizer steps per trial (150: 3-minute trials)"
     )
-    args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = p.parse_args(argv)
     work = fixed_work(args.steps)
-    seq = sequential(args.out, work)
     with_scheduler = [scheduler(args.steps)] if args.scheduler else []
+    try:
+        check_flags([("--steps", args.steps, args.steps >= 1, ">= 1")])
+        load_sweep_config(SWEEP, work + with_scheduler)  # what both runs read, checked first
+        make_folder("--out", args.out)
+    except (BadInput, ConfigError) as e:
+        return refuse(p.prog, e)
+    seq = sequential(args.out, work)
     swp = sweep(args.out, f"overhead-{time.strftime('%H%M%S')}", work + with_scheduler)
     n = len(CONFIGS)
     result = {
