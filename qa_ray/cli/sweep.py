@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 
 from qa_ray.cli.codes import EXIT_FAILED, EXIT_OK
@@ -83,6 +84,7 @@ def failure_groups(trials) -> list[str]:
 def cmd_sweep(args) -> int:
     import yaml
 
+    started = time.monotonic()
     from qa_ray.sweep.config import load_sweep_config
     from qa_ray.sweep.resources import plan
     from qa_ray.sweep.run import run_sweep
@@ -154,7 +156,7 @@ def cmd_sweep(args) -> int:
         )
         return EXIT_FAILED
     with _ray_stopping():
-        return _sweep_ended(args, cfg, uri, result)
+        return _sweep_ended(args, cfg, uri, result, time.monotonic() - started)
 
 
 @contextlib.contextmanager
@@ -173,8 +175,9 @@ def _ray_stopping():
         stopping.join()
 
 
-def _sweep_ended(args, cfg, uri: str, result) -> int:
-    """The sweep's last words: why it stopped, or its report; the exit code."""
+def _sweep_ended(args, cfg, uri: str, result, seconds: float) -> int:
+    """The sweep's last words: why it stopped, or its report (with how long the command
+    took on this machine); the exit code."""
     import signal
 
     from qa_ray.tracking.runs import redact_uri
@@ -224,7 +227,7 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
     print(
         f"\n[qa-ray] {len(complete)} of {len(trials)} trials complete, {len(failed)} failed"
         + "".join(f", {o}" for o in others)
-        + f". MLflow parent run {result.parent_run_id}"
+        + f", in {_duration(seconds)} here. MLflow parent run {result.parent_run_id}"
     )
     for line in groups:
         print(f"  failed: {line}")
@@ -239,6 +242,12 @@ def _sweep_ended(args, cfg, uri: str, result) -> int:
         print(f"[qa-ray] --strict: {len(failed)} failed trial(s) make the sweep fail")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    """``7 min 41 s`` (``41 s`` under a minute)."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def _publish_importance(uri: str, parent_id: str, cfg) -> None:

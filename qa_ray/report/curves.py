@@ -1,10 +1,7 @@
 """Learning-curve tables: a finished sweep exported from MLflow to one JSON file, for replays
-of early-stopping rules (``benchmarks/replay.py``) without training anything again.
+of early-stopping rules (``qa-ray replay``, ``benchmarks/replay.py``) without training again.
 
     python -m qa_ray.report.curves --tracking-uri sqlite:///mlflow.db --sweep minilm-squad -o c.json
-
-Meant to live at ``qa_ray/report/curves.py`` once ``report.py`` moves into a ``report/``
-package; a ``qa_ray/report/`` package next to ``report.py`` would shadow it today.
 
 Schema (``"schema": "qa-ray/curves"``, ``"version": 1``)::
 
