@@ -30,6 +30,9 @@ MOMENTS = {
     "before the first trial": (re.compile(r"^\[qa-ray\] plan: "), (0.0, 3.0)),
     "mid-trial": (re.compile(r"^\[qa-ray\] trial-\w+ step "), (0.0, 2.0)),
     "within a second of a trial's end": (re.compile(r"^\[qa-ray\] \d+/\d+ done, "), (0.0, 1.0)),
+    # a resume that extends the sweep (more trials: a second Tune experiment after the first,
+    # same study and parent run): the first stage ended, the second starting
+    "during a stage change": (re.compile(r"^\[qa-ray\] stage \d+ of \d+ "), (0.0, 4.0)),
     # the progress line once every trial has ended, or MLflow's line as the parent run ends
     # (a resumed sweep that had ended): the Tune loop is over, the report next
     "during the final report": (
@@ -37,6 +40,10 @@ MOMENTS = {
         (0.0, 2.0),
     ),
 }
+
+
+NUM_SAMPLES = 3  # the sweep as first started
+EXTENDED = 5  # after a stage-change kill: `--resume search.num_samples=5`
 
 
 @dataclass
@@ -99,7 +106,7 @@ def sweep_file(tmp_path: Path, model_dir: Path, storage: str, name: str = "crash
         },
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "search": {
-            "num_samples": 3,
+            "num_samples": NUM_SAMPLES,
             "max_concurrent_trials": 2,
             "sampler": "random",
             "seed": 0,
@@ -175,13 +182,21 @@ def crash_sweep(
     head = 0
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "crash.log"
-    started = False
+    started = extended = False
     pending = list(run.kills)
-    for _attempt in range(n_kills + 3):
+    for _attempt in range(n_kills + 4):
         kill = pending.pop(0) if pending else None
+        if kill is not None and kill.moment == "during a stage change":
+            if started:
+                extended = True  # this run extends the sweep, and every later one keeps it
+            else:  # only a started sweep can be extended: first run it as started, unkilled
+                pending.insert(0, kill)
+                kill = None
         state = tmp_path / f"head-{head}"
         env["QA_RAY_STATE_DIR"] = str(state)
         cmd = [*base, *(["--resume"] if started else [])]
+        if extended:
+            cmd.append(f"search.num_samples={EXTENDED}")
         code = _run_until(cmd, env, tmp_path, log, kill, timeout_s=900)
         run.exit_codes.append(code)
         started = started or code == -signal.SIGKILL or code == 0
@@ -196,7 +211,10 @@ def crash_sweep(
 
 
 def check_invariants(uri: str, parent_id: str, state: Path, experiment_uri: str) -> list[str]:
-    """What must hold after the last resume; returns the violations (none: all hold)."""
+    """What must hold after the last resume; returns the violations (none: all hold).
+
+    ``experiment_uri`` is the sweep's first Tune experiment; an extension's are read from the
+    sweep state's stages."""
     import optuna
     from mlflow.tracking import MlflowClient
     from ray.tune import ExperimentAnalysis
@@ -211,7 +229,14 @@ def check_invariants(uri: str, parent_id: str, state: Path, experiment_uri: str)
     study = optuna.load_study(
         study_name="crash", storage=f"sqlite:///{state / 'crash' / 'optuna.db'}"
     )
-    tune_trials = {t.trial_id: t for t in ExperimentAnalysis(experiment_uri).trials}
+    stages = json.loads((state / "crash" / "qa_ray_sweep.json").read_text())["stages"]
+    paths = [experiment_uri] + [f"{s['storage_path']}/{s['name']}" for s in stages[1:]]
+    tune_trials = {t.trial_id: t for p in paths for t in ExperimentAnalysis(p).trials}
+    planned = sum(s["num_samples"] for s in stages)
+    if len(tune_trials) != planned:
+        problems.append(
+            f"{len(tune_trials)} Tune trials over {len(stages)} stages, {planned} planned"
+        )
 
     launched = [t for t in study.trials if "qa_ray.predicted_infeasible" not in t.user_attrs]
     by_tune = {}

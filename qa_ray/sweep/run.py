@@ -257,6 +257,12 @@ def _run(sweep: _Sweep, resume: bool, resolved_yaml: str) -> SweepResult:
             for i, stage in enumerate(stages):
                 if interrupts.signal is not None:  # between stages: the next one never starts
                     break
+                if i > 0:
+                    print(
+                        f"[qa-ray] stage {i + 1} of {len(stages)} ({stage['name']}): "
+                        f"{stage['num_samples']} more trials",
+                        flush=True,
+                    )
                 try:
                     grid = _fit(sweep, stage, i)
                 finally:
