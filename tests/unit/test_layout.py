@@ -16,8 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "qa_ray"
 
 # Bottom up. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    ("qa_ray.errors", "qa_ray.live", "qa_ray.metrics", "qa_ray.pareto", "qa_ray.scoring",
-     "qa_ray.storage"),
+    (
+        "qa_ray.errors",
+        "qa_ray.live",
+        "qa_ray.metrics",
+        "qa_ray.pareto",
+        "qa_ray.scoring",
+        "qa_ray.storage",
+    ),
     ("qa_ray.data",),
     ("qa_ray.tasks",),
     ("qa_ray.config",),
