@@ -97,3 +97,38 @@ def test_a_rerun_gives_the_noise_floor_and_new_configurations_are_pooled():
     assert main is a and reruns == [b]  # the same configurations: a rerun
     pooled, reruns = advise.pool([a, other])
     assert len(pooled.trials) == 16 and reruns == [] and "other.json" in pooled.source
+
+
+def _per_question_table(n: int = 12, questions: int = 200, seed: int = 0):
+    """n configurations whose per-question answers are drawn from a skill each (the lower the
+    index, the better and the leaner), fixed from the first evaluation on."""
+    rng = random.Random(seed)
+    trials = []
+    for i in range(n):
+        skill = 0.8 - 0.05 * i
+        rows = []
+        for s in STEPS:
+            right = [1.0 if rng.random() < skill * (0.5 + s / 128) else 0.0
+                     for _ in range(questions)]  # fmt: skip
+            rows.append({m.STEP: s, m.TRAIN_SECONDS: 2.0 * s,
+                         m.EVAL_F1: 100 * sum(right) / questions,
+                         m.PEAK_MEMORY_MB: 1000.0 + 10 * i,
+                         m.PER_QUESTION: {"f1": right, "exact": right}})  # fmt: skip
+        trials.append({"name": f"t{i}", "outcome": "complete", "config": {"i": i}, "rows": rows})
+    return load_table({"schema": "qa-ray/curves", "objectives": [["eval_f1", "max"],
+                       ["peak_memory_mb", "min"]], "constraints": [], "trials": trials})  # fmt: skip
+
+
+def test_a_table_with_per_question_scores_races_too():
+    from qa_ray.report.replay import replay
+    from qa_ray.report.replay_rules import from_block
+
+    table = _per_question_table()
+    assert advise.has_per_question(table) and not advise.has_per_question(_table(8, False))
+    races = [b for b in advise.candidate_blocks(table) if b["type"] == "race"]
+    assert {b["test"] for b in races} == {"sign", "t"}
+    rule = from_block({"type": "race", "grace": 8, "reduction_factor": 2.0})
+    assert rule.name == "race grace 8 rf 2 alpha 0.05 test sign"
+    out = replay(table, [rule], len(table.trials), 1, 3, 0, bootstrap=False)[rule.name]
+    # the worse, heavier trials are behind on the same questions: stopped, the front kept
+    assert out["steps"] < 0.8 and out["hv_iqm"] >= 0.95, out
