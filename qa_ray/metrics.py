@@ -198,6 +198,9 @@ OBJECTIVES = (
     TRAIN_SAMPLES_PER_SECOND,
 )
 
+# The objectives a higher value is better on (the others: lower is better).
+HIGHER_IS_BETTER = (EVAL_F1, EVAL_EXACT, EVAL_HAS_ANS_F1, EVAL_NO_ANS_F1, TRAIN_SAMPLES_PER_SECOND)
+
 
 def finite_numbers(result: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a reported result, as floats (no bools, NaN, inf, text or None)."""

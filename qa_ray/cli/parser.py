@@ -141,14 +141,16 @@ def build(version: str, commands) -> argparse.ArgumentParser:
              "qa-ray pareto quickstart --x peak_memory_mb --y eval_f1 --format json")  # fmt: skip
     sp.add_argument("sweep_or_run", nargs="+", metavar="SWEEP_OR_RUN",
                     help="sweep name or parent run id; several: one front across them")  # fmt: skip
-    sp.add_argument("--x", default="peak_memory_mb", metavar="METRIC",
-                    help="the objective across (default: peak_memory_mb)")  # fmt: skip
-    sp.add_argument("--x-mode", default="min", choices=["min", "max"], metavar="MODE",
-                    help="min or max (default: min)")  # fmt: skip
-    sp.add_argument("--y", default="eval_f1", metavar="METRIC",
-                    help="the objective up (default: eval_f1)")  # fmt: skip
-    sp.add_argument("--y-mode", default="max", choices=["min", "max"], metavar="MODE",
-                    help="min or max (default: max)")  # fmt: skip
+    sp.add_argument("--x", metavar="METRIC",
+                    help="the objective across (default: the sweep's second objective, else "
+                         "peak_memory_mb)")  # fmt: skip
+    sp.add_argument("--x-mode", choices=["min", "max"], metavar="MODE",
+                    help="min or max (default: the objective's in the sweep, else min)")  # fmt: skip
+    sp.add_argument("--y", metavar="METRIC",
+                    help="the objective up (default: the sweep's first objective, else "
+                         "eval_f1)")  # fmt: skip
+    sp.add_argument("--y-mode", choices=["min", "max"], metavar="MODE",
+                    help="min or max (default: the objective's in the sweep, else max)")  # fmt: skip
     sp.add_argument("--constraint", action="append", default=[], metavar="'METRIC <= N'",
                     help="e.g. 'peak_memory_mb <= 16000' (repeatable; default: the sweep's "
                     "constraints)")  # fmt: skip

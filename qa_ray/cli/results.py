@@ -102,21 +102,18 @@ def summary_json(summary) -> str:
 
 
 def cmd_pareto(args) -> int:
-    from pydantic import ValidationError
 
     from qa_ray.pareto import parse_constraint
     from qa_ray.report.publish import publish_comparison, publish_pareto
     from qa_ray.report.summary import sweep_constraints
     from qa_ray.report.tables import budget_lines, trials_table
-    from qa_ray.sweep.config import OBJECTIVE_METRICS, Objective
+    from qa_ray.sweep.config import OBJECTIVE_METRICS
     from qa_ray.tracking.runs import find_parent_run, resolve_tracking_uri
 
     # Checked before reading MLflow: every error at once, exit 2.
-    errors, objectives = [], []
-    for flag, metric, mode in (("--y", args.y, args.y_mode), ("--x", args.x, args.x_mode)):
-        try:
-            objectives.append(Objective(metric=metric, mode=mode))
-        except ValidationError:
+    errors = []
+    for flag, metric in (("--y", args.y), ("--x", args.x)):
+        if metric is not None and metric not in OBJECTIVE_METRICS:
             errors.append(f"`{flag}`: unknown metric {metric!r}, expected one of "
                           f"{list(OBJECTIVE_METRICS)}")  # fmt: skip
     for text in args.constraint or []:
@@ -132,6 +129,7 @@ def cmd_pareto(args) -> int:
     uri = resolve_tracking_uri(None, args.tracking_uri)
     parents = [find_parent_run(uri, s) for s in args.sweep_or_run]
     constraints = args.constraint or sweep_constraints(uri, parents[0])
+    objectives = _objectives(args, uri, parents[0])
     # With --format json, stdout holds the JSON alone; what is said goes to stderr.
     say = sys.stderr if args.format == "json" else sys.stdout
     if not args.publish:
@@ -155,6 +153,30 @@ def cmd_pareto(args) -> int:
         print("[qa-ray] read only: nothing written to MLflow; --publish writes the report "
               "(and each best trial's YAML) there", file=say)  # fmt: skip
     return EXIT_OK
+
+
+def _objectives(args, uri: str, parent_id: str):
+    """The two objectives to draw: the flags', then the first sweep's own two, then F1 up and
+    peak memory across; a mode not given is the objective's in the sweep, else its natural
+    one (max for a score, min for the rest)."""
+    import ast
+
+    from qa_ray import metrics as m
+    from qa_ray.sweep.config import Objective
+    from qa_ray.tracking.runs import sweep_params
+
+    raw = sweep_params(uri, parent_id).get("objectives")
+    ran = [tuple(o) for o in ast.literal_eval(raw)] if raw else []
+    modes = dict(ran)
+    y, x = (ran[0][0], ran[1][0]) if len(ran) == 2 else ("eval_f1", "peak_memory_mb")
+    y, x = args.y or y, args.x or x
+
+    def mode(metric: str, given: str | None) -> str:
+        natural = "max" if metric in m.HIGHER_IS_BETTER else "min"
+        return given or modes.get(metric) or natural
+
+    return [Objective(metric=y, mode=mode(y, args.y_mode)),
+            Objective(metric=x, mode=mode(x, args.x_mode))]  # fmt: skip
 
 
 def _read_front(uri, parents, objectives, constraints, budgets):

@@ -180,7 +180,7 @@ def test_validate_and_dry_run(tiny_model_dir, tmp_path, capsys):
     bad.write_text(path.read_text().replace("learning_rate:", "lr:"))
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "`search.space`: `params.lr`: unknown axis" in err and "valid string" not in err
+    assert "`search.space.params.lr`: unknown axis" in err and "valid string" not in err
 
 
 def _sweep_process(path, *extra):

@@ -46,6 +46,7 @@ def test_pareto_format_json_prints_the_json_alone(monkeypatch, capsys, tmp_path)
     monkeypatch.setattr(summary, "sweep_constraints", lambda uri, parent: [])
     monkeypatch.setattr(runs, "trial_records", lambda uri, parent: trials)  # read only
     monkeypatch.setattr(runs, "hypervolume_reference", lambda uri, parent: None)
+    monkeypatch.setattr(runs, "sweep_params", lambda uri, parent: {})  # F1 and memory: defaults
     monkeypatch.setattr(publish, "publish_pareto", lambda *a, **kw: made)  # --publish
     monkeypatch.chdir(tmp_path)
     for publishing in ([], ["--publish"]):
