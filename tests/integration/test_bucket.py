@@ -49,6 +49,7 @@ def _keys(bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_a_killed_driver_on_a_fresh_head_resumes_the_sweep_from_the_bucket(
     tiny_model_dir, tmp_path, s3_bucket
 ):

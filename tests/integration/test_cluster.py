@@ -39,6 +39,7 @@ def _check_sweep_in_mlflow(url: str, n: int) -> set[str]:
     return {c.data.tags[TAG_NODE_ID] for c in children}
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_submitted_sweep_spreads_over_two_nodes(
     tiny_model_dir, tmp_path, server, capsys, s3_bucket, monkeypatch
 ):

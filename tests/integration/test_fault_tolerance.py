@@ -77,6 +77,7 @@ def _registered_steps(runs) -> list[int]:
     return steps
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_a_killed_worker_resumes_its_trial_from_the_last_checkpoint(tiny_model_dir, tmp_path):
     base, uri = _sweep(tmp_path, tiny_model_dir("bert"))
     path = tmp_path / "sweep.yaml"

@@ -136,6 +136,7 @@ def test_train_cli_runs_a_generative_trial(tiny_model_dir, tmp_path, capsys):
     assert [c.name for c in (out / "checkpoints").iterdir()] == ["step_000004"]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_generative_sweep_lands_in_mlflow(tiny_model_dir, tmp_path, ray_2cpu):
     models = [tiny_model_dir("llama", causal=True), tiny_model_dir("gpt2", causal=True)]
     path, uri = tiny_sweep(tmp_path, models, num_samples=2)

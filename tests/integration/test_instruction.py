@@ -42,6 +42,7 @@ def test_train_cli_reports_eval_loss_and_writes_the_answers(tiny_model_dir, tmp_
     assert list(answers) == list(instruction.QUALITATIVE_QUESTIONS)
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_instruction_sweep_over_models_logs_answers_side_by_side(
     tiny_model_dir, tmp_path, ray_2cpu
 ):

@@ -53,6 +53,7 @@ def _amount(resources: dict, name: str) -> float | None:
     return max(found) if found else None
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_packed_trials_never_ask_a_node_for_more_memory_than_it_has(
     tiny_model_dir, tmp_path, capsys
 ):

@@ -35,6 +35,7 @@ def _files_holding(root: Path, secret: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_no_secret_in_console_store_runs_or_ray_logs(tiny_model_dir, tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
     store = tmp_path / "store"

@@ -144,6 +144,7 @@ def test_sweep_records_parent_children_study_and_failure(
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_a_sweep_whose_every_trial_fails_exits_1_with_its_reasons(
     tiny_model_dir, tmp_path, ray_2cpu, capsys
 ):
@@ -321,6 +322,7 @@ def test_sigterm_stops_the_sweep_with_exit_143(tiny_model_dir, tmp_path):
     assert [r.info.status for r in child_runs(uri, parent)] == ["KILLED"]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_a_student_sweep_distills_from_a_trial_of_another_sweep_named_in_mlflow(
     tiny_model_dir, tmp_path
 ):

@@ -67,6 +67,7 @@ def test_seeded_tiny_run_is_reproducible_and_the_seed_matters(tiny_model_dir, tm
     assert abs(a["train_loss"] - c["train_loss"]) > 1e-4
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_two_workers_gloo_ray_train(tiny_model_dir, tmp_path):
     import ray
     from ray.train import RunConfig, ScalingConfig

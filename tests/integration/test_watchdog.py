@@ -72,6 +72,7 @@ def test_a_group_left_by_a_dead_controller_is_freed_and_one_in_use_is_kept(ray_2
     assert "freed placement group" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_an_early_stopped_sweep_whose_cpus_were_left_reserved_runs_to_its_end(
     tiny_model_dir, tmp_path, ray_2cpu, monkeypatch, capsys
 ):
