@@ -247,6 +247,7 @@ def test_the_sweep_driver_never_imports_torch_and_trials_start_no_ray_data_actor
     assert "RayTrainWorker" in actors and "DatasetManager" not in actors, actors
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_ctrl_c_stops_the_sweep_honestly_and_resume_finishes_it(tiny_model_dir, tmp_path):
     """Ctrl-C after the first trial: exit 130, the trial in flight stopped and its run KILLED,
     the parent KILLED, no Pareto report, the --resume command printed; --resume then runs the
