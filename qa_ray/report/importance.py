@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,11 +38,16 @@ def param_importances(study, objectives: Sequence[str]) -> dict[str, dict[str, f
     out: dict[str, dict[str, float]] = {}
     for i, name in enumerate(objectives):
         try:
-            out[name] = dict(
-                optuna.importance.get_param_importances(
-                    study, target=_target(study, i), normalize=True
+            with warnings.catch_warnings():
+                # PED-ANOVA warns of regimes with fewer than 2 trials (a small sweep always
+                # has them) and that it ranks low targets (_target negates maximized ones):
+                # neither is news on a sweep's console, every time.
+                warnings.filterwarnings("ignore", module=r"optuna\.importance")
+                out[name] = dict(
+                    optuna.importance.get_param_importances(
+                        study, target=_target(study, i), normalize=True
+                    )
                 )
-            )
         except (RuntimeError, ValueError) as exc:  # e.g. every completed trial alike
             logger.info("no parameter importance for %s: %s", name, exc)
     return out
@@ -76,7 +82,8 @@ def publish_importance(
             rows["param"].append(param)
             rows["importance"].append(round(float(value), 6))
     client.log_table(parent_id, rows, TABLE)
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PED-ANOVA's, as above; "plot_* is experimental"
         _plots(study, names, found, d)
         if os.listdir(d):
             client.log_artifacts(parent_id, d, artifact_path="importance")
