@@ -217,7 +217,7 @@ def _sweep_ended(args, cfg, uri: str, result, seconds: float) -> int:
     print(trials_table(summary))
     for line in budget_lines(summary):
         print(f"[qa-ray] {line}")
-    _publish_importance(uri, result.parent_run_id, cfg)
+    _publish_importance(uri, result.parent_run_id, cfg, len(complete))
     ended = collections.Counter(t["status"] for t in trials)
     others = [
         f"{ended[k]} {label}"
@@ -250,7 +250,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def _publish_importance(uri: str, parent_id: str, cfg) -> None:
+# Fewer completed trials than this: the console calls the importances a rough guide.
+FEW_FOR_IMPORTANCE = 10
+
+
+def _publish_importance(uri: str, parent_id: str, cfg, completed: int) -> None:
     """Each hyperparameter's importance per objective on the parent run (Optuna's evaluator
     over the sweep's study); a report that cannot be made is said, never fails the sweep."""
     from qa_ray.report.importance import publish_importance
@@ -264,6 +268,11 @@ def _publish_importance(uri: str, parent_id: str, cfg) -> None:
     except Exception as exc:
         print(f"[qa-ray] note: no parameter importance ({exc})", flush=True)
         return
+    few = (
+        f"; from {completed} completed trials, a rough guide"
+        if completed < FEW_FOR_IMPORTANCE
+        else ""
+    )
     for metric, values in found.items():
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(values.items())[:3])
-        print(f"[qa-ray] what drives {metric}: {top} (importance/ on the parent run)")
+        print(f"[qa-ray] what drives {metric}: {top} (importance/ on the parent run{few})")

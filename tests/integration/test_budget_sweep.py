@@ -86,6 +86,8 @@ def test_mo_asha_with_a_budget(tiny_model_dir, tmp_path, ray_2cpu, capsys):
     assert f"{len(by_outcome['infeasible'])} infeasible" in out
     assert "INFEASIBLE: trainable_params" in out
     assert "best under trainable_params <= 2000: trial-" in out
+    # what drives each objective, from a handful of trials: said to be a rough guide
+    assert f"from {len(by_outcome['complete'])} completed trials, a rough guide)" in out
     assert "best under trainable_params <= 1e+09: trial-" in out
 
     # the best configuration under the budget is a runnable `qa-ray train` file
