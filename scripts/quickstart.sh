@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, stage MiniLM-L6, put SQuAD v1.1 dev in data/squad/,
 # run sweeps/quickstart.yaml on local Ray with a local MLflow store (sqlite:///mlflow.db), then
-# print the Pareto table. 11.5 minutes on a 2-core CPU from a fresh clone (7 min 41 s with the
-# venv installed; the trials train for 180 s of wall time). Extra arguments go to `qa-ray sweep`
+# print the Pareto table. 11.6 minutes on a 2-core CPU from a fresh clone, install included (the
+# sweep itself 8 min 6 s; each trial trains 100 optimizer steps). Extra arguments go to `qa-ray sweep`
 # (e.g. --resume). Without a local copy or the SQuAD explorer, the data comes from the hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
