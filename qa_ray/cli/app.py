@@ -4,6 +4,7 @@ errors into exit codes (``qa-ray --help`` lists them)."""
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         args.overrides = list(args.overrides) + rest
     configure(args.verbose)
+    # The sweep's callback appends tables to its runs at every evaluation (MLflow downloads
+    # each to append): no progress bar of MLflow's on the console for that, or for any
+    # artifact qa-ray reads back. One set by the user wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command in ("submit", "job") and not args.address:
         parser.error(f"{args.command}: --address (or $RAY_ADDRESS) is required")
     try:

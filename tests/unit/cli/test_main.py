@@ -113,3 +113,20 @@ def test_unknown_arguments_and_missing_addresses_exit_2(capsys):
             cli.main(argv)
         assert info.value.code == 2
     assert "--address" in capsys.readouterr().err
+
+
+def test_no_mlflow_progress_bar_when_the_sweep_appends_its_tables(monkeypatch, tmp_path, capfd):
+    """The sweep appends per-question scores to a table on each run at every evaluation; MLflow
+    downloads the table to append and would draw a progress bar on the console each time."""
+    import mlflow
+
+    from qa_ray.cli import main
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run = client.create_run(client.create_experiment("x")).info.run_id
+    capfd.readouterr()
+    for step in (1, 2):
+        client.log_table(run, {"step": [step], "f1": [0.5]}, "per_question.json")
+    assert "Downloading artifacts" not in capfd.readouterr().err
