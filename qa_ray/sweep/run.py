@@ -315,6 +315,8 @@ def _outcome(r, tune_status: str) -> dict[str, Any]:
     metrics = r.metrics or {}
     if r.error or tune_status == "ERROR":
         status, error = "FAILED", failure_reason(str(r.error))
+    elif not metrics:
+        status = "STOPPED"  # ended before its first report (a sweep interrupted at its start)
     elif tune_status == "TERMINATED" and metrics.get(m.INFEASIBLE):
         status, error = "INFEASIBLE", metrics.get(m.INFEASIBLE_REASON)
     elif tune_status == "TERMINATED" and metrics.get(m.STOPPED_EARLY_AT) is not None:

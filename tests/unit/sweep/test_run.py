@@ -201,3 +201,16 @@ def test_a_driver_lost_before_tunes_first_snapshot_is_resumed_under_its_parent(
         [MlflowClient(uri).get_experiment_by_name("t").experiment_id]
     )
     assert [r.info.status for r in parents] == ["FAILED"]  # one parent, ended
+
+
+def test_a_trial_ended_before_its_first_report_is_not_complete():
+    """Ctrl-C in a sweep's first seconds: Tune ends the trials in flight TERMINATED with no
+    result at all; they were stopped, not completed."""
+    from types import SimpleNamespace
+
+    from qa_ray.sweep.run import _outcome
+
+    bare = SimpleNamespace(error=None, metrics={}, config={"learning_rate": 1e-4})
+    assert _outcome(bare, "TERMINATED")["status"] == "STOPPED"
+    done = SimpleNamespace(error=None, metrics={"eval_f1": 40.0, "step": 100}, config={})
+    assert _outcome(done, "TERMINATED")["status"] == "COMPLETE"
