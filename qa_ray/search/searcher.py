@@ -70,6 +70,9 @@ OTHER_REASON = "infeasible for another reason (out of memory)"
 # Each Optuna trial's user attribute naming the Tune trial (MLflow's qa_ray.trial_id tag);
 # a rejected configuration's is that of the Tune trial that sampled again.
 TRIAL_ID_ATTR = "qa_ray.trial_id"
+# The stage (Tune experiment) that asked a trial: a sweep's stages share one study, and a
+# stage's searcher answers for its own trials only.
+STAGE_ATTR = "qa_ray.stage"
 
 
 @dataclass
@@ -142,6 +145,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     Args:
         constraints: the sweep's budgets.
         admission: keeps configurations predicted over a memory budget from running.
+        stage: the sweep's stage (its Tune experiment's name) this searcher asks for; the
+            stages of a sweep share one study.
         **kwargs: ``OptunaSearch``'s (``metric`` and ``mode`` as lists).
     """
 
@@ -150,11 +155,13 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         *args,
         constraints: Sequence[Constraint] = (),
         admission: MemoryAdmission | None = None,
+        stage: str | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.constraints = tuple(constraints)
         self.admission = admission
+        self.stage = stage
         self._last: dict[str, dict[str, float]] = {}  # trial id -> numbers of its results
         self._told: dict[str, _Told] = {}  # trial id -> what the study was told of it
 
@@ -177,6 +184,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
 
     def _load(self, state: dict[str, Any], reconcile: bool) -> None:
         state.setdefault("admission", None)  # pickled by an earlier qa-ray
+        state.setdefault("stage", None)
         state.setdefault("_told", {})
         self.__dict__.update(state)
         if isinstance(self._storage, str):  # pickled by __getstate__: no live study
@@ -197,7 +205,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         the study lacks, or holds other parameters at its number (an older copy of the study,
         restored from the bucket, whose numbers were asked again), is added back: finished
         with what it was told, or running. A trial the study holds running that no trial
-        here knows (asked after Tune's last snapshot) is marked FAIL: it never ran to an end.
+        here knows (asked after Tune's last snapshot) is marked FAIL: it never ran to an end;
+        one another stage of the sweep asked is that stage's to answer for.
         Admission rejoins the driver's memory model. With ``reconcile=False`` (a searcher
         pickled when its stage began, which Tune's newest snapshot will replace) the study is
         only opened: nothing is added back or failed on the word of a stale copy.
@@ -235,7 +244,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
                 trials[tid] = optuna.trial.Trial(self._ot_study, t._trial_id)
         self._ot_trials = trials
         for t in held.values() if reconcile else ():
-            if t.state == optuna.trial.TrialState.RUNNING:
+            if t.state == optuna.trial.TrialState.RUNNING and self._asked_here(t):
                 self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 logger.warning(
                     "optuna trial %d was asked before a crash, never run: FAIL", t.number
@@ -244,6 +253,12 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             self.admission.model = d.memory
         if reconcile:
             self._study_changed()
+
+    def _asked_here(self, t: optuna.trial.FrozenTrial) -> bool:
+        """Whether this searcher's stage asked ``t`` (a trial without the mark was asked by a
+        qa-ray that did not mark them, and a searcher without a stage answers for all)."""
+        stage = t.user_attrs.get(STAGE_ATTR)
+        return self.stage is None or stage is None or stage == self.stage
 
     def _retell(self, t: optuna.trial.FrozenTrial, told: _Told) -> optuna.trial.FrozenTrial:
         trial = optuna.trial.Trial(self._ot_study, t._trial_id)
@@ -289,6 +304,8 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if isinstance(config, dict):  # the link from the study to Tune and MLflow
                 self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+                if self.stage is not None:
+                    self._ot_trials[trial_id].set_user_attr(STAGE_ATTR, self.stage)
             if a is None or not isinstance(config, dict):
                 return config
             predicted = a.check(config, budgets) if budgets and a.enforce else None

@@ -414,6 +414,7 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
         ),
         study_name=cfg.name,
         storage=study_storage(local),
+        stage=stage["name"],
     )
     if bucket is not None:
         bucket.push()  # the study exists: the bucket holds it before any trial is asked

@@ -22,9 +22,10 @@ from qa_ray.search.searcher import BudgetAwareOptunaSearch
 State = optuna.trial.TrialState
 
 
-def _searcher(folder) -> BudgetAwareOptunaSearch:
+def _searcher(folder, stage=None) -> BudgetAwareOptunaSearch:
     folder.mkdir(parents=True, exist_ok=True)
     return BudgetAwareOptunaSearch(
+        stage=stage,
         space={"x": FloatDistribution(0.0, 1.0)},
         metric=[m.EVAL_F1, m.PEAK_MEMORY_MB],
         mode=["max", "min"],
@@ -197,3 +198,29 @@ def test_a_snapshot_restored_where_the_bucket_holds_no_study_yet_goes_on(tmp_pat
     again.on_trial_complete("c", {m.EVAL_F1: 60.0, m.PEAK_MEMORY_MB: 700.0})
     told = {tuple(t.values): t.params for t in _study(head).trials}
     assert told == {(40.0, 800.0): a, (50.0, 900.0): b, (60.0, 700.0): c}
+
+
+def test_a_first_stage_restored_fails_no_trial_its_extension_asked(tmp_path):
+    """A sweep extended by a resume runs a second Tune experiment on the same study. On the
+    next resume the first stage is restored first: its searcher must not take the second
+    stage's running trials for its own orphans (the crash test's stage-change kills found
+    them FAIL in Optuna and COMPLETE in MLflow)."""
+    head = tmp_path / "head"
+    first = _searcher(head, stage="crash")
+    first.suggest("a")
+    first.on_trial_complete("a", {m.EVAL_F1: 40.0, m.PEAK_MEMORY_MB: 800.0})
+    first_snapshot = _snapshot(first, tmp_path)
+    second = _searcher(head, stage="extend-1")
+    second.suggest("b")  # running when the driver died
+    second_snapshot = _snapshot(second, tmp_path)
+    _restored(first_snapshot, head)
+    assert [t.state for t in _study(head).trials] == [State.COMPLETE, State.RUNNING]
+    again = _restored(second_snapshot, head)
+    again.on_trial_complete("b", {m.EVAL_F1: 50.0, m.PEAK_MEMORY_MB: 900.0})
+    assert [t.state for t in _study(head).trials] == [State.COMPLETE, State.COMPLETE]
+    # a trial the second stage asked after its last snapshot is still its own to fail
+    third = _searcher(head, stage="extend-1")
+    snapshot = _snapshot(third, tmp_path)
+    third.suggest("c")
+    _restored(snapshot, head)
+    assert _study(head).trials[-1].state == State.FAIL
