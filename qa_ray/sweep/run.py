@@ -357,6 +357,11 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
         {"memory": 1},
     )
     path = stage_path(stage)
+    # Tune's result.json and progress.csv per trial, as Tune writes them by default, but not
+    # its TensorBoard files (MLflow holds the curves): tensorboardX imports torch, which the
+    # driver never needs otherwise (a second and a half of the sweep's start on 2 cores), and
+    # warns of every result field that is not a number. A restored stage too.
+    os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
     if tune.Tuner.can_restore(path):
         # Tune restores the callbacks and searcher it pickled: the same MLflow store and
         # parent run (check_resume refuses another), the same study.
@@ -366,10 +371,6 @@ def _fit(sweep: _Sweep, stage: dict, index: int):
         return tuner.fit()
     constraints = parse_constraints(cfg.constraints, cfg.model.task)
     scheduler = early_stopping(cfg, local)
-    # Tune's result.json and progress.csv per trial, as Tune writes them by default, but not
-    # its TensorBoard files (MLflow holds the curves): tensorboardX imports torch, which the
-    # driver never needs otherwise (a second and a half of the sweep's start on 2 cores).
-    os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
     # One memory model per sweep: the callback logs each child's prediction and calibrates it
     # with the measured peaks; the searcher keeps configs predicted over a budget from running.
     memory = sweep.driver.memory
