@@ -210,6 +210,7 @@ def _read_until(proc, marker: str, timeout: float = 300) -> list[str]:
     return lines
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: in `pytest -m slow`, not the default suite
 def test_the_sweep_driver_never_imports_torch_and_trials_start_no_ray_data_actor(
     tiny_model_dir, tmp_path
 ):

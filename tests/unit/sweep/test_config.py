@@ -173,13 +173,15 @@ def test_a_trial_file_is_not_a_sweep_file(tmp_path):
 def test_mo_asha_refuses_memory_awares_fields_and_each_default_stays_one():
     from pydantic import ValidationError
 
-    from qa_ray.sweep.config import MEMORY_AWARE_ONLY, SchedulerConfig
+    from qa_ray.sweep.config import MEMORY_AWARE_ONLY, RACE_ONLY, SchedulerConfig
 
     with pytest.raises(ValidationError, match=r"\(`noise_floor`, `warmup`\) are ignored by "
                        r"type 'mo_asha'.*but got \(noise_floor=2.0, warmup=5.0\)"):  # fmt: skip
         SchedulerConfig(grace=3, noise_floor=2.0, warmup=5.0)
-    for name in MEMORY_AWARE_ONLY:  # every field named is memory_aware's alone
-        assert SchedulerConfig.model_fields[name].description.startswith("memory_aware:")
+    for name in MEMORY_AWARE_ONLY:  # every field named is memory_aware's (warmup the race's too)
+        assert SchedulerConfig.model_fields[name].description.startswith("memory_aware")
+    for name in RACE_ONLY:
+        assert "race" in SchedulerConfig.model_fields[name].description.split(":")[0]
     aware = SchedulerConfig(type="memory_aware", grace=3, noise_floor=2.0, warmup=5.0)
     assert (aware.noise_floor, aware.memory_slack) == (2.0, 0.0)
     # a dump (a sweep's resume state, its curve table) holds every default and loads again

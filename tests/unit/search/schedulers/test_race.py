@@ -126,14 +126,14 @@ def test_a_rival_with_more_memory_or_other_questions_never_stops_it():
 
 
 def test_trials_equally_good_are_stopped_at_most_at_the_stated_rate():
-    """The error rate, measured: 400 sweeps of 6 trials with the same true skill (each question
+    """The error rate, measured: 200 sweeps of 6 trials with the same true skill (each question
     right with the same chance for all, drawn independently), raced at 3 rungs on 300
     questions, memory all different. The share of trials ever stopped must stay at or under
     alpha (the bound holds per trial, over every rival and rung it meets)."""
     rng = random.Random(0)
     for test in ("sign", "t"):
         stopped = total = 0
-        for _ in range(400):
+        for _ in range(200):
             s = race(alpha=0.1, test=test)
             alive = {f"t{i}": 1000.0 + 100 * i for i in range(6)}
             for step in (10, 20, 40):
