@@ -71,37 +71,15 @@ def build_scheduler(
     """The scheduler a ``search.scheduler`` block names (also what ``benchmarks/replay.py``
     rebuilds from a curve table's block). ``warmup_ratio`` / ``warmup_steps``: the sweep's,
     for memory_aware's trials that sample no ratio."""
+    from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
     from qa_ray.search.schedulers.mo_asha import MOASHA
+    from qa_ray.search.schedulers.race import PairedRace
+    from qa_ray.sweep.config import OWN_FIELDS
 
-    cls, rule = MOASHA, {}
-    if sc.type == "memory_aware":
-        from qa_ray.search.schedulers.memory_aware import MemoryAwareStopping
-
-        cls, rule = (
-            MemoryAwareStopping,
-            {
-                "noise_floor": sc.noise_floor,
-                "memory_slack": sc.memory_slack,
-                "min_signal": sc.min_signal,
-                "signal_trials": sc.signal_trials,
-                "warmup": sc.warmup,
-                "warmup_ratio": warmup_ratio,
-                "warmup_steps": warmup_steps,
-            },
-        )
-    elif sc.type == "race":
-        from qa_ray.search.schedulers.race import PairedRace
-
-        cls, rule = (
-            PairedRace,
-            {
-                "alpha": sc.alpha,
-                "test": sc.test,
-                "warmup": sc.warmup,
-                "warmup_ratio": warmup_ratio,
-                "warmup_steps": warmup_steps,
-            },
-        )
+    cls = {"mo_asha": MOASHA, "memory_aware": MemoryAwareStopping, "race": PairedRace}[sc.type]
+    rule = {k: getattr(sc, k) for k in OWN_FIELDS[sc.type]}
+    if cls is not MOASHA:  # the rules that keep out of warmup
+        rule.update(warmup_ratio=warmup_ratio, warmup_steps=warmup_steps)
     return cls(
         objectives,
         time_attr=sc.time_attr,
