@@ -11,7 +11,6 @@ from qa_ray.report.importance import param_importances
 
 
 def _study(n: int):
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"])
     space = {
         "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
