@@ -159,14 +159,12 @@ def _objectives(args, uri: str, parent_id: str):
     """The two objectives to draw: the flags', then the first sweep's own two, then F1 up and
     peak memory across; a mode not given is the objective's in the sweep, else its natural
     one (max for a score, min for the rest)."""
-    import ast
-
     from qa_ray import metrics as m
+    from qa_ray.report.summary import parse_objectives
     from qa_ray.sweep.config import Objective
     from qa_ray.tracking.runs import sweep_params
 
-    raw = sweep_params(uri, parent_id).get("objectives")
-    ran = [tuple(o) for o in ast.literal_eval(raw)] if raw else []
+    ran = parse_objectives(sweep_params(uri, parent_id).get("objectives"))
     modes = dict(ran)
     y, x = (ran[0][0], ran[1][0]) if len(ran) == 2 else ("eval_f1", "peak_memory_mb")
     y, x = args.y or y, args.x or x

@@ -41,7 +41,6 @@ killed driver never received) has none.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -140,12 +139,13 @@ def per_question_scores(text: str | None) -> dict[int, dict[str, list]]:
 def export_curves(uri: str, sweep_or_run: str) -> dict[str, Any]:
     """The curve table of the newest sweep named ``sweep_or_run`` (or of that parent run id)
     in the MLflow store at ``uri``."""
+    from qa_ray.report.summary import parse_objectives
     from qa_ray.tracking import runs as tracking
 
     parent = tracking.find_parent_run(uri, sweep_or_run)
     client = tracking.mlflow_client(uri)
     params = tracking.sweep_params(uri, parent)
-    objectives = ast.literal_eval(params.get("objectives", "[]"))
+    objectives = parse_objectives(params.get("objectives"))
     runs = {r.info.run_id: r for r in tracking.child_runs(uri, parent)}
     metrics = list(dict.fromkeys([*ROW_METRICS, *(k for k, _ in objectives)]))
     trials = []

@@ -11,7 +11,6 @@ weights are the folder the trial's run names in its ``qa_ray.checkpoint`` tag.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
@@ -49,12 +48,11 @@ class Winner:
 
 
 def _objectives(uri: str, parent_id: str) -> tuple[tuple[str, str], ...]:
-    raw = tracking.sweep_params(uri, parent_id).get("objectives")
-    try:
-        objs = tuple((str(k), str(mode)) for k, mode in ast.literal_eval(raw or ""))
-    except (ValueError, SyntaxError, TypeError):
-        return _DEFAULT_OBJECTIVES
-    return objs or _DEFAULT_OBJECTIVES
+    from qa_ray.report.summary import parse_objectives
+
+    return parse_objectives(tracking.sweep_params(uri, parent_id).get("objectives")) or (
+        _DEFAULT_OBJECTIVES
+    )
 
 
 def pick_trial(

@@ -50,6 +50,17 @@ class ParetoSummary:
         )
 
 
+def parse_objectives(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """A parent run's ``objectives`` param (``[('eval_f1', 'max'), ...]`` as logged) as
+    ``(metric, mode)`` pairs; empty when it is missing or does not parse."""
+    import ast
+
+    try:
+        return tuple((str(k), str(mode)) for k, mode in ast.literal_eval(raw or ""))
+    except (ValueError, SyntaxError, TypeError):
+        return ()
+
+
 def sweep_constraints(uri: str, parent_id: str) -> list[str]:
     """The constraints a sweep ran with (its parent run's ``constraints`` param)."""
     raw = tracking.sweep_params(uri, parent_id).get("constraints")
